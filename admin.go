@@ -1,0 +1,129 @@
+package deskoauth
+
+import (
+	"cmp"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"slices"
+	"sync"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+func init() {
+	caddy.RegisterModule(AdminAPI{})
+}
+
+// AdminAPI serves the desko_auth endpoints on Caddy's admin listener:
+//
+//	GET  /desko_auth/status   the token sources and their health
+//	POST /desko_auth/refresh  force a refresh of every source (single-flight)
+//
+// Neither ever shows a token or a secret.
+type AdminAPI struct{}
+
+// CaddyModule returns the Caddy module information.
+func (AdminAPI) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "admin.api.desko_auth",
+		New: func() caddy.Module { return new(AdminAPI) },
+	}
+}
+
+// Routes returns the admin routes.
+func (a *AdminAPI) Routes() []caddy.AdminRoute {
+	return []caddy.AdminRoute{
+		{Pattern: "/desko_auth/status", Handler: caddy.AdminHandlerFunc(a.status)},
+		{Pattern: "/desko_auth/refresh", Handler: caddy.AdminHandlerFunc(a.refresh)},
+	}
+}
+
+// SourceStatus is one token source as the admin API shows it.
+type SourceStatus struct {
+	Source   string   `json:"source"`
+	ClientID string   `json:"client_id"`
+	TokenURL string   `json:"token_url"`
+	Scopes   []string `json:"scopes"`
+	Status
+	// Sites is how many handlers share the source.
+	Sites int `json:"sites"`
+	// RefreshError is set by POST /desko_auth/refresh when that refresh
+	// failed.
+	RefreshError string `json:"refresh_error,omitempty"`
+}
+
+// snapshot lists the live sources, sorted by label.
+func snapshot() []*source {
+	var out []*source
+	sources.Range(func(_, v any) bool {
+		out = append(out, v.(*source))
+		return true
+	})
+	slices.SortFunc(out, func(a, b *source) int { return cmp.Compare(a.label, b.label) })
+	return out
+}
+
+func describe(s *source) SourceStatus {
+	sites, _ := sources.References(s.key)
+	scopes := s.scopes
+	if scopes == nil {
+		scopes = []string{}
+	}
+	return SourceStatus{
+		Source:   s.label,
+		ClientID: s.clientID,
+		TokenURL: s.tokenURL,
+		Scopes:   scopes,
+		Status:   s.engine.Status(),
+		Sites:    sites,
+	}
+}
+
+func (a *AdminAPI) status(w http.ResponseWriter, r *http.Request) error {
+	if r.Method != http.MethodGet {
+		return caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Err: fmt.Errorf("method %s not allowed; use GET", r.Method)}
+	}
+	list := []SourceStatus{}
+	for _, s := range snapshot() {
+		list = append(list, describe(s))
+	}
+	return writeAdminJSON(w, list)
+}
+
+// refresh forces a token request for every source at once and answers when
+// all are done (each source's request is single-flight with any in flight).
+func (a *AdminAPI) refresh(w http.ResponseWriter, r *http.Request) error {
+	if r.Method != http.MethodPost {
+		return caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Err: fmt.Errorf("method %s not allowed; use POST", r.Method)}
+	}
+	srcs := snapshot()
+	errs := make([]error, len(srcs))
+	var wg sync.WaitGroup
+	for i, s := range srcs {
+		wg.Go(func() {
+			_, errs[i] = s.engine.Refresh(r.Context())
+		})
+	}
+	wg.Wait()
+	list := []SourceStatus{}
+	for i, s := range srcs {
+		st := describe(s)
+		if errs[i] != nil {
+			st.RefreshError = errs[i].Error()
+		}
+		list = append(list, st)
+	}
+	return writeAdminJSON(w, list)
+}
+
+func writeAdminJSON(w http.ResponseWriter, v any) error {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// Interface guard
+var _ caddy.AdminRouter = (*AdminAPI)(nil)

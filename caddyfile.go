@@ -1,0 +1,157 @@
+package deskoauth
+
+import (
+	"strconv"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/dustin/go-humanize"
+)
+
+func init() {
+	httpcaddyfile.RegisterHandlerDirective("desko_auth", parseCaddyfile)
+	// After basic_auth/forward_auth, before handle/route/reverse_proxy:
+	// users need no `order` line.
+	httpcaddyfile.RegisterDirectiveOrder("desko_auth", httpcaddyfile.After, "request_header")
+}
+
+func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	var m Handler
+	err := m.UnmarshalCaddyfile(h.Dispenser)
+	return &m, err
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
+//
+//	desko_auth [<matcher>] {
+//	    client_id     <id>                 # required; {env.NAME} / {file./path} welcome
+//	    client_secret <secret>             # required; use {env.NAME} or {file./path}
+//	    scope         <scope> [<scope>...] # repeatable; sent space-separated
+//	    token_url     <url>                # default https://api.desko.com.br/v1.1/oauth/token
+//	    timeout       <duration>           # one token request; default 10s
+//	    default_ttl   <duration>           # lifetime when the answer gives none; default 5m
+//	    retry_on_unauthorized on|off       # replay once after an upstream 401; default on
+//	    replay_body_limit <size>           # largest body buffered for that; default 1MiB, 0 = no replay
+//	    warm_up       on|off               # fetch the first token at startup; default on
+//	}
+//
+// Every subdirective takes exactly the arguments shown; unknown ones are
+// errors.
+func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // the directive name
+	if d.NextArg() {
+		return d.Errf("desko_auth: unexpected argument %q; the directive takes only an optional matcher and a block", d.Val())
+	}
+	for d.NextBlock(0) {
+		sub := d.Val()
+		switch sub {
+		case "client_id", "client_secret", "token_url":
+			v, err := oneArg(d)
+			if err != nil {
+				return err
+			}
+			switch sub {
+			case "client_id":
+				h.ClientID = v
+			case "client_secret":
+				h.ClientSecret = v
+			default:
+				h.TokenURL = v
+			}
+		case "scope":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.Errf("scope: needs at least one scope")
+			}
+			n := len(h.Scopes)
+			for _, a := range args {
+				h.Scopes = append(h.Scopes, strings.Fields(a)...)
+			}
+			if len(h.Scopes) == n { // only blank arguments, e.g. scope ""
+				return d.Errf("scope: needs at least one scope")
+			}
+		case "timeout", "default_ttl":
+			v, err := oneArg(d)
+			if err != nil {
+				return err
+			}
+			dur, err := caddy.ParseDuration(v)
+			if err != nil {
+				return d.Errf("%s: invalid duration %q: %v", sub, v, err)
+			}
+			if dur <= 0 {
+				return d.Errf("%s: must be positive, got %s", sub, v)
+			}
+			if sub == "timeout" {
+				h.Timeout = caddy.Duration(dur)
+			} else {
+				h.DefaultTTL = caddy.Duration(dur)
+			}
+		case "retry_on_unauthorized", "warm_up":
+			v, err := oneArg(d)
+			if err != nil {
+				return err
+			}
+			var on bool
+			switch v {
+			case "on":
+				on = true
+			case "off":
+			default:
+				return d.Errf("%s: expected on or off, got %q", sub, v)
+			}
+			if sub == "warm_up" {
+				h.WarmUp = &on
+			} else {
+				h.RetryOnUnauthorized = &on
+			}
+		case "replay_body_limit":
+			v, err := oneArg(d)
+			if err != nil {
+				return err
+			}
+			n, err := parseSize(v)
+			if err != nil {
+				return d.Errf("replay_body_limit: invalid size %q (e.g. 64KiB, 1MB, 0)", v)
+			}
+			h.ReplayBodyLimit = &n
+		default:
+			return d.Errf("unknown subdirective %q", sub)
+		}
+	}
+	return nil
+}
+
+// oneArg reads exactly one argument of the current subdirective.
+func oneArg(d *caddyfile.Dispenser) (string, error) {
+	sub := d.Val()
+	if !d.NextArg() {
+		return "", d.Errf("%s: missing argument", sub)
+	}
+	v := d.Val()
+	if d.NextArg() {
+		return "", d.Errf("%s: takes exactly one argument", sub)
+	}
+	return v, nil
+}
+
+// parseSize reads a byte size such as 0, 4096, 64KiB or 1MB.
+func parseSize(s string) (int64, error) {
+	if n, err := strconv.ParseInt(s, 10, 64); err == nil {
+		if n < 0 {
+			return 0, strconv.ErrRange
+		}
+		return n, nil
+	}
+	n, err := humanize.ParseBytes(s)
+	if err != nil || n > 1<<40 {
+		return 0, strconv.ErrRange
+	}
+	return int64(n), nil
+}
+
+// Interface guard
+var _ caddyfile.Unmarshaler = (*Handler)(nil)

@@ -1,0 +1,441 @@
+// Package deskoauth is a Caddy v2 HTTP handler that obtains OAuth2
+// client-credentials tokens from Desko's token endpoint, keeps them fresh,
+// and sets "Authorization: Bearer <token>" on every request it passes on.
+package deskoauth
+
+import (
+	"bytes"
+	"cmp"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+}
+
+// DefaultReplayBodyLimit is how large a request body may be and still be
+// buffered for a replay after an upstream 401.
+const DefaultReplayBodyLimit = 1 << 20
+
+// sources holds one token engine per credential set, shared by every
+// handler (in this config and the next one, during a reload) that uses it.
+var sources = caddy.NewUsagePool()
+
+// Handler is the desko_auth HTTP handler. It replaces any inbound
+// Authorization header with a Desko access token obtained with the OAuth2
+// client-credentials grant, and replays a request once with a fresh token if
+// the upstream answers 401.
+type Handler struct {
+	// ClientID is the application's client ID. Accepts {env.*} and {file.*}.
+	ClientID string `json:"client_id,omitempty"`
+	// ClientSecret is the application's client secret. Accepts {env.*} and
+	// {file.*}; a literal value is visible to anyone who can read the admin
+	// API's /config/.
+	ClientSecret string `json:"client_secret,omitempty"`
+	// Scopes are requested joined by single spaces; none means no scope.
+	Scopes []string `json:"scopes,omitempty"`
+	// TokenURL is the token endpoint (default Desko's). Accepts {env.*}
+	// and {file.*}.
+	TokenURL string `json:"token_url,omitempty"`
+	// Timeout bounds one token request (default 10s).
+	Timeout caddy.Duration `json:"timeout,omitempty"`
+	// DefaultTTL is the lifetime assumed for a token whose answer has no
+	// usable expires_in and no JWT exp claim (default 5m).
+	DefaultTTL caddy.Duration `json:"default_ttl,omitempty"`
+	// RetryOnUnauthorized replays a request once with a new token when
+	// the upstream answers 401 (default true).
+	RetryOnUnauthorized *bool `json:"retry_on_unauthorized,omitempty"`
+	// ReplayBodyLimit is the largest request body buffered for that replay
+	// (default 1 MiB); 0 disables the replay.
+	ReplayBodyLimit *int64 `json:"replay_body_limit,omitempty"`
+	// WarmUp starts the first token request in the background at
+	// Provision (default true).
+	WarmUp *bool `json:"warm_up,omitempty"`
+
+	key      string
+	src      *source
+	logger   *zap.Logger
+	metrics  *sourceMetrics
+	replay   bool
+	limit    int64
+	hdrCache *atomic.Pointer[headerValue]
+}
+
+// headerValue caches the Authorization value built for one token, so the
+// hot path does not concatenate strings.
+type headerValue struct {
+	tok   *Token
+	value string
+}
+
+// source is one shared token engine and what operators may see of it.
+type source struct {
+	key      string
+	engine   *Engine
+	label    string
+	clientID string
+	tokenURL string
+	scopes   []string
+}
+
+// Destruct closes the engine when the last handler using it is cleaned up.
+func (s *source) Destruct() error { return s.engine.Close() }
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.desko_auth",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// placeholderRE finds the {env.*} and {file.*} placeholders of a value, so
+// errors can name them without ever showing the value.
+var placeholderRE = regexp.MustCompile(`\{(?:env|file)\.[^{}]+\}`)
+
+// Provision expands placeholders and attaches the handler to the shared
+// token engine for its credential set. It never waits on the network.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	h.hdrCache = new(atomic.Pointer[headerValue])
+	if err := h.Validate(); err != nil {
+		return err
+	}
+	clientID, err := expand("client_id", h.ClientID)
+	if err != nil {
+		return err
+	}
+	secret, err := expand("client_secret", h.ClientSecret)
+	if err != nil {
+		return err
+	}
+	tokenURL := DefaultTokenURL
+	if h.TokenURL != "" {
+		if tokenURL, err = expand("token_url", h.TokenURL); err != nil {
+			return err
+		}
+		if err := checkTokenURL(tokenURL); err != nil {
+			return err
+		}
+	}
+	if !placeholderRE.MatchString(h.ClientSecret) {
+		h.logger.Warn("client_secret is a literal value: anyone who can read the admin API's /config/ can see it; " +
+			"use {env.NAME} or {file./path} instead (a Caddyfile {$NAME} is substituted into the config and is literal too)")
+	}
+
+	h.replay = h.RetryOnUnauthorized == nil || *h.RetryOnUnauthorized
+	h.limit = DefaultReplayBodyLimit
+	if h.ReplayBodyLimit != nil {
+		h.limit = *h.ReplayBodyLimit
+	}
+	if h.limit == 0 {
+		h.replay = false
+	}
+
+	cfg := Config{
+		TokenURL:     tokenURL,
+		ClientID:     clientID,
+		ClientSecret: secret,
+		Scopes:       h.Scopes,
+		Timeout:      cmp.Or(time.Duration(h.Timeout), DefaultTimeout),
+		DefaultTTL:   cmp.Or(time.Duration(h.DefaultTTL), DefaultTTL),
+	}
+	h.key = sourceKey(cfg)
+	label := sourceLabel(cfg)
+	h.metrics = registerMetrics(ctx, label)
+	// The engine outlives this config: it gets a logger that does not
+	// depend on the Provision ctx, and never uses ctx for its requests.
+	engineLog := h.logger.With(
+		zap.String("source", label),
+		zap.String("client_id", clientID),
+		zap.String("token_url", redactURL(tokenURL)),
+	)
+	val, _, err := sources.LoadOrNew(h.key, func() (caddy.Destructor, error) {
+		cfg.Logger = engineLog
+		cfg.Observer = h.metrics
+		e, err := NewEngine(cfg)
+		if err != nil {
+			return nil, err
+		}
+		return &source{key: h.key, engine: e, label: label, clientID: clientID, tokenURL: redactURL(tokenURL), scopes: h.Scopes}, nil
+	})
+	if err != nil {
+		return fmt.Errorf("starting the token engine: %w", err)
+	}
+	h.src = val.(*source)
+	if h.WarmUp == nil || *h.WarmUp {
+		h.src.engine.WarmUp()
+	}
+	return nil
+}
+
+// expand resolves {env.*} and {file.*} placeholders in a field. An empty
+// result is an error that names the field and its placeholders, never the
+// value.
+func expand(field, raw string) (string, error) {
+	v, err := caddy.NewReplacer().ReplaceOrErr(raw, true, true)
+	if err == nil && v != "" {
+		return v, nil
+	}
+	// Say which part is wrong. Caddy's own errors quote the placeholder,
+	// which for an unknown one may be a piece of a literal secret.
+	if _, err := caddy.NewReplacer().ReplaceOrErr(raw, false, true); err != nil {
+		return "", fmt.Errorf("%s: has a placeholder other than {env.*} and {file.*}; write a literal brace as \\{ or \\}", field)
+	}
+	var empty []string
+	for _, ph := range placeholderRE.FindAllString(raw, -1) {
+		if s, _ := caddy.NewReplacer().ReplaceOrErr(ph, false, false); s == "" {
+			empty = append(empty, ph)
+		}
+	}
+	if len(empty) == 0 {
+		return "", fmt.Errorf("%s: is empty", field)
+	}
+	return "", fmt.Errorf("%s: placeholder %s expanded to an empty value (unset variable or unreadable file)", field, strings.Join(empty, ", "))
+}
+
+// checkTokenURL accepts absolute http and https URLs only.
+func checkTokenURL(raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return fmt.Errorf("token_url: not a valid URL: %w", err)
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return fmt.Errorf("token_url: scheme must be http or https, got %q", u.Scheme)
+	}
+	if u.Host == "" {
+		return errors.New("token_url: has no host")
+	}
+	if u.User != nil {
+		return errors.New("token_url: must not contain user information")
+	}
+	return nil
+}
+
+// redactURL drops the query string, which some endpoints use for keys.
+func redactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "invalid-url"
+	}
+	u.RawQuery, u.Fragment, u.User = "", "", nil
+	return u.String()
+}
+
+// sourceKey identifies a credential set and its fetch settings; the secret
+// enters only as its SHA-256.
+func sourceKey(c Config) string {
+	secret := sha256.Sum256([]byte(c.ClientSecret))
+	b, _ := json.Marshal([]any{c.TokenURL, c.ClientID, hex.EncodeToString(secret[:]), c.Scopes, c.Timeout, c.DefaultTTL})
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
+
+// sourceLabel is the non-secret name of a source in metrics, logs and the
+// admin API: the client ID and a short hash of the token URL and scopes.
+func sourceLabel(c Config) string {
+	sum := sha256.Sum256([]byte(c.TokenURL + "\x00" + strings.Join(c.Scopes, " ")))
+	return c.ClientID + "@" + hex.EncodeToString(sum[:4])
+}
+
+// Validate reports configuration errors, naming the subdirective. It only
+// looks at the config as written, so `caddy validate` reports the same
+// errors whether or not the placeholders are set.
+func (h *Handler) Validate() error {
+	if strings.TrimSpace(h.ClientID) == "" {
+		return errors.New("client_id: is required")
+	}
+	if strings.TrimSpace(h.ClientSecret) == "" {
+		return errors.New("client_secret: is required")
+	}
+	if h.TokenURL != "" && !placeholderRE.MatchString(h.TokenURL) {
+		if err := checkTokenURL(h.TokenURL); err != nil {
+			return err
+		}
+	}
+	if h.Timeout < 0 {
+		return errors.New("timeout: must be positive")
+	}
+	if h.DefaultTTL < 0 {
+		return errors.New("default_ttl: must be positive")
+	}
+	if h.ReplayBodyLimit != nil && *h.ReplayBodyLimit < 0 {
+		return errors.New("replay_body_limit: must not be negative")
+	}
+	for _, s := range h.Scopes {
+		if s == "" || strings.ContainsAny(s, " \t\r\n\"\\") {
+			return fmt.Errorf("scope: %q is not a valid scope", s)
+		}
+	}
+	return nil
+}
+
+// Cleanup releases this handler's hold on its token engine; the engine is
+// closed when no handler holds it any more.
+func (h *Handler) Cleanup() error {
+	if h.key == "" {
+		return nil
+	}
+	_, err := sources.Delete(h.key)
+	h.key = ""
+	return err
+}
+
+// ServeHTTP sets the Authorization header and calls next. A request for
+// which no token can be had is answered here and never forwarded.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	tok, err := h.src.engine.Get(r.Context())
+	if err != nil {
+		h.metrics.request("unavailable")
+		return h.unavailable(w, r, err)
+	}
+	h.setAuthorization(r, tok)
+	if !h.replay || !h.replayable(r) {
+		h.metrics.request("injected")
+		return next.ServeHTTP(w, r)
+	}
+	return h.serveWithReplay(w, r, next, tok)
+}
+
+// setAuthorization replaces every inbound Authorization header.
+func (h *Handler) setAuthorization(r *http.Request, tok *Token) {
+	hv := h.hdrCache.Load()
+	if hv == nil || hv.tok != tok {
+		hv = &headerValue{tok: tok, value: "Bearer " + tok.Value}
+		h.hdrCache.Store(hv)
+	}
+	r.Header["Authorization"] = []string{hv.value}
+}
+
+// replayable reports whether a request can be sent twice: no upgrade, and a
+// body that is absent or of known length within the limit.
+func (h *Handler) replayable(r *http.Request) bool {
+	if r.Method == http.MethodConnect || r.Header.Get("Upgrade") != "" {
+		return false
+	}
+	if r.Body == nil || r.Body == http.NoBody {
+		return true
+	}
+	return r.ContentLength >= 0 && r.ContentLength <= h.limit
+}
+
+var bufPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// serveWithReplay calls next with a recorder that buffers only a 401
+// answer; on a 401 it invalidates the token and sends the request once more
+// with a new one.
+func (h *Handler) serveWithReplay(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, tok *Token) error {
+	var body []byte
+	if r.Body != nil && r.Body != http.NoBody && r.ContentLength > 0 {
+		var err error
+		body, err = io.ReadAll(io.LimitReader(r.Body, r.ContentLength))
+		if err != nil {
+			return caddyhttp.Error(http.StatusBadRequest, fmt.Errorf("reading the request body: %w", err))
+		}
+		r.Body = io.NopCloser(bytes.NewReader(body))
+	}
+	var saved http.Header
+	if len(w.Header()) > 0 {
+		saved = w.Header().Clone()
+	}
+	buf := bufPool.Get().(*bytes.Buffer)
+	buf.Reset()
+	defer bufPool.Put(buf)
+	rec := caddyhttp.NewResponseRecorder(w, buf, func(status int, _ http.Header) bool {
+		return status == http.StatusUnauthorized
+	})
+	if err := next.ServeHTTP(rec, r); err != nil {
+		return err
+	}
+	if !rec.Buffered() || rec.Status() != http.StatusUnauthorized {
+		h.metrics.request("injected")
+		return nil
+	}
+
+	h.src.engine.Invalidate(tok)
+	fresh, err := h.src.engine.Get(r.Context())
+	if err != nil || fresh == tok {
+		// No newer token: the 401 goes to the client as it came.
+		h.metrics.request("replay_failed")
+		h.logger.Debug("upstream answered 401 and no newer token is available; passing it through")
+		return rec.WriteResponse()
+	}
+
+	// Undo what the first attempt wrote into the shared header map.
+	hdr := w.Header()
+	clear(hdr)
+	for k, v := range saved {
+		hdr[k] = v
+	}
+	if body != nil {
+		r.Body = io.NopCloser(bytes.NewReader(body))
+	}
+	h.setAuthorization(r, fresh)
+	status := caddyhttp.NewResponseRecorder(w, nil, nil) // streams; records the status
+	if err := next.ServeHTTP(status, r); err != nil {
+		return err
+	}
+	if status.Status() == http.StatusUnauthorized {
+		h.metrics.request("replay_failed")
+		h.logger.Warn("upstream answered 401 again after a token refresh; passing it through",
+			zap.String("method", r.Method), zap.String("uri", r.URL.Path))
+		return nil
+	}
+	h.src.engine.Accepted(fresh)
+	h.metrics.request("replayed")
+	return nil
+}
+
+// unavailable answers a request that could not get a token, in Desko's
+// error shape: 502 when the credentials were rejected, 503 with Retry-After
+// when the failure is transient.
+func (h *Handler) unavailable(w http.ResponseWriter, r *http.Request, err error) error {
+	status := http.StatusServiceUnavailable
+	var te *TokenError
+	if errors.As(err, &te) {
+		if te.Kind == KindRejected {
+			status = http.StatusBadGateway
+		} else {
+			secs := int((te.RetryAfter + time.Second - 1) / time.Second)
+			w.Header().Set("Retry-After", strconv.Itoa(max(secs, 1)))
+		}
+	} else if r.Context().Err() != nil {
+		// The client went away while waiting; nobody reads this answer.
+		return caddyhttp.Error(499, err)
+	}
+	body, _ := json.Marshal(struct {
+		Error   int    `json:"error"`
+		ID      string `json:"id"`
+		Message string `json:"message"`
+	}{status, "desko_auth", "could not obtain a Desko access token: " + err.Error()})
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_, werr := w.Write(append(body, '\n'))
+	return werr
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+)

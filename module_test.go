@@ -1,0 +1,616 @@
+package deskoauth
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/caddytest"
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+
+	"github.com/deskoproxy/caddy-desko-auth/internal/deskotest"
+)
+
+// End-to-end tests: a real Caddy (caddytest runs one in-process per test
+// binary, admin on localhost:2999) with desko_auth + reverse_proxy in front
+// of the Desko stand-in. These tests load configs, so none is parallel.
+
+const (
+	testClientID = "e2e-client"
+	testSecret   = "s3cr3t-Value-That-Must-Never-Leak"
+	proxyBase    = "http://localhost:9080"
+)
+
+// e2e is one test's world: a stand-in Desko and a Caddy log file.
+type e2e struct {
+	t       *testing.T
+	desko   *deskotest.Server
+	srv     *httptest.Server
+	logFile string
+	tester  *caddytest.Tester
+}
+
+func newE2E(t *testing.T, ttl time.Duration) *e2e {
+	t.Helper()
+	d := deskotest.New(testClientID, testSecret, ttl)
+	srv := httptest.NewServer(d)
+	t.Cleanup(srv.Close)
+	t.Setenv("DESKO_TEST_SECRET", testSecret)
+	return &e2e{
+		t:       t,
+		desko:   d,
+		srv:     srv,
+		logFile: filepath.Join(t.TempDir(), "caddy.log"),
+		tester:  caddytest.NewTester(t),
+	}
+}
+
+func (e *e2e) tokenURL() string { return e.srv.URL + deskotest.TokenPath }
+
+// load runs Caddy with one site whose desko_auth block holds extra lines
+// besides the credentials, proxying to the stand-in.
+func (e *e2e) load(extra string) {
+	e.t.Helper()
+	e.loadRaw(fmt.Sprintf(`
+http://localhost:9080 {
+	desko_auth {
+		client_id     %s
+		client_secret {env.DESKO_TEST_SECRET}
+		scope         booking.show organization.show
+		token_url     %s
+		%s
+	}
+	reverse_proxy %s
+}`, testClientID, e.tokenURL(), extra, e.srv.Listener.Addr()))
+}
+
+// loadRaw runs Caddy with the given sites, test globals and a DEBUG log.
+func (e *e2e) loadRaw(sites string) {
+	e.t.Helper()
+	e.tester.InitServer(fmt.Sprintf(`{
+	skip_install_trust
+	admin localhost:2999
+	http_port 9080
+	https_port 9443
+	grace_period 1ns
+	log {
+		output file %s
+		level DEBUG
+	}
+}
+%s`, e.logFile, sites), "caddyfile")
+	if e.t.Failed() {
+		e.t.FailNow()
+	}
+}
+
+// do sends a request through Caddy and returns status, headers and body.
+func (e *e2e) do(method, path, body string, hdr ...string) (int, http.Header, string) {
+	e.t.Helper()
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	req, err := http.NewRequest(method, proxyBase+path, rd)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	resp, err := e.tester.Client.Do(req)
+	if err != nil {
+		e.t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return resp.StatusCode, resp.Header, string(b)
+}
+
+// assertNoLeaks checks that neither the secret nor any token the stand-in
+// ever issued appears in the Caddy log or in the given response bodies.
+func (e *e2e) assertNoLeaks(bodies ...string) {
+	e.t.Helper()
+	logs, err := os.ReadFile(e.logFile)
+	if err != nil {
+		e.t.Fatalf("reading Caddy's log: %v", err)
+	}
+	if len(logs) == 0 {
+		e.t.Fatal("Caddy's DEBUG log is empty: the leak check would prove nothing")
+	}
+	haystacks := append([]string{string(logs)}, bodies...)
+	needles := append([]string{testSecret}, e.desko.Issued()...)
+	for _, h := range haystacks {
+		for _, n := range needles {
+			if strings.Contains(h, n) {
+				e.t.Errorf("a secret or token leaked (%d chars) into output:\n%.300s", len(n), h)
+			}
+		}
+	}
+}
+
+type apiAnswer struct {
+	OK     bool   `json:"ok"`
+	Method string `json:"method"`
+	Path   string `json:"path"`
+	Body   string `json:"body"`
+}
+
+func decodeAPI(t *testing.T, body string) apiAnswer {
+	t.Helper()
+	var a apiAnswer
+	if err := json.Unmarshal([]byte(body), &a); err != nil {
+		t.Fatalf("answer is not the stand-in API's JSON: %v: %q", err, body)
+	}
+	return a
+}
+
+type deskoErr struct {
+	Error   int    `json:"error"`
+	ID      string `json:"id"`
+	Message string `json:"message"`
+}
+
+func decodeErr(t *testing.T, body string) deskoErr {
+	t.Helper()
+	var d deskoErr
+	if err := json.Unmarshal([]byte(body), &d); err != nil {
+		t.Fatalf("error answer is not Desko-shaped JSON: %v: %q", err, body)
+	}
+	return d
+}
+
+func TestE2EInjectsTokenAndReplacesClientAuthorization(t *testing.T) {
+	e := newE2E(t, time.Hour)
+	e.load("warm_up off")
+
+	var bodies []string
+	for i := range 20 {
+		// The stand-in's API accepts exactly one Authorization header
+		// holding a token it issued: the client's own must be gone.
+		status, _, body := e.do("GET", fmt.Sprintf("/v1.1/bookings/%d", i), "", "Authorization", "Basic dXNlcjpwYXNz")
+		if status != 200 {
+			t.Fatalf("request %d: status %d, body %s", i, status, body)
+		}
+		a := decodeAPI(t, body)
+		if !a.OK || a.Path != fmt.Sprintf("/v1.1/bookings/%d", i) {
+			t.Fatalf("request %d: unexpected answer %+v", i, a)
+		}
+		bodies = append(bodies, body)
+	}
+	if n := e.desko.TokenRequests(); n != 1 {
+		t.Errorf("token requests = %d, want 1 for 20 requests", n)
+	}
+	if n := e.desko.APIRejected(); n != 0 {
+		t.Errorf("API rejected %d requests", n)
+	}
+	req, body := e.desko.LastTokenRequest()
+	var sent map[string]string
+	if err := json.Unmarshal(body, &sent); err != nil {
+		t.Fatalf("token request body is not JSON: %v", err)
+	}
+	want := map[string]string{"grant_type": "client_credentials", "client_id": testClientID, "client_secret": testSecret, "scope": "booking.show organization.show"}
+	if fmt.Sprint(sent) != fmt.Sprint(want) {
+		t.Errorf("token request body = %v, want %v", sent, want)
+	}
+	if ct := req.Header.Get("Content-Type"); ct != "application/json" {
+		t.Errorf("token request Content-Type = %q", ct)
+	}
+	e.assertNoLeaks(bodies...)
+}
+
+func TestE2ERejectedCredentialsAnswer502AndForwardNothing(t *testing.T) {
+	e := newE2E(t, time.Hour)
+	e.desko.ClientSecret = "the-real-one-is-different"
+	e.load("warm_up off")
+
+	var bodies []string
+	deadline := time.Now().Add(3 * time.Second)
+	n := 0
+	for time.Now().Before(deadline) {
+		status, hdr, body := e.do("GET", "/v1.1/organizations", "")
+		n++
+		if status != http.StatusBadGateway {
+			t.Fatalf("status %d, want 502; body %s", status, body)
+		}
+		if ct := hdr.Get("Content-Type"); ct != "application/json" {
+			t.Errorf("Content-Type = %q", ct)
+		}
+		d := decodeErr(t, body)
+		wantMsg := "could not obtain a Desko access token: token endpoint answered 401: Client authentication failed"
+		if d.Error != 502 || d.ID != "desko_auth" || d.Message != wantMsg {
+			t.Fatalf("error body = %+v", d)
+		}
+		bodies = append(bodies, body)
+		time.Sleep(20 * time.Millisecond) // pace the traffic; nothing is asserted on timing
+	}
+	if got := e.desko.APIRequests(); got != 0 {
+		t.Errorf("%d requests reached the API without a token", got)
+	}
+	// Rejections back off from ~5 s: 3 s of traffic may cause one
+	// request, never one per client request.
+	if got := e.desko.TokenRequests(); got < 1 || got > 2 {
+		t.Errorf("token requests = %d for %d client requests over 3s, want 1–2", got, n)
+	}
+	e.assertNoLeaks(bodies...)
+	logs, _ := os.ReadFile(e.logFile)
+	if c := strings.Count(string(logs), "token endpoint rejected the credentials"); c != 1 {
+		t.Errorf("rejection logged %d times, want once per state change", c)
+	}
+}
+
+func TestE2EReloadReusesTheEngine(t *testing.T) {
+	e := newE2E(t, time.Hour)
+	e.load("warm_up off")
+	if s, _, body := e.do("GET", "/a", ""); s != 200 {
+		t.Fatalf("status %d: %s", s, body)
+	}
+	// A different config with the same credentials: reload.
+	e.load("warm_up off\n\t\ttimeout 10s")
+	e.load("warm_up off")
+	if s, _, body := e.do("GET", "/b", ""); s != 200 {
+		t.Fatalf("after reload: status %d: %s", s, body)
+	}
+	if n := e.desko.TokenRequests(); n != 1 {
+		t.Errorf("token requests = %d after two reloads, want 1", n)
+	}
+	// The admin API shows the placeholder, not the secret.
+	resp, err := http.Get("http://localhost:2999/config/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if strings.Contains(string(cfg), testSecret) || !strings.Contains(string(cfg), "{env.DESKO_TEST_SECRET}") {
+		t.Errorf("admin /config/ should show the placeholder only")
+	}
+	e.assertNoLeaks()
+}
+
+func TestE2EChangedSecretGetsANewEngine(t *testing.T) {
+	e := newE2E(t, time.Hour)
+	e.load("warm_up off")
+	if s, _, body := e.do("GET", "/a", ""); s != 200 {
+		t.Fatalf("status %d: %s", s, body)
+	}
+	const rotated = "rotated-s3cr3t-also-secret"
+	e.desko.ClientSecret = rotated
+	t.Setenv("DESKO_TEST_SECRET", rotated)
+	// Caddy skips a reload whose config text is unchanged (`caddy reload
+	// --force` overrides that); change something else too.
+	e.load("warm_up off\n\t\ttimeout 9s")
+	s, _, body := e.do("GET", "/b", "")
+	if s != 200 {
+		t.Fatalf("after rotation: status %d: %s", s, body)
+	}
+	if n := e.desko.TokenRequests(); n != 2 {
+		t.Errorf("token requests = %d, want 2 (one per secret)", n)
+	}
+	e.assertNoLeaks()
+	logs, _ := os.ReadFile(e.logFile)
+	if strings.Contains(string(logs), rotated) {
+		t.Error("rotated secret in the logs")
+	}
+}
+
+func TestE2ESitesWithTheSameCredentialsShareOneToken(t *testing.T) {
+	e := newE2E(t, time.Hour)
+	block := fmt.Sprintf(`desko_auth {
+		client_id     %s
+		client_secret {env.DESKO_TEST_SECRET}
+		token_url     %s
+		warm_up       off
+	}
+	reverse_proxy %s`, testClientID, e.tokenURL(), e.srv.Listener.Addr())
+	e.loadRaw(fmt.Sprintf("http://localhost:9080 {\n\t%s\n}\nhttp://127.0.0.1:9080 {\n\t%s\n}\n", block, block))
+	for _, host := range []string{"localhost", "127.0.0.1", "localhost"} {
+		resp, err := e.tester.Client.Get("http://" + host + ":9080/x")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("%s: status %d", host, resp.StatusCode)
+		}
+	}
+	if n := e.desko.TokenRequests(); n != 1 {
+		t.Errorf("token requests = %d for two sites with one credential set, want 1", n)
+	}
+}
+
+func TestE2EWarmUpFetchesAtStartup(t *testing.T) {
+	e := newE2E(t, time.Hour)
+	e.load("") // warm_up defaults to on
+	deadline := time.Now().Add(5 * time.Second)
+	for e.desko.TokenRequests() == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := e.desko.TokenRequests(); n != 1 {
+		t.Fatalf("token requests after warm-up = %d, want 1", n)
+	}
+	if s, _, _ := e.do("GET", "/a", ""); s != 200 {
+		t.Fatalf("status %d", s)
+	}
+	if n := e.desko.TokenRequests(); n != 1 {
+		t.Errorf("token requests = %d, want 1: the request should find the warm token", n)
+	}
+}
+
+func TestE2ERevokedTokenIsReplayedWithBody(t *testing.T) {
+	e := newE2E(t, time.Hour)
+	e.load("warm_up off")
+	if s, _, body := e.do("GET", "/first", ""); s != 200 {
+		t.Fatalf("status %d: %s", s, body)
+	}
+	e.desko.RevokeAll()
+	s, hdr, body := e.do("GET", "/after-revocation", "")
+	if s != 200 || decodeAPI(t, body).Path != "/after-revocation" {
+		t.Fatalf("GET after revocation: status %d body %s", s, body)
+	}
+	if hdr.Get("X-Attempt-Rejected") != "" || hdr.Get("WWW-Authenticate") != "" {
+		t.Errorf("headers of the rejected attempt leaked into the replayed answer: %v", hdr)
+	}
+	if hdr.Get("X-Upstream") != "desko-standin" {
+		t.Errorf("replayed answer lacks the upstream's headers: %v", hdr)
+	}
+
+	e.desko.RevokeAll()
+	payload := `{"name":"Sala 1","seats":[1,2,3],"note":"ação ✓"}`
+	s, _, body = e.do("POST", "/v1.1/bookings", payload, "Content-Type", "application/json")
+	if s != 200 {
+		t.Fatalf("POST after revocation: status %d body %s", s, body)
+	}
+	if a := decodeAPI(t, body); a.Method != "POST" || a.Body != payload {
+		t.Errorf("replayed POST = %+v, want the exact body", a)
+	}
+	bodies := e.desko.Bodies()
+	if last := bodies[len(bodies)-1]; last != payload {
+		t.Errorf("upstream received %q, want %q", last, payload)
+	}
+	if n := e.desko.TokenRequests(); n != 3 {
+		t.Errorf("token requests = %d, want 3 (one initial, one per revocation)", n)
+	}
+	e.assertNoLeaks(body)
+}
+
+func TestE2EReplayDisabledPassesThe401Through(t *testing.T) {
+	for _, extra := range []string{"retry_on_unauthorized off", "replay_body_limit 0"} {
+		t.Run(strings.Fields(extra)[0], func(t *testing.T) {
+			e := newE2E(t, time.Hour)
+			e.load("warm_up off\n\t\t" + extra)
+			if s, _, _ := e.do("GET", "/a", ""); s != 200 {
+				t.Fatalf("status %d", s)
+			}
+			e.desko.RevokeAll()
+			s, hdr, body := e.do("GET", "/b", "")
+			if s != 401 || hdr.Get("X-Attempt-Rejected") != "yes" {
+				t.Fatalf("status %d headers %v, want the upstream's own 401", s, hdr)
+			}
+			if d := decodeErr(t, body); d.Message != "Unauthenticated." {
+				t.Errorf("body %q is not the upstream's", body)
+			}
+			if n := e.desko.TokenRequests(); n != 1 {
+				t.Errorf("token requests = %d, want 1", n)
+			}
+		})
+	}
+}
+
+func TestE2ELargeBodyIsSentOnceAnd401PassesThrough(t *testing.T) {
+	e := newE2E(t, time.Hour)
+	e.load("warm_up off\n\t\treplay_body_limit 16")
+	if s, _, _ := e.do("GET", "/a", ""); s != 200 {
+		t.Fatal("warm request failed")
+	}
+	e.desko.RevokeAll()
+	s, hdr, _ := e.do("POST", "/big", strings.Repeat("x", 64), "Content-Type", "text/plain")
+	if s != 401 || hdr.Get("X-Attempt-Rejected") != "yes" {
+		t.Fatalf("status %d, want the upstream's 401 for a body over the limit", s)
+	}
+	if n := e.desko.APIRequests(); n != 2 {
+		t.Errorf("API requests = %d, want 2 (the big body is sent once)", n)
+	}
+}
+
+func TestE2EReplayThatFailsAgainIsNotLooped(t *testing.T) {
+	e := newE2E(t, time.Hour)
+	e.load("warm_up off")
+	if s, _, _ := e.do("GET", "/a", ""); s != 200 {
+		t.Fatal("warm request failed")
+	}
+	before := e.desko.APIRequests()
+	e.desko.RejectNextAPIRequests(2) // the first attempt and the replay
+	s, hdr, _ := e.do("GET", "/b", "")
+	if s != 401 || hdr.Get("X-Attempt-Rejected") != "yes" {
+		t.Fatalf("status %d, want the replay's 401", s)
+	}
+	if n := e.desko.APIRequests() - before; n != 2 {
+		t.Errorf("API requests = %d, want exactly 2 (one replay, no loop)", n)
+	}
+	if n := e.desko.TokenRequests(); n != 2 {
+		t.Errorf("token requests = %d, want 2", n)
+	}
+	// The replacement token was rejected within its first second: another
+	// 401 now must not cause another fetch.
+	e.desko.RejectNextAPIRequests(1)
+	if s, _, _ := e.do("GET", "/c", ""); s != 401 {
+		t.Fatalf("status %d", s)
+	}
+	if n := e.desko.TokenRequests(); n != 2 {
+		t.Errorf("token requests = %d after a second 401 storm, want still 2", n)
+	}
+}
+
+func TestE2ETokenEndpointDown(t *testing.T) {
+	t.Run("with a valid token every request succeeds", func(t *testing.T) {
+		e := newE2E(t, 3*time.Second)
+		e.load("warm_up off")
+		if s, _, _ := e.do("GET", "/a", ""); s != 200 {
+			t.Fatal("warm request failed")
+		}
+		start := time.Now()
+		e.desko.SetMode(deskotest.ModeDown)
+		// Traffic through the refresh point (75–80% of 3 s) until shortly
+		// before expiry: the refresh fails, the current token is served.
+		for i := 0; time.Since(start) < 2600*time.Millisecond; i++ {
+			if s, _, body := e.do("GET", "/b", ""); s != 200 {
+				t.Fatalf("request %d: status %d: %s", i, s, body)
+			}
+			time.Sleep(25 * time.Millisecond)
+		}
+		if n := e.desko.TokenRequests(); n < 2 {
+			t.Errorf("token requests = %d: the refresh was never attempted", n)
+		}
+		e.assertNoLeaks()
+	})
+	t.Run("with no token: 503, Retry-After, nothing forwarded", func(t *testing.T) {
+		e := newE2E(t, time.Hour)
+		e.desko.SetMode(deskotest.ModeDown)
+		e.load("warm_up off")
+		for range 10 {
+			s, hdr, body := e.do("GET", "/a", "")
+			if s != 503 || hdr.Get("Retry-After") == "" {
+				t.Fatalf("status %d Retry-After %q", s, hdr.Get("Retry-After"))
+			}
+			if d := decodeErr(t, body); d.Error != 503 || !strings.Contains(d.Message, "token endpoint answered 500") {
+				t.Fatalf("body %+v", d)
+			}
+		}
+		if n := e.desko.APIRequests(); n != 0 {
+			t.Errorf("%d requests forwarded without a token", n)
+		}
+		if n := e.desko.TokenRequests(); n > 2 {
+			t.Errorf("token requests = %d for 10 client requests, want fail-fast", n)
+		}
+	})
+}
+
+func TestE2EHTMLAnswerThenRecovery(t *testing.T) {
+	e := newE2E(t, time.Hour)
+	e.desko.SetMode(deskotest.ModeHTML)
+	e.load("warm_up off")
+	s, hdr, body := e.do("GET", "/a", "")
+	if s != 503 || hdr.Get("Retry-After") == "" {
+		t.Fatalf("status %d, want 503 with Retry-After", s)
+	}
+	if d := decodeErr(t, body); !strings.Contains(d.Message, "unusable token answer") {
+		t.Errorf("message %q", d.Message)
+	}
+	e.desko.SetMode(deskotest.ModeOK)
+	// The first backoff step is ~1 s (±20%): the background retry must
+	// have a token by then, without any client request causing a fetch.
+	recovered := time.Now()
+	deadline := recovered.Add(5 * time.Second)
+	for e.desko.TokenRequests() < 2 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if s, _, body := e.do("GET", "/b", ""); s != 200 {
+		t.Fatalf("after recovery: status %d %s", s, body)
+	}
+	if n := e.desko.TokenRequests(); n != 2 {
+		t.Errorf("token requests = %d, want 2", n)
+	}
+}
+
+func TestE2EConcurrentRequestsShareOneSlowFetch(t *testing.T) {
+	e := newE2E(t, time.Hour)
+	e.desko.SetDelay(500 * time.Millisecond)
+	e.load("warm_up off")
+	var wg sync.WaitGroup
+	statuses := make(chan int, 50)
+	for range 50 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := e.tester.Client.Get(proxyBase + "/c")
+			if err != nil {
+				statuses <- -1
+				return
+			}
+			resp.Body.Close()
+			statuses <- resp.StatusCode
+		}()
+	}
+	wg.Wait()
+	close(statuses)
+	for s := range statuses {
+		if s != 200 {
+			t.Errorf("status %d", s)
+		}
+	}
+	if n := e.desko.TokenRequests(); n != 1 {
+		t.Errorf("token requests = %d for 50 concurrent requests, want 1", n)
+	}
+}
+
+func TestE2ERFCErrorShape(t *testing.T) {
+	e := newE2E(t, time.Hour)
+	e.desko.SetMode(deskotest.ModeRFCReject)
+	e.load("warm_up off")
+	s, _, body := e.do("GET", "/a", "")
+	if s != 502 {
+		t.Fatalf("status %d", s)
+	}
+	if d := decodeErr(t, body); !strings.Contains(d.Message, "token endpoint answered 400: invalid_client: Client authentication failed") {
+		t.Errorf("message %q", d.Message)
+	}
+}
+
+func TestE2EProvisionErrorsNameTheField(t *testing.T) {
+	for name, tc := range map[string]struct{ block, want string }{
+		"unset env":    {"client_id x\n client_secret {env.DESKO_SURELY_UNSET_VAR}", "{env.DESKO_SURELY_UNSET_VAR}"},
+		"missing file": {"client_id x\n client_secret {file./nonexistent/desko-secret}", "{file./nonexistent/desko-secret}"},
+		"no secret":    {"client_id x", "client_secret"},
+		"bad url":      {"client_id x\n client_secret y\n token_url ftp://example.com/t", "token_url"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			caddytest.AssertLoadError(t, fmt.Sprintf(`{
+	skip_install_trust
+	admin localhost:2999
+	http_port 9080
+}
+http://localhost:9080 {
+	desko_auth {
+		%s
+	}
+	respond ok
+}`, tc.block), "caddyfile", tc.want)
+		})
+	}
+}
+
+// A POST whose body arrives chunked (unknown length) is sent once.
+func TestE2EChunkedBodyIsNotBuffered(t *testing.T) {
+	e := newE2E(t, time.Hour)
+	e.load("warm_up off")
+	if s, _, _ := e.do("GET", "/a", ""); s != 200 {
+		t.Fatal("warm request failed")
+	}
+	pr, pw := io.Pipe()
+	go func() {
+		_, _ = pw.Write([]byte("streamed"))
+		_ = pw.Close()
+	}()
+	req, _ := http.NewRequest("POST", proxyBase+"/stream", pr)
+	resp, err := e.tester.Client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !bytes.Contains(b, []byte(`"body":"streamed"`)) {
+		t.Fatalf("status %d body %s", resp.StatusCode, b)
+	}
+}

@@ -1,0 +1,991 @@
+package deskoauth
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"math/rand/v2"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/oauth2"
+)
+
+// This file is the token engine. It has no Caddy imports on purpose: it is
+// tested on its own with a fake clock and httptest servers.
+
+// Engine defaults and limits.
+const (
+	// DefaultTokenURL is Desko's documented token endpoint.
+	DefaultTokenURL = "https://api.desko.com.br/v1.1/oauth/token"
+	// DefaultTimeout bounds one token request.
+	DefaultTimeout = 10 * time.Second
+	// DefaultTTL is the lifetime assumed for a token whose answer says
+	// nothing usable about its expiry.
+	DefaultTTL = 5 * time.Minute
+
+	// maxBodyBytes caps how much of a token endpoint answer is read.
+	maxBodyBytes = 1 << 20
+	// maxExpiresIn is the largest expires_in taken at face value; larger
+	// values are treated as absurd (missing).
+	maxExpiresIn = 366 * 24 * time.Hour
+	// excerptLen is how much of a non-JSON error body goes into an error.
+	excerptLen = 120
+
+	transientBackoffMin = 1 * time.Second
+	transientBackoffMax = 60 * time.Second
+	rejectedBackoffMin  = 5 * time.Second
+	rejectedBackoffMax  = 5 * time.Minute
+	retryAfterMax       = 10 * time.Minute
+
+	// invalidateGuardMin and invalidateGuardMax protect the token endpoint
+	// from an upstream that answers 401 whatever the token: a token that
+	// itself replaced a rejected one is only replaced again once it is
+	// this old, doubling with each replacement in a row.
+	invalidateGuardMin = time.Second
+	invalidateGuardMax = time.Minute
+)
+
+// ErrorKind classifies why a token could not be obtained.
+type ErrorKind int
+
+// The kinds of token errors. Their String forms are the metric labels.
+const (
+	// KindTransient is a network error, timeout, 5xx or 429: retried with a
+	// short exponential backoff.
+	KindTransient ErrorKind = iota + 1
+	// KindRejected means the token endpoint refused the credentials (400,
+	// 401, 403 and other 4xx): a configuration problem, retried slowly.
+	KindRejected
+	// KindInvalidResponse is a 2xx answer that is not a usable token (not
+	// JSON, no access_token, a wrong token_type, control characters…).
+	// It is retried like a transient error.
+	KindInvalidResponse
+)
+
+func (k ErrorKind) String() string {
+	switch k {
+	case KindTransient:
+		return "transient"
+	case KindRejected:
+		return "rejected"
+	case KindInvalidResponse:
+		return "invalid_response"
+	}
+	return "unknown"
+}
+
+// TokenError is the one error type the engine returns. Its text never
+// contains the client secret or a token.
+type TokenError struct {
+	Kind ErrorKind
+	// Status is the token endpoint's HTTP status, 0 when there was none.
+	Status int
+	// Message is what the token endpoint said (its message,
+	// error_description or error code), or a short excerpt of the body.
+	Message string
+	// RetryAfter is what the server asked for (429/503 Retry-After), or,
+	// on errors handed to waiting requests, the time left until the next
+	// attempt.
+	RetryAfter time.Duration
+	// Err is the underlying cause (network error, JSON error…), if any.
+	Err error
+}
+
+func (e *TokenError) Error() string {
+	var b strings.Builder
+	switch {
+	case e.Status != 0:
+		fmt.Fprintf(&b, "token endpoint answered %d", e.Status)
+		if e.Message != "" {
+			b.WriteString(": ")
+			b.WriteString(e.Message)
+		}
+	case e.Message != "":
+		b.WriteString(e.Message)
+	default:
+		b.WriteString("token request failed")
+	}
+	if e.Err != nil {
+		b.WriteString(": ")
+		b.WriteString(e.Err.Error())
+	}
+	return b.String()
+}
+
+// Unwrap returns the underlying cause.
+func (e *TokenError) Unwrap() error { return e.Err }
+
+// Clock is the engine's source of time. Times it returns must carry a
+// monotonic reading (as time.Now does) so that expiry arithmetic is immune to
+// wall-clock jumps.
+type Clock interface {
+	Now() time.Time
+	NewTimer(d time.Duration) Timer
+}
+
+// Timer is the part of *time.Timer the engine uses.
+type Timer interface {
+	C() <-chan time.Time
+	Stop() bool
+}
+
+type realClock struct{}
+
+func (realClock) Now() time.Time { return time.Now() }
+func (realClock) NewTimer(d time.Duration) Timer {
+	return realTimer{time.NewTimer(d)}
+}
+
+type realTimer struct{ t *time.Timer }
+
+func (t realTimer) C() <-chan time.Time { return t.t.C }
+func (t realTimer) Stop() bool          { return t.t.Stop() }
+
+// Observer receives engine events, for metrics. Implementations must be
+// fast and must not block.
+type Observer interface {
+	// FetchDone is called after every token request with its outcome:
+	// "ok" or an ErrorKind's String.
+	FetchDone(result string, took time.Duration)
+	// TokenChanged is called with the wall-clock expiry of the token now
+	// being served, or the zero time when none is.
+	TokenChanged(expiry time.Time)
+}
+
+// Config describes one credential set and how to fetch its tokens.
+type Config struct {
+	TokenURL     string
+	ClientID     string
+	ClientSecret string
+	Scopes       []string
+	// Timeout bounds one token request (default DefaultTimeout).
+	Timeout time.Duration
+	// DefaultTTL is used when neither expires_in nor the JWT exp claim
+	// gives a usable expiry (default DefaultTTL).
+	DefaultTTL time.Duration
+
+	// HTTPClient sends the token requests. Nil means a client of the
+	// engine's own; its redirect policy is replaced in either case so that
+	// the secret is never sent to another host.
+	HTTPClient *http.Client
+	// Clock defaults to the real clock.
+	Clock Clock
+	// Logger defaults to a no-op logger.
+	Logger *zap.Logger
+	// Observer may be nil.
+	Observer Observer
+	// Rand returns a float in [0,1) for jitter; defaults to math/rand/v2.
+	Rand func() float64
+}
+
+// State is the engine's health, as shown to operators.
+type State string
+
+// Engine states.
+const (
+	StateEmpty      State = "empty"       // no token and no failure yet
+	StateFresh      State = "fresh"       // a valid token is held
+	StateRefreshing State = "refreshing"  // a token request is in flight
+	StateBackingOff State = "backing_off" // the last request failed transiently
+	StateRejected   State = "rejected"    // the last request was refused
+)
+
+// Status is a snapshot of the engine for operators. It holds no secret and no
+// token.
+type Status struct {
+	State       State     `json:"state"`
+	ExpiresAt   time.Time `json:"expires_at,omitzero"`
+	LastFetchAt time.Time `json:"last_fetch_at,omitzero"`
+	NextRetryAt time.Time `json:"next_retry_at,omitzero"`
+	LastError   string    `json:"last_error,omitempty"`
+	Fetches     uint64    `json:"fetches"`
+}
+
+// Token is a token held by the engine. It is immutable once published.
+type Token struct {
+	// Value is the raw access token.
+	Value string
+	// obtained and expiry carry the clock's monotonic reading.
+	obtained time.Time
+	expiry   time.Time
+	// wallExpiry is the wall-clock expiry, for oauth2.Token and metrics.
+	wallExpiry time.Time
+	// refreshAt is when the refresher replaces it (monotonic).
+	refreshAt time.Time
+}
+
+// Valid reports whether the token is usable at now.
+func (t *Token) Valid(now time.Time) bool { return t != nil && now.Before(t.expiry) }
+
+// OAuth2 returns the token as an *oauth2.Token.
+func (t *Token) OAuth2() *oauth2.Token {
+	return &oauth2.Token{AccessToken: t.Value, TokenType: "Bearer", Expiry: t.wallExpiry}
+}
+
+// call is one token request that any number of callers may wait on.
+type call struct {
+	done      chan struct{}
+	replacing bool // started by Invalidate
+	tok       *Token
+	err       error
+}
+
+// Engine fetches, caches and refreshes the tokens of one credential set. It
+// is safe for concurrent use. Its zero value is not usable: use NewEngine.
+type Engine struct {
+	cfg    Config
+	body   []byte // the JSON token request body (holds the secret)
+	client *http.Client
+	clock  Clock
+	log    *zap.Logger
+	obs    Observer
+	rand   func() float64
+
+	cur atomic.Pointer[Token]
+
+	mu          sync.Mutex
+	inflight    *call
+	lastErr     *TokenError
+	failures    int       // consecutive failures
+	nextAttempt time.Time // no new fetch before this while lastErr != nil
+	lastFetchAt time.Time // wall clock
+	fetches     uint64
+	// invalidations counts tokens replaced in a row by Invalidate.
+	invalidations int
+	everOK        bool
+	loggedTTL     bool
+	closed        bool
+
+	kick   chan struct{} // wakes the refresher after a state change
+	stop   chan struct{}
+	exited chan struct{}
+}
+
+// NewEngine validates cfg and starts an engine. The engine's background
+// refresher runs until Close.
+func NewEngine(cfg Config) (*Engine, error) {
+	if cfg.TokenURL == "" {
+		cfg.TokenURL = DefaultTokenURL
+	}
+	u, err := url.Parse(cfg.TokenURL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, errors.New("token_url must be an absolute http:// or https:// URL")
+	}
+	if cfg.ClientID == "" {
+		return nil, errors.New("client_id is required")
+	}
+	if cfg.ClientSecret == "" {
+		return nil, errors.New("client_secret is required")
+	}
+	if cfg.Timeout < 0 || cfg.DefaultTTL < 0 {
+		return nil, errors.New("timeout and default_ttl must be positive")
+	}
+	if cfg.Timeout == 0 {
+		cfg.Timeout = DefaultTimeout
+	}
+	if cfg.DefaultTTL == 0 {
+		cfg.DefaultTTL = DefaultTTL
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = realClock{}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = zap.NewNop()
+	}
+	if cfg.Rand == nil {
+		cfg.Rand = rand.Float64
+	}
+	body, err := json.Marshal(tokenRequest{
+		GrantType:    "client_credentials",
+		ClientID:     cfg.ClientID,
+		ClientSecret: cfg.ClientSecret,
+		Scope:        strings.Join(cfg.Scopes, " "),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("encoding token request: %w", err)
+	}
+	e := &Engine{
+		cfg:    cfg,
+		body:   body,
+		client: sameHostClient(cfg.HTTPClient),
+		clock:  cfg.Clock,
+		log:    cfg.Logger,
+		obs:    cfg.Observer,
+		rand:   cfg.Rand,
+		kick:   make(chan struct{}, 1),
+		stop:   make(chan struct{}),
+		exited: make(chan struct{}),
+	}
+	go e.refresher()
+	return e, nil
+}
+
+type tokenRequest struct {
+	GrantType    string `json:"grant_type"`
+	ClientID     string `json:"client_id"`
+	ClientSecret string `json:"client_secret"`
+	Scope        string `json:"scope,omitempty"`
+}
+
+// sameHostClient returns a copy of c (or a new client) whose redirect
+// policy only follows redirects to the same scheme and host, so the secret
+// in a re-sent body never reaches another server.
+func sameHostClient(c *http.Client) *http.Client {
+	var nc http.Client
+	if c != nil {
+		nc = *c
+	} else {
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		nc.Transport = t
+	}
+	nc.Timeout = 0 // the engine sets a per-request deadline
+	nc.CheckRedirect = func(req *http.Request, via []*http.Request) error {
+		if len(via) >= 3 {
+			return errors.New("stopped after 3 redirects")
+		}
+		first := via[0].URL
+		if req.URL.Scheme != first.Scheme || req.URL.Host != first.Host {
+			return fmt.Errorf("refusing to follow a redirect to another host (%s://%s)", req.URL.Scheme, req.URL.Host)
+		}
+		return nil
+	}
+	return &nc
+}
+
+// Token implements oauth2.TokenSource. It blocks until a token is available
+// or the fetch fails.
+func (e *Engine) Token() (*oauth2.Token, error) {
+	t, err := e.Get(context.Background())
+	if err != nil {
+		return nil, err
+	}
+	return t.OAuth2(), nil
+}
+
+// Get returns a valid token, fetching one if needed. A cached valid token is
+// returned without locking. Concurrent callers share one fetch; a caller
+// whose ctx ends stops waiting without cancelling the fetch for the others.
+// While the engine is backing off after a failure and holds no valid token,
+// Get fails fast with the last error.
+func (e *Engine) Get(ctx context.Context) (*Token, error) {
+	if t := e.cur.Load(); t.Valid(e.clock.Now()) {
+		return t, nil
+	}
+	return e.slowGet(ctx)
+}
+
+// Peek returns the current token if it is valid, without ever fetching.
+func (e *Engine) Peek() *Token {
+	if t := e.cur.Load(); t.Valid(e.clock.Now()) {
+		return t
+	}
+	return nil
+}
+
+func (e *Engine) slowGet(ctx context.Context) (*Token, error) {
+	e.mu.Lock()
+	now := e.clock.Now()
+	if t := e.cur.Load(); t.Valid(now) {
+		e.mu.Unlock()
+		return t, nil
+	}
+	c := e.inflight
+	if c == nil {
+		if e.lastErr != nil && now.Before(e.nextAttempt) {
+			err := *e.lastErr
+			err.RetryAfter = e.nextAttempt.Sub(now)
+			e.mu.Unlock()
+			return nil, &err
+		}
+		c = e.startLocked(false)
+	}
+	e.mu.Unlock()
+	return e.wait(ctx, c)
+}
+
+func (e *Engine) wait(ctx context.Context, c *call) (*Token, error) {
+	select {
+	case <-c.done:
+		if c.err != nil {
+			return nil, c.err
+		}
+		return c.tok, nil
+	case <-ctx.Done():
+		return nil, fmt.Errorf("waiting for a token: %w", ctx.Err())
+	}
+}
+
+// Invalidate tells the engine that the upstream rejected tok (for example
+// with a 401). If tok is still the current token, it is dropped and a new
+// fetch starts; if another caller already replaced it, nothing happens.
+// Either way, a following Get returns the newest token.
+//
+// A token that was itself fetched to replace a rejected one is replaced
+// again only once it is at least 1 s old, doubling up to 1 min with each
+// replacement in a row, so that an upstream that rejects every token cannot
+// turn traffic into a stampede on the token endpoint. A normal refresh, or
+// Accepted, resets that guard.
+func (e *Engine) Invalidate(tok *Token) {
+	if tok == nil {
+		return
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.cur.Load() != tok {
+		return
+	}
+	now := e.clock.Now()
+	if e.invalidations > 0 {
+		guard := invalidateGuardMin << min(e.invalidations-1, 6)
+		if now.Sub(tok.obtained) < min(guard, invalidateGuardMax) {
+			return
+		}
+	}
+	e.invalidations++
+	e.cur.Store(nil)
+	e.notifyToken(nil)
+	e.log.Info("upstream rejected the current token; fetching a new one", zap.Int("attempt", e.invalidations))
+	if e.inflight == nil && (e.lastErr == nil || !now.Before(e.nextAttempt)) {
+		e.startLocked(true)
+	}
+}
+
+// Accepted tells the engine that the upstream accepted tok after a
+// replacement (a replay succeeded), which resets Invalidate's guard.
+func (e *Engine) Accepted(tok *Token) {
+	e.mu.Lock()
+	if e.cur.Load() == tok {
+		e.invalidations = 0
+	}
+	e.mu.Unlock()
+}
+
+// Refresh starts a fetch now (or joins the one in flight) even if the
+// current token is valid, and waits for it. Backoff is ignored: this is for
+// operators who rotated something on the server side.
+func (e *Engine) Refresh(ctx context.Context) (*Token, error) {
+	e.mu.Lock()
+	c := e.inflight
+	if c == nil {
+		c = e.startLocked(false)
+	}
+	e.mu.Unlock()
+	return e.wait(ctx, c)
+}
+
+// startLocked starts a fetch; e.mu must be held and no fetch in flight.
+// replacing says Invalidate started it.
+func (e *Engine) startLocked(replacing bool) *call {
+	c := &call{done: make(chan struct{}), replacing: replacing}
+	e.inflight = c
+	go e.fetch(c)
+	return c
+}
+
+func (e *Engine) fetch(c *call) {
+	start := e.clock.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), e.cfg.Timeout)
+	tok, terr := e.request(ctx)
+	cancel()
+	took := e.clock.Now().Sub(start)
+
+	e.mu.Lock()
+	e.fetches++
+	e.lastFetchAt = e.clock.Now()
+	attempt := e.failures + 1
+	if terr == nil {
+		tok.refreshAt = tok.obtained.Add(time.Duration(float64(tok.expiry.Sub(tok.obtained)) * (0.75 + 0.05*e.rand())))
+		recovered := e.lastErr != nil
+		first := !e.everOK
+		e.lastErr, e.failures, e.nextAttempt, e.everOK = nil, 0, time.Time{}, true
+		if !c.replacing {
+			e.invalidations = 0
+		}
+		e.cur.Store(tok)
+		c.tok = tok
+		ttl := tok.expiry.Sub(tok.obtained)
+		fields := []zap.Field{zap.Duration("expires_in", ttl), zap.Duration("took", took)}
+		switch {
+		case recovered:
+			e.log.Info("token endpoint recovered; token obtained", append(fields, zap.Int("attempt", attempt))...)
+		case first:
+			e.log.Info("first token obtained", fields...)
+		default:
+			e.log.Debug("token refreshed", fields...)
+		}
+	} else {
+		prev := e.lastErr
+		e.failures++
+		backoff := e.backoff(terr)
+		e.lastErr = terr
+		e.nextAttempt = e.clock.Now().Add(backoff)
+		c.err = terr
+		// Log once per state change: a new kind or status of failure.
+		if prev == nil || prev.Kind != terr.Kind || prev.Status != terr.Status {
+			fields := []zap.Field{
+				zap.String("error", terr.Error()),
+				zap.String("kind", terr.Kind.String()),
+				zap.Int("attempt", attempt),
+				zap.Duration("backoff", backoff),
+			}
+			if terr.Status != 0 {
+				fields = append(fields, zap.Int("status", terr.Status))
+			}
+			if terr.Kind == KindRejected {
+				e.log.Error("token endpoint rejected the credentials; check client_id, client_secret and scope", fields...)
+			} else if e.cur.Load().Valid(e.clock.Now()) {
+				e.log.Warn("token refresh failed; still serving the current token", fields...)
+			} else {
+				e.log.Warn("could not obtain a token", fields...)
+			}
+		}
+	}
+	e.inflight = nil
+	e.mu.Unlock()
+	close(c.done)
+	if e.obs != nil {
+		result := "ok"
+		if terr != nil {
+			result = terr.Kind.String()
+		}
+		e.obs.FetchDone(result, took)
+		if terr == nil {
+			e.notifyToken(tok)
+		}
+	}
+	select {
+	case e.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (e *Engine) notifyToken(t *Token) {
+	if e.obs == nil {
+		return
+	}
+	if t == nil {
+		e.obs.TokenChanged(time.Time{})
+		return
+	}
+	e.obs.TokenChanged(t.wallExpiry)
+}
+
+// backoff returns how long to wait after the e.failures-th consecutive
+// failure with err: exponential with ±20% jitter, slower for rejections, at
+// least what a Retry-After asked for.
+func (e *Engine) backoff(err *TokenError) time.Duration {
+	lo, hi := transientBackoffMin, transientBackoffMax
+	if err.Kind == KindRejected {
+		lo, hi = rejectedBackoffMin, rejectedBackoffMax
+	}
+	d := lo
+	for i := 1; i < e.failures && d < hi; i++ {
+		d *= 2
+	}
+	d = min(d, hi)
+	d = time.Duration(float64(d) * (0.8 + 0.4*e.rand()))
+	if err.RetryAfter > d {
+		d = min(err.RetryAfter, retryAfterMax)
+	}
+	return d
+}
+
+// refresher is the background goroutine: it refreshes the token before it
+// expires and retries failed fetches when their backoff ends.
+func (e *Engine) refresher() {
+	defer close(e.exited)
+	for {
+		wait, ok := e.nextWake()
+		var timerC <-chan time.Time
+		var t Timer
+		if ok {
+			t = e.clock.NewTimer(wait)
+			timerC = t.C()
+		}
+		select {
+		case <-e.stop:
+			if t != nil {
+				t.Stop()
+			}
+			return
+		case <-e.kick:
+			if t != nil {
+				t.Stop()
+			}
+		case <-timerC:
+			e.mu.Lock()
+			if e.inflight == nil && e.dueLocked() {
+				e.startLocked(false)
+			}
+			e.mu.Unlock()
+		}
+	}
+}
+
+// nextWake says how long the refresher should sleep; ok is false when there
+// is nothing to schedule (no token and no failure yet, or a fetch in
+// flight, whose end kicks the refresher).
+func (e *Engine) nextWake() (time.Duration, bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.inflight != nil {
+		return 0, false
+	}
+	now := e.clock.Now()
+	if e.lastErr != nil {
+		return max(e.nextAttempt.Sub(now), 0), true
+	}
+	t := e.cur.Load()
+	if t == nil {
+		return 0, false
+	}
+	return max(t.refreshAt.Sub(now), 0), true
+}
+
+// dueLocked reports whether a fetch should start now.
+func (e *Engine) dueLocked() bool {
+	now := e.clock.Now()
+	if e.lastErr != nil {
+		return !now.Before(e.nextAttempt)
+	}
+	t := e.cur.Load()
+	return t != nil && !now.Before(t.refreshAt)
+}
+
+// Status returns a snapshot for operators.
+func (e *Engine) Status() Status {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	s := Status{Fetches: e.fetches, LastFetchAt: e.lastFetchAt}
+	now := e.clock.Now()
+	t := e.cur.Load()
+	if t.Valid(now) {
+		s.ExpiresAt = t.wallExpiry
+	}
+	switch {
+	case e.inflight != nil:
+		s.State = StateRefreshing
+	case e.lastErr != nil && e.lastErr.Kind == KindRejected:
+		s.State = StateRejected
+	case e.lastErr != nil:
+		s.State = StateBackingOff
+	case t.Valid(now):
+		s.State = StateFresh
+	default:
+		s.State = StateEmpty
+	}
+	if e.lastErr != nil {
+		s.LastError = e.lastErr.Error()
+		s.NextRetryAt = e.nextAttempt.Round(0)
+	}
+	return s
+}
+
+// WarmUp starts a fetch in the background if the engine holds no token and
+// none is in flight. It never blocks.
+func (e *Engine) WarmUp() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.inflight == nil && e.lastErr == nil && !e.cur.Load().Valid(e.clock.Now()) {
+		e.startLocked(false)
+	}
+}
+
+// Close stops the background refresher. A token request in flight runs to
+// its timeout; calls after Close still answer (from the cache, or with a
+// one-off fetch) so that requests still in flight during a reload complete.
+func (e *Engine) Close() error {
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		return nil
+	}
+	e.closed = true
+	e.mu.Unlock()
+	close(e.stop)
+	<-e.exited
+	if c, ok := e.client.Transport.(interface{ CloseIdleConnections() }); ok && e.cfg.HTTPClient == nil {
+		c.CloseIdleConnections()
+	}
+	return nil
+}
+
+// request performs one token request and parses its answer.
+func (e *Engine) request(ctx context.Context) (*Token, *TokenError) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, e.cfg.TokenURL, bytes.NewReader(e.body))
+	if err != nil {
+		return nil, &TokenError{Kind: KindRejected, Message: "building the token request", Err: err}
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "application/json")
+	req.Header.Set("User-Agent", "caddy-desko-auth")
+	resp, err := e.client.Do(req)
+	if err != nil {
+		return nil, &TokenError{Kind: KindTransient, Message: "token request failed", Err: e.scrubErr(err)}
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxBodyBytes+1))
+	if err != nil {
+		return nil, &TokenError{Kind: KindTransient, Status: resp.StatusCode, Message: "reading the answer", Err: e.scrubErr(err)}
+	}
+	if len(body) > maxBodyBytes {
+		return nil, &TokenError{Kind: KindInvalidResponse, Status: resp.StatusCode, Message: "answer larger than 1 MiB"}
+	}
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		return nil, e.statusError(resp, body)
+	}
+	now := e.clock.Now()
+	tok, perr := ParseTokenResponse(body, now, e.cfg.DefaultTTL)
+	if perr != nil {
+		// perr may quote the answer (token_type), so it is scrubbed too.
+		return nil, &TokenError{Kind: KindInvalidResponse, Status: resp.StatusCode, Message: "unusable token answer", Err: e.scrubErr(perr)}
+	}
+	if tok.usedDefaultTTL {
+		e.mu.Lock()
+		warn := !e.loggedTTL
+		e.loggedTTL = true
+		e.mu.Unlock()
+		if warn {
+			e.log.Warn("token answer has no usable expires_in or JWT exp; assuming default_ttl",
+				zap.Duration("default_ttl", e.cfg.DefaultTTL))
+		}
+	}
+	return tok.Token, nil
+}
+
+// statusError builds the error for a non-2xx answer.
+func (e *Engine) statusError(resp *http.Response, body []byte) *TokenError {
+	// Scrub the body before errorMessage cuts it to an excerpt: a secret
+	// straddling the cut would otherwise survive in part.
+	te := &TokenError{Status: resp.StatusCode, Message: e.scrub(errorMessage([]byte(e.scrub(string(body)))))}
+	switch {
+	case resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusRequestTimeout || resp.StatusCode >= 500:
+		te.Kind = KindTransient
+		te.RetryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
+	case resp.StatusCode >= 300 && resp.StatusCode < 400:
+		te.Kind = KindRejected
+		te.Message = "redirect not followed (check token_url)"
+	default:
+		te.Kind = KindRejected
+	}
+	return te
+}
+
+// scrub removes the client secret from text that came from elsewhere.
+func (e *Engine) scrub(s string) string {
+	if e.cfg.ClientSecret == "" {
+		return s
+	}
+	return strings.ReplaceAll(s, e.cfg.ClientSecret, "[REDACTED]")
+}
+
+func (e *Engine) scrubErr(err error) error {
+	if msg := err.Error(); strings.Contains(msg, e.cfg.ClientSecret) {
+		return errors.New(e.scrub(msg))
+	}
+	return err
+}
+
+// parseRetryAfter reads a Retry-After header (seconds or an HTTP date).
+func parseRetryAfter(v string, now time.Time) time.Duration {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0
+	}
+	if s, err := strconv.Atoi(v); err == nil {
+		if s < 0 {
+			return 0
+		}
+		return min(time.Duration(s)*time.Second, retryAfterMax)
+	}
+	if t, err := http.ParseTime(v); err == nil {
+		return min(max(t.Sub(now), 0), retryAfterMax)
+	}
+	return 0
+}
+
+// errorMessage extracts a human message from an error answer: Desko's
+// {"error":401,"id":…,"message":…}, RFC 6749's {"error":"invalid_client",
+// "error_description":…}, or a short excerpt of anything else.
+func errorMessage(body []byte) string {
+	var v struct {
+		Error       any    `json:"error"`
+		Description string `json:"error_description"`
+		Message     string `json:"message"`
+		ID          string `json:"id"`
+	}
+	if json.Unmarshal(body, &v) == nil {
+		code := ""
+		if s, ok := v.Error.(string); ok {
+			code = s
+		}
+		switch {
+		case v.Message != "" && code != "":
+			return sanitize(code + ": " + v.Message)
+		case v.Message != "":
+			return sanitize(v.Message)
+		case v.Description != "" && code != "":
+			return sanitize(code + ": " + v.Description)
+		case v.Description != "":
+			return sanitize(v.Description)
+		case code != "":
+			return sanitize(code)
+		}
+	}
+	body = bytes.TrimSpace(body)
+	if len(body) == 0 {
+		return "empty body"
+	}
+	return "body: " + quoteExcerpt(sanitize(string(body)))
+}
+
+// quoteExcerpt quotes s, shortening it first if escapes (of quotes,
+// backslashes, unprintable runes) would make the quoted form longer than
+// excerptLen+3 runes.
+func quoteExcerpt(s string) string {
+	q := strconv.Quote(s)
+	r := []rune(strings.TrimSuffix(s, "…"))
+	for n := len(r); len([]rune(q)) > excerptLen+3 && n > 0; n-- {
+		q = strconv.Quote(string(r[:n-1]) + "…")
+	}
+	return q
+}
+
+// sanitize makes text from the network safe and short for logs and error
+// bodies: control characters become spaces and it is cut at excerptLen runes.
+func sanitize(s string) string {
+	s = strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f || r == '\uFFFD' {
+			return ' '
+		}
+		return r
+	}, s)
+	s = strings.Join(strings.Fields(s), " ")
+	if r := []rune(s); len(r) > excerptLen {
+		s = string(r[:excerptLen]) + "…"
+	}
+	return s
+}
+
+// parsedToken is a token with how its expiry was decided.
+type parsedToken struct {
+	*Token
+	usedDefaultTTL bool
+}
+
+// ParseTokenResponse parses a 2xx token endpoint answer received at now.
+// The expiry comes from expires_in (a number or numeric string of seconds;
+// fractions are truncated) and the JWT exp claim, whichever is earlier;
+// missing, non-positive or absurd values are ignored; if neither is usable,
+// defaultTTL applies.
+func ParseTokenResponse(body []byte, now time.Time, defaultTTL time.Duration) (parsedToken, error) {
+	var v struct {
+		AccessToken *string         `json:"access_token"`
+		TokenType   *string         `json:"token_type"`
+		ExpiresIn   json.RawMessage `json:"expires_in"`
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if err := dec.Decode(&v); err != nil {
+		return parsedToken{}, errors.New("answer is not a JSON object")
+	}
+	// Only whitespace may follow (dec.More misses a stray '}' or ']').
+	if _, err := dec.Token(); err != io.EOF {
+		return parsedToken{}, errors.New("answer has data after the JSON object")
+	}
+	if v.AccessToken == nil || *v.AccessToken == "" {
+		return parsedToken{}, errors.New("answer has no access_token")
+	}
+	at := *v.AccessToken
+	if !validTokenChars(at) {
+		return parsedToken{}, errors.New("access_token contains characters not allowed in an HTTP header")
+	}
+	if v.TokenType != nil && !strings.EqualFold(*v.TokenType, "bearer") {
+		return parsedToken{}, fmt.Errorf("token_type is %q, not Bearer", sanitize(*v.TokenType))
+	}
+	ttl, ok := parseExpiresIn(v.ExpiresIn)
+	if jwtExp, jok := JWTExpiry(at); jok {
+		if d := jwtExp.Sub(now.Round(0)); d > 0 && d <= maxExpiresIn {
+			if !ok || d < ttl {
+				ttl, ok = d, true
+			}
+		} else if !ok && d <= 0 {
+			return parsedToken{}, errors.New("access_token's exp claim is in the past and there is no expires_in")
+		}
+	}
+	p := parsedToken{Token: &Token{Value: at, obtained: now}}
+	if !ok {
+		ttl, p.usedDefaultTTL = defaultTTL, true
+	}
+	p.expiry = now.Add(ttl)
+	p.wallExpiry = now.Round(0).Add(ttl)
+	return p, nil
+}
+
+// parseExpiresIn reads expires_in as a JSON number or numeric string.
+func parseExpiresIn(raw json.RawMessage) (time.Duration, bool) {
+	if len(raw) == 0 || string(raw) == "null" {
+		return 0, false
+	}
+	s := string(raw)
+	if s[0] == '"' {
+		if err := json.Unmarshal(raw, &s); err != nil {
+			return 0, false
+		}
+		s = strings.TrimSpace(s)
+	}
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil || math.IsNaN(f) || math.IsInf(f, 0) || f < 1 {
+		return 0, false
+	}
+	if f > maxExpiresIn.Seconds() {
+		return 0, false
+	}
+	return time.Duration(math.Floor(f)) * time.Second, true
+}
+
+// validTokenChars reports whether s holds only visible ASCII, so it can go
+// into a header with no chance of header injection.
+func validTokenChars(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] <= 0x20 || s[i] >= 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// JWTExpiry returns the exp claim of a JWT, decoding the payload only (no
+// signature check: the token is opaque to us and only its expiry matters).
+func JWTExpiry(tok string) (time.Time, bool) {
+	parts := strings.Split(tok, ".")
+	if len(parts) != 3 || len(parts[1]) > maxBodyBytes {
+		return time.Time{}, false
+	}
+	payload, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(parts[1], "="))
+	if err != nil {
+		return time.Time{}, false
+	}
+	var claims struct {
+		Exp json.Number `json:"exp"`
+	}
+	if err := json.Unmarshal(payload, &claims); err != nil || claims.Exp == "" {
+		return time.Time{}, false
+	}
+	f, err := claims.Exp.Float64()
+	if err != nil || f <= 0 || f > 1e11 {
+		return time.Time{}, false
+	}
+	return time.Unix(int64(f), 0), true
+}
