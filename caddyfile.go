@@ -138,16 +138,19 @@ func oneArg(d *caddyfile.Dispenser) (string, error) {
 	return v, nil
 }
 
+// maxSize is the largest size parseSize accepts, with or without a unit.
+const maxSize = 1 << 40
+
 // parseSize reads a byte size such as 0, 4096, 64KiB or 1MB.
 func parseSize(s string) (int64, error) {
 	if n, err := strconv.ParseInt(s, 10, 64); err == nil {
-		if n < 0 {
+		if n < 0 || n > maxSize {
 			return 0, strconv.ErrRange
 		}
 		return n, nil
 	}
 	n, err := humanize.ParseBytes(s)
-	if err != nil || n > 1<<40 {
+	if err != nil || n > maxSize {
 		return 0, strconv.ErrRange
 	}
 	return int64(n), nil

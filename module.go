@@ -180,6 +180,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("starting the token engine: %w", err)
 	}
 	h.src = val.(*source)
+	h.logger = engineLog
 	if h.WarmUp == nil || *h.WarmUp {
 		h.src.engine.WarmUp()
 	}
@@ -362,6 +363,7 @@ func (h *Handler) serveWithReplay(w http.ResponseWriter, r *http.Request, next c
 		return status == http.StatusUnauthorized
 	})
 	if err := next.ServeHTTP(rec, r); err != nil {
+		h.metrics.request("injected")
 		return err
 	}
 	if !rec.Buffered() || rec.Status() != http.StatusUnauthorized {

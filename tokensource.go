@@ -339,6 +339,10 @@ type tokenRequest struct {
 	Scope        string `json:"scope,omitempty"`
 }
 
+// errCrossHostRedirect is a token endpoint redirecting elsewhere: a
+// configuration problem, not an outage.
+var errCrossHostRedirect = errors.New("refusing to follow a redirect to another host; check token_url")
+
 // sameHostClient returns a copy of c (or a new client) whose redirect
 // policy only follows redirects to the same scheme and host, so the secret
 // in a re-sent body never reaches another server.
@@ -357,7 +361,7 @@ func sameHostClient(c *http.Client) *http.Client {
 		}
 		first := via[0].URL
 		if req.URL.Scheme != first.Scheme || req.URL.Host != first.Host {
-			return fmt.Errorf("refusing to follow a redirect to another host (%s://%s)", req.URL.Scheme, req.URL.Host)
+			return fmt.Errorf("%w (%s://%s)", errCrossHostRedirect, req.URL.Scheme, req.URL.Host)
 		}
 		return nil
 	}
@@ -733,7 +737,11 @@ func (e *Engine) request(ctx context.Context) (*Token, *TokenError) {
 	req.Header.Set("User-Agent", "caddy-desko-auth")
 	resp, err := e.client.Do(req)
 	if err != nil {
-		return nil, &TokenError{Kind: KindTransient, Message: "token request failed", Err: e.scrubErr(err)}
+		kind := KindTransient
+		if errors.Is(err, errCrossHostRedirect) {
+			kind = KindRejected
+		}
+		return nil, &TokenError{Kind: kind, Message: "token request failed", Err: e.scrubErr(err)}
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxBodyBytes+1))
