@@ -162,11 +162,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.metrics = registerMetrics(ctx, label)
 	// The engine outlives this config: it gets a logger that does not
 	// depend on the Provision ctx, and never uses ctx for its requests.
-	engineLog := h.logger.With(
-		zap.String("source", label),
-		zap.String("client_id", clientID),
-		zap.String("token_url", redactURL(tokenURL)),
-	)
+	engineLog := sourceLogger(h.logger, label, clientID, tokenURL)
 	val, _, err := sources.LoadOrNew(h.key, func() (caddy.Destructor, error) {
 		cfg.Logger = engineLog
 		cfg.Observer = h.metrics
@@ -228,6 +224,15 @@ func checkTokenURL(raw string) error {
 		return errors.New("token_url: must not contain user information")
 	}
 	return nil
+}
+
+// sourceLogger adds the source's stable, non-secret fields to every line.
+func sourceLogger(l *zap.Logger, label, clientID, tokenURL string) *zap.Logger {
+	return l.With(
+		zap.String("source", label),
+		zap.String("client_id", clientID),
+		zap.String("token_url", redactURL(tokenURL)),
+	)
 }
 
 // redactURL drops the query string, which some endpoints use for keys.
