@@ -5,6 +5,7 @@ import (
 	"strings"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -36,6 +37,9 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    retry_on_unauthorized on|off       # replay once after an upstream 401; default on
 //	    replay_body_limit <size>           # largest body buffered for that; default 1MiB, 0 = no replay
 //	    warm_up       on|off               # fetch the first token at startup; default on
+//	    shared_cache  [{                   # cluster mode: one token per fleet; default off
+//	        storage <module> [<args...>]   # default: the config's storage (global option)
+//	    }]
 //	}
 //
 // Every subdirective takes exactly the arguments shown; unknown ones are
@@ -108,6 +112,10 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			} else {
 				h.RetryOnUnauthorized = &on
 			}
+		case "shared_cache":
+			if err := h.unmarshalSharedCache(d); err != nil {
+				return err
+			}
 		case "replay_body_limit":
 			v, err := oneArg(d)
 			if err != nil {
@@ -121,6 +129,39 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		default:
 			return d.Errf("unknown subdirective %q", sub)
 		}
+	}
+	return nil
+}
+
+// unmarshalSharedCache parses `shared_cache` or
+// `shared_cache { storage <module> [<args...>] [{ ... }] }`.
+func (h *Handler) unmarshalSharedCache(d *caddyfile.Dispenser) error {
+	if h.SharedCache != nil {
+		return d.Errf("shared_cache: given twice")
+	}
+	if d.NextArg() {
+		return d.Errf("shared_cache: takes no arguments, only an optional block")
+	}
+	h.SharedCache = new(SharedCache)
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		if d.Val() != "storage" {
+			return d.Errf("shared_cache: unknown subdirective %q (only storage)", d.Val())
+		}
+		if h.SharedCache.StorageRaw != nil {
+			return d.Errf("shared_cache: storage given twice")
+		}
+		if !d.NextArg() {
+			return d.Errf("shared_cache: storage: missing module name (e.g. file_system)")
+		}
+		name := d.Val()
+		unm, err := caddyfile.UnmarshalModule(d, "caddy.storage."+name)
+		if err != nil {
+			return d.Errf("shared_cache: storage %s: %v", name, err)
+		}
+		if _, ok := unm.(caddy.StorageConverter); !ok {
+			return d.Errf("shared_cache: storage: module %s is not a storage module", name)
+		}
+		h.SharedCache.StorageRaw = caddyconfig.JSONModuleObject(unm, "module", name, nil)
 	}
 	return nil
 }

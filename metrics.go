@@ -17,6 +17,7 @@ var metrics = struct {
 	duration *prometheus.HistogramVec
 	expiry   *prometheus.GaugeVec
 	requests *prometheus.CounterVec
+	shared   *prometheus.CounterVec
 }{
 	fetches: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "desko_auth",
@@ -39,6 +40,11 @@ var metrics = struct {
 		Name:      "requests_total",
 		Help:      "Requests handled, by outcome (injected, unavailable, replayed, replay_failed).",
 	}, []string{"source", "outcome"}),
+	shared: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "desko_auth",
+		Name:      "shared_cache_total",
+		Help:      "Uses of the shared (cluster) token cache, by result (hit, miss, adopted, lock_timeout, error).",
+	}, []string{"source", "result"}),
 }
 
 // sourceMetrics holds one source's curried collectors; it is the engine's
@@ -48,6 +54,7 @@ type sourceMetrics struct {
 	duration prometheus.Observer
 	expiry   prometheus.Gauge
 	requests map[string]prometheus.Counter
+	shared   *prometheus.CounterVec
 }
 
 var (
@@ -60,7 +67,7 @@ var (
 // metrics.
 func registerMetrics(ctx caddy.Context, label string) *sourceMetrics {
 	if reg := ctx.GetMetricsRegistry(); reg != nil {
-		for _, c := range []prometheus.Collector{metrics.fetches, metrics.duration, metrics.expiry, metrics.requests} {
+		for _, c := range []prometheus.Collector{metrics.fetches, metrics.duration, metrics.expiry, metrics.requests, metrics.shared} {
 			if err := reg.Register(c); err != nil && !errors.As(err, new(prometheus.AlreadyRegisteredError)) {
 				ctx.Logger().Warn("registering metrics") // a programming error; metrics are not vital
 			}
@@ -81,6 +88,7 @@ func metricsFor(label string) *sourceMetrics {
 		duration: metrics.duration.WithLabelValues(label),
 		expiry:   metrics.expiry.WithLabelValues(label),
 		requests: map[string]prometheus.Counter{},
+		shared:   metrics.shared.MustCurryWith(prometheus.Labels{"source": label}),
 	}
 	for _, o := range []string{"injected", "unavailable", "replayed", "replay_failed"} {
 		m.requests[o] = metrics.requests.WithLabelValues(label, o)
@@ -102,6 +110,11 @@ func (m *sourceMetrics) TokenChanged(expiry time.Time) {
 		return
 	}
 	m.expiry.Set(float64(expiry.Unix()))
+}
+
+// SharedCache implements Observer.
+func (m *sourceMetrics) SharedCache(result string) {
+	m.shared.WithLabelValues(result).Inc()
 }
 
 // request counts one handled request by outcome.

@@ -23,6 +23,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 )
 
@@ -68,6 +69,9 @@ type Handler struct {
 	// WarmUp starts the first token request in the background at
 	// Provision (default true).
 	WarmUp *bool `json:"warm_up,omitempty"`
+	// SharedCache, when present, shares tokens with every Caddy instance
+	// that uses the same storage (cluster mode).
+	SharedCache *SharedCache `json:"shared_cache,omitempty"`
 
 	key      string
 	src      *source
@@ -76,6 +80,15 @@ type Handler struct {
 	replay   bool
 	limit    int64
 	hdrCache *atomic.Pointer[headerValue]
+}
+
+// SharedCache configures cluster mode: the token of a credential set is
+// kept, encrypted under a key derived from the client secret, in a Caddy
+// storage shared by the fleet, so the fleet fetches one token per lifetime.
+type SharedCache struct {
+	// StorageRaw is the storage module to use; default: the config's
+	// storage (the `storage` global option, else Caddy's file_system).
+	StorageRaw json.RawMessage `json:"storage,omitempty" caddy:"namespace=caddy.storage inline_key=module"`
 }
 
 // headerValue caches the Authorization value built for one token, so the
@@ -157,7 +170,18 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		Timeout:      cmp.Or(time.Duration(h.Timeout), DefaultTimeout),
 		DefaultTTL:   cmp.Or(time.Duration(h.DefaultTTL), DefaultTTL),
 	}
-	h.key = sourceKey(cfg)
+	var store certmagic.Storage
+	shared := "" // part of the engine's identity: cluster mode or not, and where
+	if h.SharedCache != nil {
+		if store, err = h.sharedStorage(ctx); err != nil {
+			return err
+		}
+		shared = "storage:" + string(h.SharedCache.StorageRaw)
+		if h.SharedCache.StorageRaw == nil {
+			shared = "storage:default"
+		}
+	}
+	h.key = sourceKey(cfg, shared)
 	label := sourceLabel(cfg)
 	h.metrics = registerMetrics(ctx, label)
 	// The engine outlives this config: it gets a logger that does not
@@ -177,10 +201,40 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.src = val.(*source)
 	h.logger = engineLog
+	if store != nil {
+		sc, err := newSharedCache(store, tokenURL, clientID, h.Scopes, secret)
+		if err != nil {
+			_ = h.Cleanup()
+			return fmt.Errorf("shared_cache: %w", err)
+		}
+		sc.unlockFailed = func(err error) { engineLog.Warn("releasing the shared token cache lock", zap.Error(err)) }
+		// The newest config's storage: a storage module of the old config
+		// may be cleaned up after a reload.
+		h.src.engine.setShared(sc)
+	}
 	if h.WarmUp == nil || *h.WarmUp {
 		h.src.engine.WarmUp()
 	}
 	return nil
+}
+
+// sharedStorage loads the shared_cache storage module, or the config's.
+func (h *Handler) sharedStorage(ctx caddy.Context) (certmagic.Storage, error) {
+	if h.SharedCache.StorageRaw == nil {
+		if st := ctx.Storage(); st != nil {
+			return st, nil
+		}
+		return caddy.DefaultStorage, nil
+	}
+	mod, err := ctx.LoadModule(h.SharedCache, "StorageRaw")
+	if err != nil {
+		return nil, fmt.Errorf("shared_cache: loading storage module: %w", err)
+	}
+	st, err := mod.(caddy.StorageConverter).CertMagicStorage()
+	if err != nil {
+		return nil, fmt.Errorf("shared_cache: creating storage: %w", err)
+	}
+	return st, nil
 }
 
 // expand resolves {env.*} and {file.*} placeholders in a field. An empty
@@ -247,9 +301,9 @@ func redactURL(raw string) string {
 
 // sourceKey identifies a credential set and its fetch settings; the secret
 // enters only as its SHA-256.
-func sourceKey(c Config) string {
+func sourceKey(c Config, shared string) string {
 	secret := sha256.Sum256([]byte(c.ClientSecret))
-	b, _ := json.Marshal([]any{c.TokenURL, c.ClientID, hex.EncodeToString(secret[:]), c.Scopes, c.Timeout, c.DefaultTTL})
+	b, _ := json.Marshal([]any{c.TokenURL, c.ClientID, hex.EncodeToString(secret[:]), c.Scopes, c.Timeout, c.DefaultTTL, shared})
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:])
 }
@@ -405,7 +459,6 @@ func (h *Handler) serveWithReplay(w http.ResponseWriter, r *http.Request, next c
 			zap.String("method", r.Method), zap.String("uri", r.URL.Path))
 		return nil
 	}
-	h.src.engine.Accepted(fresh)
 	h.metrics.request("replayed")
 	return nil
 }

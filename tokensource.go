@@ -55,6 +55,8 @@ const (
 	// this old, doubling with each replacement in a row.
 	invalidateGuardMin = time.Second
 	invalidateGuardMax = time.Minute
+	// invalidateQuiet without rejections resets that guard.
+	invalidateQuiet = 2 * time.Minute
 )
 
 // ErrorKind classifies why a token could not be obtained.
@@ -162,6 +164,9 @@ type Observer interface {
 	// TokenChanged is called with the wall-clock expiry of the token now
 	// being served, or the zero time when none is.
 	TokenChanged(expiry time.Time)
+	// SharedCache is called with the outcome of each use of the shared
+	// cache: "hit", "miss", "adopted", "lock_timeout" or "error".
+	SharedCache(result string)
 }
 
 // Config describes one credential set and how to fetch its tokens.
@@ -237,7 +242,7 @@ func (t *Token) OAuth2() *oauth2.Token {
 // call is one token request that any number of callers may wait on.
 type call struct {
 	done      chan struct{}
-	replacing bool // started by Invalidate
+	replacing *Token // the rejected token, when Invalidate started it
 	tok       *Token
 	err       error
 }
@@ -255,6 +260,11 @@ type Engine struct {
 
 	cur atomic.Pointer[Token]
 
+	// shared is the fleet-wide token store in cluster mode (nil: off).
+	shared atomic.Pointer[sharedHolder]
+	// sharedBroken is set while the shared store fails (to log once).
+	sharedBroken atomic.Bool
+
 	mu          sync.Mutex
 	inflight    *call
 	lastErr     *TokenError
@@ -263,10 +273,11 @@ type Engine struct {
 	lastFetchAt time.Time // wall clock
 	fetches     uint64
 	// invalidations counts tokens replaced in a row by Invalidate.
-	invalidations int
-	everOK        bool
-	loggedTTL     bool
-	closed        bool
+	invalidations    int
+	lastInvalidation time.Time
+	everOK           bool
+	loggedTTL        bool
+	closed           bool
 
 	kick   chan struct{} // wakes the refresher after a state change
 	stop   chan struct{}
@@ -413,7 +424,7 @@ func (e *Engine) slowGet(ctx context.Context) (*Token, error) {
 			e.mu.Unlock()
 			return nil, &err
 		}
-		c = e.startLocked(false)
+		c = e.startLocked(nil)
 	}
 	e.mu.Unlock()
 	return e.wait(ctx, c)
@@ -438,9 +449,10 @@ func (e *Engine) wait(ctx context.Context, c *call) (*Token, error) {
 //
 // A token that was itself fetched to replace a rejected one is replaced
 // again only once it is at least 1 s old, doubling up to 1 min with each
-// replacement in a row, so that an upstream that rejects every token cannot
+// replacement in a row, so that an upstream that rejects every token (or a
+// fleet of proxies whose server revokes a client's previous token) cannot
 // turn traffic into a stampede on the token endpoint. A normal refresh, or
-// Accepted, resets that guard.
+// two minutes without rejections, resets that guard.
 func (e *Engine) Invalidate(tok *Token) {
 	if tok == nil {
 		return
@@ -451,6 +463,9 @@ func (e *Engine) Invalidate(tok *Token) {
 		return
 	}
 	now := e.clock.Now()
+	if now.Sub(e.lastInvalidation) >= invalidateQuiet {
+		e.invalidations = 0 // quiet for a while: start over
+	}
 	if e.invalidations > 0 {
 		guard := invalidateGuardMin << min(e.invalidations-1, 6)
 		if now.Sub(tok.obtained) < min(guard, invalidateGuardMax) {
@@ -458,22 +473,13 @@ func (e *Engine) Invalidate(tok *Token) {
 		}
 	}
 	e.invalidations++
+	e.lastInvalidation = now
 	e.cur.Store(nil)
 	e.notifyToken(nil)
 	e.log.Info("upstream rejected the current token; fetching a new one", zap.Int("attempt", e.invalidations))
 	if e.inflight == nil && (e.lastErr == nil || !now.Before(e.nextAttempt)) {
-		e.startLocked(true)
+		e.startLocked(tok)
 	}
-}
-
-// Accepted tells the engine that the upstream accepted tok after a
-// replacement (a replay succeeded), which resets Invalidate's guard.
-func (e *Engine) Accepted(tok *Token) {
-	e.mu.Lock()
-	if e.cur.Load() == tok {
-		e.invalidations = 0
-	}
-	e.mu.Unlock()
 }
 
 // Refresh starts a fetch now (or joins the one in flight) even if the
@@ -483,15 +489,15 @@ func (e *Engine) Refresh(ctx context.Context) (*Token, error) {
 	e.mu.Lock()
 	c := e.inflight
 	if c == nil {
-		c = e.startLocked(false)
+		c = e.startLocked(nil)
 	}
 	e.mu.Unlock()
 	return e.wait(ctx, c)
 }
 
 // startLocked starts a fetch; e.mu must be held and no fetch in flight.
-// replacing says Invalidate started it.
-func (e *Engine) startLocked(replacing bool) *call {
+// replacing is the rejected token when Invalidate started it.
+func (e *Engine) startLocked(replacing *Token) *call {
 	c := &call{done: make(chan struct{}), replacing: replacing}
 	e.inflight = c
 	go e.fetch(c)
@@ -501,20 +507,18 @@ func (e *Engine) startLocked(replacing bool) *call {
 func (e *Engine) fetch(c *call) {
 	start := e.clock.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), e.cfg.Timeout)
-	tok, terr := e.request(ctx)
+	tok, terr, adopted := e.obtain(ctx, c.replacing)
 	cancel()
 	took := e.clock.Now().Sub(start)
 
 	e.mu.Lock()
-	e.fetches++
-	e.lastFetchAt = e.clock.Now()
 	attempt := e.failures + 1
 	if terr == nil {
 		tok.refreshAt = tok.obtained.Add(time.Duration(float64(tok.expiry.Sub(tok.obtained)) * (0.75 + 0.05*e.rand())))
 		recovered := e.lastErr != nil
 		first := !e.everOK
 		e.lastErr, e.failures, e.nextAttempt, e.everOK = nil, 0, time.Time{}, true
-		if !c.replacing {
+		if c.replacing == nil {
 			e.invalidations = 0
 		}
 		e.cur.Store(tok)
@@ -522,6 +526,8 @@ func (e *Engine) fetch(c *call) {
 		ttl := tok.expiry.Sub(tok.obtained)
 		fields := []zap.Field{zap.Duration("expires_in", ttl), zap.Duration("took", took)}
 		switch {
+		case adopted:
+			e.log.Debug("token adopted from the shared cache", fields...)
 		case recovered:
 			e.log.Info("token endpoint recovered; token obtained", append(fields, zap.Int("attempt", attempt))...)
 		case first:
@@ -559,15 +565,8 @@ func (e *Engine) fetch(c *call) {
 	e.inflight = nil
 	e.mu.Unlock()
 	close(c.done)
-	if e.obs != nil {
-		result := "ok"
-		if terr != nil {
-			result = terr.Kind.String()
-		}
-		e.obs.FetchDone(result, took)
-		if terr == nil {
-			e.notifyToken(tok)
-		}
+	if terr == nil {
+		e.notifyToken(tok)
 	}
 	select {
 	case e.kick <- struct{}{}:
@@ -631,7 +630,7 @@ func (e *Engine) refresher() {
 		case <-timerC:
 			e.mu.Lock()
 			if e.inflight == nil && e.dueLocked() {
-				e.startLocked(false)
+				e.startLocked(nil)
 			}
 			e.mu.Unlock()
 		}
@@ -703,7 +702,7 @@ func (e *Engine) WarmUp() {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.inflight == nil && e.lastErr == nil && !e.cur.Load().Valid(e.clock.Now()) {
-		e.startLocked(false)
+		e.startLocked(nil)
 	}
 }
 
@@ -726,8 +725,28 @@ func (e *Engine) Close() error {
 	return nil
 }
 
-// request performs one token request and parses its answer.
+// request performs one token request, counts it for Status and the
+// Observer, and returns the parsed token.
 func (e *Engine) request(ctx context.Context) (*Token, *TokenError) {
+	start := e.clock.Now()
+	tok, terr := e.roundTrip(ctx)
+	took := e.clock.Now().Sub(start)
+	e.mu.Lock()
+	e.fetches++
+	e.lastFetchAt = e.clock.Now().Round(0)
+	e.mu.Unlock()
+	if e.obs != nil {
+		result := "ok"
+		if terr != nil {
+			result = terr.Kind.String()
+		}
+		e.obs.FetchDone(result, took)
+	}
+	return tok, terr
+}
+
+// roundTrip sends the token request and parses its answer.
+func (e *Engine) roundTrip(ctx context.Context) (*Token, *TokenError) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, e.cfg.TokenURL, bytes.NewReader(e.body))
 	if err != nil {
 		return nil, &TokenError{Kind: KindRejected, Message: "building the token request", Err: err}

@@ -1341,9 +1341,14 @@ func TestEngineInvalidate(t *testing.T) {
 		cur = replaced(fmt.Sprintf("%s, %v old", step, guard), cur)
 	}
 
-	// Accepted resets the guard: the next rejection is acted on at once.
-	e.Accepted(cur)
-	cur = replaced("after Accepted", cur)
+	// Two minutes without rejections reset the guard: the next rejection
+	// is acted on at once, and the one after waits 1 s again, not 1 min.
+	clk.Advance(invalidateQuiet)
+	cur = replaced("after a quiet period", cur)
+	e.Invalidate(cur)
+	assertNoFetch("after a quiet period, second replacement, brand new", cur)
+	clk.Advance(time.Second)
+	cur = replaced("after a quiet period, second replacement, 1s old", cur)
 	// … and so does a normal (non-replacing) fetch.
 	e.Invalidate(cur)
 	assertNoFetch("second replacement in a row, brand new", cur)

@@ -1,0 +1,291 @@
+package deskoauth
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/deskoproxy/caddy-desko-auth/internal/deskotest"
+)
+
+// The fleet tests run two real Caddy processes (built from
+// ./internal/caddycmd, the program xcaddy would build) that share one
+// file_system storage folder, under concurrent load through short-lived
+// tokens, against one Desko stand-in. Everything is on loopback.
+
+const (
+	fleetClientID = "fleet-client"
+	fleetSecret   = "fleet-s3cr3t-never-in-logs"
+	fleetTTL      = 3 * time.Second
+)
+
+// fleetDuration is how long each load runs: 20 s by default, shorter
+// with DESKO_FLEET_SECONDS for a quick local run.
+func fleetDuration(t *testing.T) time.Duration {
+	if v := os.Getenv("DESKO_FLEET_SECONDS"); v != "" {
+		var s int
+		if _, err := fmt.Sscan(v, &s); err != nil || s < 5 {
+			t.Fatalf("DESKO_FLEET_SECONDS=%q: want a whole number ≥ 5", v)
+		}
+		return time.Duration(s) * time.Second
+	}
+	return 20 * time.Second
+}
+
+var (
+	caddyBinOnce sync.Once
+	caddyBin     string
+	caddyBinErr  error
+)
+
+// buildCaddy builds the Caddy binary once per test binary.
+func buildCaddy(t *testing.T) string {
+	t.Helper()
+	caddyBinOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "desko-caddy-bin")
+		if err != nil {
+			caddyBinErr = err
+			return
+		}
+		caddyBin = filepath.Join(dir, "caddy")
+		out, err := exec.Command("go", "build", "-o", caddyBin, "./internal/caddycmd").CombinedOutput()
+		if err != nil {
+			caddyBinErr = fmt.Errorf("go build ./internal/caddycmd: %v\n%s", err, out)
+		}
+	})
+	if caddyBinErr != nil {
+		t.Fatal(caddyBinErr)
+	}
+	return caddyBin
+}
+
+// freePort returns a loopback port that was free a moment ago.
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// startCaddy runs one Caddy process with a site on a free loopback port
+// and returns the site's base URL and its log file.
+func startCaddy(t *testing.T, bin, storageDir, desko, block string) (string, string) {
+	t.Helper()
+	dir := t.TempDir()
+	port := freePort(t)
+	logFile := filepath.Join(dir, "caddy.log")
+	cfg := fmt.Sprintf(`{
+	admin off
+	auto_https off
+	persist_config off
+	storage file_system %s
+	log {
+		output file %s
+		level DEBUG
+	}
+}
+http://127.0.0.1:%d {
+	desko_auth {
+		client_id     %s
+		client_secret {env.DESKO_FLEET_SECRET}
+		token_url     %s%s
+		%s
+	}
+	reverse_proxy %s
+}
+`, storageDir, logFile, port, fleetClientID, desko, deskotest.TokenPath, block, strings.TrimPrefix(desko, "http://"))
+	cfgFile := filepath.Join(dir, "Caddyfile")
+	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "run", "--config", cfgFile, "--adapter", "caddyfile")
+	cmd.Env = append(os.Environ(), "DESKO_FLEET_SECRET="+fleetSecret, "HOME="+dir, "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir)
+	stderr, err := os.Create(filepath.Join(dir, "stderr.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = stderr, stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		stderr.Close()
+	})
+	base := fmt.Sprintf("http://127.0.0.1:%d", port)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), time.Second)
+		if err == nil {
+			c.Close()
+			return base, logFile
+		}
+		if time.Now().After(deadline) {
+			out, _ := os.ReadFile(filepath.Join(dir, "stderr.log"))
+			t.Fatalf("Caddy did not start listening on %d: %s", port, out)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// loadResult counts what the clients saw.
+type loadResult struct {
+	requests, ok, unauthorized, other atomic.Int64
+}
+
+func (r *loadResult) String() string {
+	return fmt.Sprintf("%d requests: %d ok, %d 401, %d other", r.requests.Load(), r.ok.Load(), r.unauthorized.Load(), r.other.Load())
+}
+
+// runLoad sends requests from `workers` goroutines per target for d.
+func runLoad(targets []string, workers int, d time.Duration) *loadResult {
+	var res loadResult
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: workers}}
+	var wg sync.WaitGroup
+	for _, target := range targets {
+		for w := range workers {
+			wg.Go(func() {
+				for i := 0; ctx.Err() == nil; i++ {
+					res.requests.Add(1)
+					resp, err := client.Get(fmt.Sprintf("%s/v1.1/bookings/%d-%d", target, w, i))
+					if err != nil {
+						res.other.Add(1)
+						continue
+					}
+					_, _ = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					switch resp.StatusCode {
+					case http.StatusOK:
+						res.ok.Add(1)
+					case http.StatusUnauthorized:
+						res.unauthorized.Add(1)
+					default:
+						res.other.Add(1)
+					}
+					time.Sleep(5 * time.Millisecond) // a steady, bounded rate
+				}
+			})
+		}
+	}
+	wg.Wait()
+	return &res
+}
+
+// fleetRun starts a stand-in and two Caddy processes sharing a storage
+// folder, loads them for d, and returns what clients saw and how many
+// token requests the stand-in received.
+func fleetRun(t *testing.T, block string, revokePrevious bool, d time.Duration) (*loadResult, int64, []string) {
+	t.Helper()
+	bin := buildCaddy(t)
+	desko := deskotest.New(fleetClientID, fleetSecret, fleetTTL)
+	desko.SetRevokePrevious(revokePrevious)
+	srv := httptest.NewServer(desko)
+	t.Cleanup(srv.Close)
+	storage := t.TempDir()
+	a, logA := startCaddy(t, bin, storage, srv.URL, block)
+	b, logB := startCaddy(t, bin, storage, srv.URL, block)
+	res := runLoad([]string{a, b}, 4, d)
+	n := desko.TokenRequests()
+	t.Logf("fleet (%s, revoke_previous=%v) over %v: %s; token requests %d; API answered 401 %d times",
+		strings.TrimSpace(block), revokePrevious, d, res, n, desko.APIRejected())
+
+	// The stored entry and the logs hold neither the secret nor a token.
+	needles := append([]string{fleetSecret}, desko.Issued()...)
+	_ = filepath.WalkDir(storage, func(p string, de os.DirEntry, err error) error {
+		if err != nil || de.IsDir() {
+			return nil
+		}
+		data, _ := os.ReadFile(p)
+		for _, s := range needles {
+			if strings.Contains(string(data), s) {
+				t.Errorf("%s holds a secret or token in plaintext", p)
+			}
+		}
+		return nil
+	})
+	for _, f := range []string{logA, logB} {
+		data, _ := os.ReadFile(f)
+		for _, s := range needles {
+			if strings.Contains(string(data), s) {
+				t.Errorf("%s holds a secret or token", f)
+			}
+		}
+	}
+	return res, n, []string{logA, logB}
+}
+
+// maxFleetFetches is one token per lifetime for the whole fleet (a refresh
+// at 75–80% of each token's life, plus the first) with a little slack for
+// the rare race where both instances miss the cache at the same moment.
+func maxFleetFetches(d time.Duration) int64 {
+	return int64(d/(fleetTTL*3/4)) + 3
+}
+
+func TestFleetSharesOneTokenPerLifetime(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs two Caddy processes under load")
+	}
+	d := fleetDuration(t)
+	res, n, logs := fleetRun(t, "shared_cache", false, d)
+	if res.ok.Load() != res.requests.Load() || res.requests.Load() == 0 {
+		t.Errorf("client-visible errors: %s", res)
+	}
+	if max := maxFleetFetches(d); n > max {
+		t.Errorf("the fleet made %d token requests in %v with %v tokens, want ≤ %d (one per lifetime)", n, d, fleetTTL, max)
+	}
+	if n < int64(d/fleetTTL) {
+		t.Errorf("only %d token requests in %v of %v tokens: were tokens refreshed at all?", n, d, fleetTTL)
+	}
+	// Both instances adopted tokens from the shared cache.
+	for _, f := range logs {
+		data, _ := os.ReadFile(f)
+		if !strings.Contains(string(data), "token adopted from the shared cache") {
+			t.Errorf("%s: this instance never adopted a token from the shared cache", f)
+		}
+	}
+}
+
+func TestFleetRevokingServer(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs two Caddy processes under load")
+	}
+	d := fleetDuration(t) * 3 / 4
+	t.Run("shared_cache", func(t *testing.T) {
+		res, n, _ := fleetRun(t, "shared_cache", true, d)
+		if res.ok.Load() != res.requests.Load() || res.requests.Load() == 0 {
+			t.Errorf("with shared_cache no 401 may reach clients: %s", res)
+		}
+		if max := maxFleetFetches(d); n > max {
+			t.Errorf("%d token requests, want ≤ %d", n, max)
+		}
+	})
+	t.Run("per-process cache", func(t *testing.T) {
+		// No assertion on the churn itself (that is what shared_cache is
+		// for); the numbers go to the README. Only: the proxy stays sane
+		// (no 5xx) and the invalidation guard bounds the token requests.
+		res, n, _ := fleetRun(t, "", true, d)
+		if res.other.Load() != 0 {
+			t.Errorf("errors other than 401: %s", res)
+		}
+		if max := int64(d/time.Second)*2 + 4; n > max {
+			t.Errorf("%d token requests in %v: the invalidation guard should keep it ≤ %d", n, d, max)
+		}
+	})
+}

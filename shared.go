@@ -1,0 +1,145 @@
+package deskoauth
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// This file is the engine's side of cluster mode: instances that share a
+// store share one token per credential set, so a fleet makes one token
+// request per token lifetime, and reacts to a revoked token with one fetch.
+
+// sharedStore is what the engine needs of a fleet-wide token store;
+// *sharedCache (a certmagic.Storage entry) is the implementation.
+type sharedStore interface {
+	load(ctx context.Context) (*storedToken, error)
+	store(ctx context.Context, t *storedToken) error
+	lock(ctx context.Context) (unlock func(), err error)
+}
+
+type sharedHolder struct{ s sharedStore }
+
+// maxLockWait bounds the wait for the fleet's lock; past it the instance
+// fetches on its own.
+const maxLockWait = 5 * time.Second
+
+// setShared turns cluster mode on (or off with nil). Each Provision calls it
+// with the newest config's storage, so that an engine kept across a reload
+// never uses a storage module that the old config has cleaned up.
+func (e *Engine) setShared(s sharedStore) {
+	if s == nil {
+		e.shared.Store(nil)
+		return
+	}
+	e.shared.Store(&sharedHolder{s})
+}
+
+// obtain gets a new token: from the token endpoint, or in cluster mode from
+// the shared store when a peer already holds a good one. replacing is the
+// token the upstream rejected, if that is why a token is needed. adopted
+// reports that the token came from the store.
+//
+// In cluster mode: adopt a stored token with enough life left (no lock);
+// otherwise take the store's lock (bounded), look again (a peer may have
+// just refreshed), fetch only if still needed, store, unlock. Any storage
+// failure falls back to a fetch of this instance's own, with a WARN.
+func (e *Engine) obtain(ctx context.Context, replacing *Token) (tok *Token, terr *TokenError, adopted bool) {
+	h := e.shared.Load()
+	if h == nil {
+		tok, terr = e.request(ctx)
+		return tok, terr, false
+	}
+	if tok := e.adopt(ctx, h.s, replacing, "hit"); tok != nil {
+		return tok, nil, true
+	}
+
+	lockCtx, cancel := context.WithTimeout(ctx, min(e.cfg.Timeout/2, maxLockWait))
+	unlock, err := h.s.lock(lockCtx)
+	cancel()
+	if err != nil {
+		result := "error"
+		if errors.Is(err, context.DeadlineExceeded) {
+			result = "lock_timeout"
+		}
+		e.sharedFailed(result, err)
+		tok, terr = e.request(ctx)
+		return tok, terr, false
+	}
+	defer unlock()
+	if tok := e.adopt(ctx, h.s, replacing, "adopted"); tok != nil {
+		return tok, nil, true
+	}
+	e.sharedResult("miss")
+	tok, terr = e.request(ctx)
+	if terr == nil {
+		st := &storedToken{AccessToken: tok.Value, Obtained: tok.obtained.Round(0), Expiry: tok.wallExpiry}
+		if err := h.s.store(ctx, st); err != nil {
+			e.sharedFailed("error", err)
+		}
+	}
+	return tok, terr, false
+}
+
+// adopt loads the stored token and returns it if this instance should use
+// it: not the rejected token, and, for a refresh, not yet due for refresh
+// itself (its refresh point is at 75% of its life, the earliest any
+// instance refreshes). It reports result to the observer on success.
+func (e *Engine) adopt(ctx context.Context, s sharedStore, replacing *Token, result string) *Token {
+	st, err := s.load(ctx)
+	if err != nil {
+		e.sharedFailed("error", err)
+		return nil
+	}
+	if st == nil {
+		return nil
+	}
+	e.sharedOK()
+	now := e.clock.Now()
+	wallNow := now.Round(0)
+	left := st.Expiry.Sub(wallNow)
+	life := st.Expiry.Sub(st.Obtained)
+	if left <= 0 || life <= 0 {
+		return nil
+	}
+	if replacing != nil {
+		if st.AccessToken == replacing.Value {
+			return nil
+		}
+	} else if cur := e.cur.Load(); (cur != nil && st.AccessToken == cur.Value) || wallNow.Sub(st.Obtained) >= life*3/4 {
+		return nil
+	}
+	e.sharedResult(result)
+	return &Token{
+		Value:      st.AccessToken,
+		obtained:   now.Add(-wallNow.Sub(st.Obtained)),
+		expiry:     now.Add(left),
+		wallExpiry: st.Expiry,
+	}
+}
+
+func (e *Engine) sharedResult(result string) {
+	if e.obs != nil {
+		e.obs.SharedCache(result)
+	}
+}
+
+// sharedFailed records a storage failure and logs a WARN on the first one
+// in a row.
+func (e *Engine) sharedFailed(result string, err error) {
+	e.sharedResult(result)
+	if !e.sharedBroken.Swap(true) {
+		e.log.Warn("shared token cache unavailable; fetching tokens locally", zap.String("error", e.scrub(err.Error())))
+	}
+}
+
+// sharedOK notes that the store works again.
+func (e *Engine) sharedOK() {
+	if e.sharedBroken.Swap(false) {
+		e.log.Info("shared token cache available again")
+	}
+}
+
+var _ sharedStore = (*sharedCache)(nil)

@@ -1,0 +1,347 @@
+package deskoauth
+
+import (
+	"bytes"
+	"context"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/hkdf"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/certmagic"
+)
+
+// This file is the storage layer of cluster mode: the instances of a fleet
+// that share a certmagic.Storage share one token per credential set through
+// it. Like the engine, it has no Caddy imports.
+//
+// An entry is encrypted with a key derived from the client secret, so that
+// whoever can read the storage but does not know the secret learns nothing
+// from it (neither the token nor its expiry), and an entry written under a
+// secret that has since been rotated is simply a miss.
+
+// Shared cache layout and limits.
+const (
+	// sharedCachePrefix is the storage "directory" of the entries.
+	sharedCachePrefix = "desko_auth/tokens/"
+	// sharedCacheLockPrefix prefixes the lock names. Lock names are flat
+	// (no '/'): certmagic.FileStorage strips slashes from them anyway.
+	sharedCacheLockPrefix = "desko_auth_token_"
+	// sharedCacheVersion is the envelope format version ("v").
+	sharedCacheVersion = 1
+	// sharedCacheHKDFInfo is the HKDF info of the entry encryption key.
+	sharedCacheHKDFInfo = "desko_auth token cache v1"
+	// sharedCacheIdentityDomain separates the key name hash from any other
+	// use of SHA-256 over similar data.
+	sharedCacheIdentityDomain = "desko_auth token cache key v1"
+	// maxSharedEntryBytes caps the size of an entry: a larger one is
+	// corrupt, and store refuses to write one.
+	maxSharedEntryBytes = 64 << 10
+	// sharedCachePadding: the plaintext is padded with JSON whitespace to a
+	// multiple of this many bytes so that the ciphertext's length says
+	// little about the token's length.
+	sharedCachePadding = 256
+	// sharedCacheUnlockTimeout bounds the context given to Storage.Unlock.
+	sharedCacheUnlockTimeout = 5 * time.Second
+)
+
+// errCacheCorrupt is returned (wrapped) by sharedCache.load when an entry
+// exists but cannot be decoded: not the envelope format, an unknown version,
+// larger than maxSharedEntryBytes, or a payload that decrypts but is not a
+// usable token. The caller should treat it as a miss and warn: nothing this
+// plugin writes ever looks like that.
+var errCacheCorrupt = errors.New("shared token cache entry is corrupt")
+
+// storedToken is what the fleet shares: the token and its wall-clock times.
+type storedToken struct {
+	AccessToken string    `json:"access_token"`
+	Obtained    time.Time `json:"obtained"`
+	Expiry      time.Time `json:"expiry"`
+}
+
+// sharedEnvelope is the stored form of an entry. Nonce and Ciphertext are
+// base64 (standard encoding, as encoding/json does for []byte).
+type sharedEnvelope struct {
+	V          int    `json:"v"`
+	Nonce      []byte `json:"nonce"`
+	Ciphertext []byte `json:"ciphertext"`
+}
+
+// sharedCache is one credential set's entry in a certmagic.Storage. It is
+// safe for concurrent use.
+type sharedCache struct {
+	storage  certmagic.Storage
+	key      string // storage key of the entry
+	lockName string
+	aead     cipher.AEAD // AES-256-GCM under the key derived from the secret
+
+	// unlockFailed, if set, is called when releasing the lock fails. A lock
+	// that cannot be released blocks the fleet until the storage considers
+	// it stale (certmagic.FileStorage: never, while this process lives,
+	// because it keeps refreshing the lock file), so it is worth a log
+	// line. The error holds neither the secret nor a token.
+	unlockFailed func(error)
+}
+
+// newSharedCache returns the shared cache entry of the credential set
+// identified by tokenURL, clientID and scopes in storage. The entry's key
+// name is derived from that identity only (see sharedCacheKey); its
+// encryption key is derived from secret. An empty tokenURL means
+// DefaultTokenURL, as in the engine.
+func newSharedCache(storage certmagic.Storage, tokenURL, clientID string, scopes []string, secret string) (*sharedCache, error) {
+	if storage == nil {
+		return nil, errors.New("shared token cache: no storage")
+	}
+	if clientID == "" {
+		return nil, errors.New("shared token cache: client_id is required")
+	}
+	if secret == "" {
+		return nil, errors.New("shared token cache: client_secret is required")
+	}
+	key := sharedCacheKey(tokenURL, clientID, scopes)
+	ek, err := hkdf.Key(sha256.New, []byte(secret), []byte(key), sharedCacheHKDFInfo, 32)
+	if err != nil {
+		// Only FIPS 140-only mode fails here (secret shorter than 112
+		// bits); hkdf's message does not quote the secret.
+		return nil, fmt.Errorf("shared token cache: deriving the encryption key: %w", err)
+	}
+	block, err := aes.NewCipher(ek)
+	if err != nil {
+		return nil, fmt.Errorf("shared token cache: %w", err)
+	}
+	aead, err := cipher.NewGCM(block)
+	if err != nil {
+		return nil, fmt.Errorf("shared token cache: %w", err)
+	}
+	return &sharedCache{
+		storage:  storage,
+		key:      key,
+		lockName: sharedCacheLockPrefix + strings.TrimSuffix(strings.TrimPrefix(key, sharedCachePrefix), ".json"),
+		aead:     aead,
+	}, nil
+}
+
+// sharedCacheKey returns the storage key of a credential set's entry:
+// desko_auth/tokens/<hex of the first 16 bytes of a SHA-256>.json. The hash
+// covers an unambiguous (JSON) encoding of the token URL (empty means
+// DefaultTokenURL), the client ID and the scope set, but not the secret, so
+// that a rotated secret lands on the same entry and overwrites it. Scopes
+// are compared as the token request sends them, as an order-independent
+// set of space-separated words (RFC 6749 §3.3): ["b a"], ["a","b"] and
+// ["b","a","a"] are the same.
+func sharedCacheKey(tokenURL, clientID string, scopes []string) string {
+	if tokenURL == "" {
+		tokenURL = DefaultTokenURL
+	}
+	words := strings.Fields(strings.Join(scopes, " "))
+	slices.Sort(words)
+	words = slices.Compact(words)
+	if words == nil {
+		words = []string{}
+	}
+	id, err := json.Marshal(struct {
+		Domain   string   `json:"d"`
+		TokenURL string   `json:"token_url"`
+		ClientID string   `json:"client_id"`
+		Scopes   []string `json:"scopes"`
+	}{sharedCacheIdentityDomain, tokenURL, clientID, words})
+	if err != nil {
+		// Strings and a slice of strings always marshal.
+		panic("shared token cache: encoding the identity: " + err.Error())
+	}
+	sum := sha256.Sum256(id)
+	return sharedCachePrefix + hex.EncodeToString(sum[:16]) + ".json"
+}
+
+// Key returns the storage key of the entry.
+func (c *sharedCache) Key() string { return c.key }
+
+// String identifies the entry without revealing anything secret.
+func (c *sharedCache) String() string { return "shared token cache " + c.key }
+
+// GoString keeps %#v from printing the cipher's internals.
+func (c *sharedCache) GoString() string { return fmt.Sprintf("&sharedCache{key:%q}", c.key) }
+
+// load reads the entry.
+//
+//   - No entry: nil, nil.
+//   - An entry that does not authenticate under this secret (written before
+//     the secret was rotated, or altered in storage, which AES-GCM cannot
+//     tell apart): nil, nil. The next store overwrites it.
+//   - An entry that cannot be decoded: nil and an error wrapping
+//     errCacheCorrupt. It is a miss too, but worth a warning.
+//   - Any other storage error: nil and the error, wrapped with the key.
+//
+// A token is returned whatever its expiry: judging it is the caller's job.
+func (c *sharedCache) load(ctx context.Context) (*storedToken, error) {
+	raw, err := c.storage.Load(ctx, c.key)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("loading shared token cache entry %s: %w", c.key, err)
+	}
+	plain, ok, err := c.open(raw)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, nil // another secret
+	}
+	var t storedToken
+	if err := json.Unmarshal(plain, &t); err != nil {
+		// The decoder's message could quote part of the payload.
+		return nil, c.corrupt("payload is not a JSON token")
+	}
+	if why := t.invalid(); why != "" {
+		return nil, c.corrupt("payload: " + why)
+	}
+	return &t, nil
+}
+
+// invalid says what makes t unusable, or "" if nothing does. The answer
+// never quotes the token.
+func (t *storedToken) invalid() string {
+	switch {
+	case t.AccessToken == "":
+		return "no access_token"
+	case !validTokenChars(t.AccessToken):
+		return "access_token contains characters not allowed in an HTTP header"
+	case t.Obtained.IsZero() || t.Expiry.IsZero():
+		return "obtained or expiry is missing"
+	case !t.Expiry.After(t.Obtained):
+		return "expiry is not after obtained"
+	}
+	return ""
+}
+
+// open decodes and decrypts an envelope. ok is false, with a nil error,
+// when the envelope is well formed but does not authenticate.
+func (c *sharedCache) open(raw []byte) (plain []byte, ok bool, err error) {
+	if len(raw) > maxSharedEntryBytes {
+		return nil, false, c.corrupt(fmt.Sprintf("entry is %d bytes, more than %d", len(raw), maxSharedEntryBytes))
+	}
+	var env sharedEnvelope
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&env); err != nil {
+		return nil, false, c.corrupt("entry is not a JSON envelope")
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, false, c.corrupt("entry has data after the JSON envelope")
+	}
+	switch {
+	case env.V != sharedCacheVersion:
+		return nil, false, c.corrupt(fmt.Sprintf("entry has version %d, not %d", env.V, sharedCacheVersion))
+	case len(env.Nonce) != c.aead.NonceSize():
+		return nil, false, c.corrupt(fmt.Sprintf("entry's nonce is %d bytes, not %d", len(env.Nonce), c.aead.NonceSize()))
+	case len(env.Ciphertext) < c.aead.Overhead():
+		return nil, false, c.corrupt("entry's ciphertext is shorter than its tag")
+	}
+	plain, err = c.aead.Open(nil, env.Nonce, env.Ciphertext, []byte(c.key))
+	if err != nil {
+		return nil, false, nil
+	}
+	return plain, true, nil
+}
+
+func (c *sharedCache) corrupt(why string) error {
+	return fmt.Errorf("%w: %s: %s", errCacheCorrupt, c.key, why)
+}
+
+// store writes t as the entry, replacing any previous one.
+func (c *sharedCache) store(ctx context.Context, t *storedToken) error {
+	if t == nil {
+		return errors.New("shared token cache: refusing to store a nil token")
+	}
+	if why := t.invalid(); why != "" {
+		return errors.New("shared token cache: refusing to store an unusable token: " + why)
+	}
+	plain, err := json.Marshal(t)
+	if err != nil {
+		// Only a time outside years 0-9999 fails; the message quotes no token.
+		return fmt.Errorf("shared token cache: encoding the entry: %w", err)
+	}
+	if n := len(plain) % sharedCachePadding; n != 0 {
+		plain = append(plain, bytes.Repeat([]byte{' '}, sharedCachePadding-n)...)
+	}
+	nonce := make([]byte, c.aead.NonceSize())
+	if _, err := rand.Read(nonce); err != nil {
+		return fmt.Errorf("shared token cache: generating a nonce: %w", err)
+	}
+	raw, err := json.Marshal(sharedEnvelope{
+		V:          sharedCacheVersion,
+		Nonce:      nonce,
+		Ciphertext: c.aead.Seal(nil, nonce, plain, []byte(c.key)),
+	})
+	if err != nil {
+		return fmt.Errorf("shared token cache: encoding the envelope: %w", err)
+	}
+	if len(raw) > maxSharedEntryBytes {
+		return fmt.Errorf("shared token cache: token too large to share (entry would be %d bytes, limit %d)", len(raw), maxSharedEntryBytes)
+	}
+	if err := c.storage.Store(ctx, c.key, raw); err != nil {
+		return fmt.Errorf("storing shared token cache entry %s: %w", c.key, err)
+	}
+	return nil
+}
+
+// lock takes the storage's lock for this entry (named
+// desko_auth_token_<hash>; with certmagic.FileStorage, the file
+// <storage path>/locks/desko_auth_token_<hash>.lock).
+//
+// Bound: lock returns at the latest when ctx ends, even if the storage's
+// Lock does not honour ctx (it then runs on in the background and, should it
+// succeed later, its lock is released at once). An already ended ctx fails
+// without touching the storage. The error then wraps ctx.Err().
+//
+// With certmagic.FileStorage (v0.25.6) a waiter polls: it retries every
+// second, so a released lock is noticed up to 1 s late. A holder keeps its
+// lock file fresh every 5 s, and a lock file not refreshed for 10 s is stale
+// and taken over: a crashed holder blocks the others for 10-11 s. The lock is
+// not reentrant, within a process either.
+//
+// unlock releases the lock, with its own background context bounded by
+// sharedCacheUnlockTimeout, so it works after ctx has ended. Calling it more
+// than once is harmless. Failures go to c.unlockFailed.
+func (c *sharedCache) lock(ctx context.Context) (unlock func(), err error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("locking shared token cache entry %s: %w", c.key, err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- c.storage.Lock(ctx, c.lockName) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			return nil, fmt.Errorf("locking shared token cache entry %s: %w", c.key, err)
+		}
+		var once sync.Once
+		return func() { once.Do(c.release) }, nil
+	case <-ctx.Done():
+		go func() {
+			if err := <-done; err == nil {
+				c.release() // got it after we gave up
+			}
+		}()
+		return nil, fmt.Errorf("locking shared token cache entry %s: %w", c.key, ctx.Err())
+	}
+}
+
+func (c *sharedCache) release() {
+	ctx, cancel := context.WithTimeout(context.Background(), sharedCacheUnlockTimeout)
+	defer cancel()
+	if err := c.storage.Unlock(ctx, c.lockName); err != nil && c.unlockFailed != nil {
+		c.unlockFailed(fmt.Errorf("unlocking shared token cache entry %s: %w", c.key, err))
+	}
+}
