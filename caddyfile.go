@@ -32,6 +32,14 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    client_secret <secret>             # required; use {env.NAME} or {file./path}
 //	    scope         <scope> [<scope>...] # repeatable; sent space-separated
 //	    token_url     <url>                # default https://api.desko.com.br/v1.1/oauth/token
+//	    auth_style    json|form|basic      # client authentication; default json (Desko's format)
+//	    param         <name> <value>       # extra token request parameter; repeatable
+//	    token_header  <name> <value>       # extra token request header; repeatable
+//	    header        <name>               # header that carries the token; default Authorization
+//	    prefix        <text>               # before the token; default "Bearer "
+//	    tls_ca        <file>               # PEM CAs trusted for the token endpoint (instead of the system's)
+//	    tls_client_cert <cert> <key>       # client certificate for mutual TLS
+//	    insecure_http                      # allow http:// to a host that is not loopback
 //	    timeout       <duration>           # one token request; default 10s
 //	    default_ttl   <duration>           # lifetime when the answer gives none; default 5m
 //	    retry_on_unauthorized on|off       # replay once after an upstream 401; default on
@@ -52,7 +60,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	for d.NextBlock(0) {
 		sub := d.Val()
 		switch sub {
-		case "client_id", "client_secret", "token_url":
+		case "client_id", "client_secret", "token_url", "auth_style", "header", "prefix", "tls_ca":
 			v, err := oneArg(d)
 			if err != nil {
 				return err
@@ -62,9 +70,47 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				h.ClientID = v
 			case "client_secret":
 				h.ClientSecret = v
-			default:
+			case "token_url":
 				h.TokenURL = v
+			case "auth_style":
+				if _, err := ParseAuthStyle(v); err != nil {
+					return d.Errf("auth_style: %v", err)
+				}
+				h.AuthStyle = v
+			case "header":
+				h.Header = v
+			case "prefix":
+				h.Prefix = &v
+			default:
+				h.TLSCA = v
 			}
+		case "param", "token_header":
+			args := d.RemainingArgs()
+			if len(args) != 2 {
+				return d.Errf("%s: takes a name and a value", sub)
+			}
+			m := &h.Params
+			if sub == "token_header" {
+				m = &h.TokenHeaders
+			}
+			if *m == nil {
+				*m = map[string]string{}
+			}
+			if _, dup := (*m)[args[0]]; dup {
+				return d.Errf("%s: %s given twice", sub, args[0])
+			}
+			(*m)[args[0]] = args[1]
+		case "tls_client_cert":
+			args := d.RemainingArgs()
+			if len(args) != 2 {
+				return d.Errf("tls_client_cert: takes a certificate file and a key file")
+			}
+			h.TLSClientCert = args
+		case "insecure_http":
+			if d.NextArg() {
+				return d.Errf("insecure_http: takes no arguments")
+			}
+			h.InsecureHTTP = true
 		case "scope":
 			args := d.RemainingArgs()
 			if len(args) == 0 {

@@ -69,11 +69,35 @@ type Handler struct {
 	// WarmUp starts the first token request in the background at
 	// Provision (default true).
 	WarmUp *bool `json:"warm_up,omitempty"`
+	// AuthStyle is how the client authenticates: "json" (default,
+	// Desko's format), "form" (RFC 6749 client_secret_post) or "basic"
+	// (client_secret_basic).
+	AuthStyle string `json:"auth_style,omitempty"`
+	// Params are extra token request parameters (audience, resource…).
+	Params map[string]string `json:"params,omitempty"`
+	// TokenHeaders are extra headers sent to the token endpoint.
+	TokenHeaders map[string]string `json:"token_headers,omitempty"`
+	// Header is the request header that carries the token (default
+	// Authorization); an inbound header of that name is always replaced.
+	Header string `json:"header,omitempty"`
+	// Prefix goes before the token in that header (default "Bearer ").
+	Prefix *string `json:"prefix,omitempty"`
+	// TLSCA is a PEM file of the CAs trusted for the token endpoint,
+	// instead of the system's.
+	TLSCA string `json:"tls_ca,omitempty"`
+	// TLSClientCert is a PEM certificate file and its key file, for token
+	// endpoints that require mutual TLS.
+	TLSClientCert []string `json:"tls_client_cert,omitempty"`
+	// InsecureHTTP allows an http:// token URL to a host that is not
+	// loopback: the secret then crosses the network in clear text.
+	InsecureHTTP bool `json:"insecure_http,omitempty"`
 	// SharedCache, when present, shares tokens with every Caddy instance
 	// that uses the same storage (cluster mode).
 	SharedCache *SharedCache `json:"shared_cache,omitempty"`
 
 	key      string
+	header   string // canonical name of the header that carries the token
+	prefix   string
 	src      *source
 	logger   *zap.Logger
 	metrics  *sourceMetrics
@@ -148,6 +172,22 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			return err
 		}
 	}
+	if u, _ := url.Parse(tokenURL); u.Scheme == "http" && !isLoopbackHost(u) {
+		if !h.InsecureHTTP {
+			return fmt.Errorf("token_url: http:// to %s would send the client secret in clear text; use https, or add insecure_http if you must", u.Host)
+		}
+		h.logger.Warn("insecure_http: the client secret and tokens cross the network in clear text", zap.String("token_url", redactURL(tokenURL)))
+	}
+	style, _ := ParseAuthStyle(h.AuthStyle)
+	client, tlsFingerprint, err := h.tokenTransport()
+	if err != nil {
+		return err
+	}
+	h.header = http.CanonicalHeaderKey(cmp.Or(h.Header, "Authorization"))
+	h.prefix = "Bearer "
+	if h.Prefix != nil {
+		h.prefix = *h.Prefix
+	}
 	if !placeholderRE.MatchString(h.ClientSecret) {
 		h.logger.Warn("client_secret is a literal value: anyone who can read the admin API's /config/ can see it; " +
 			"use {env.NAME} or {file./path} instead (a Caddyfile {$NAME} is substituted into the config and is literal too)")
@@ -169,6 +209,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		Scopes:       h.Scopes,
 		Timeout:      cmp.Or(time.Duration(h.Timeout), DefaultTimeout),
 		DefaultTTL:   cmp.Or(time.Duration(h.DefaultTTL), DefaultTTL),
+		AuthStyle:    style,
+		Params:       h.Params,
+		Headers:      h.TokenHeaders,
+		HTTPClient:   client,
 	}
 	var store certmagic.Storage
 	shared := "" // part of the engine's identity: cluster mode or not, and where
@@ -181,7 +225,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			shared = "storage:default"
 		}
 	}
-	h.key = sourceKey(cfg, shared)
+	h.key = sourceKey(cfg, shared, tlsFingerprint)
 	label := sourceLabel(cfg)
 	h.metrics = registerMetrics(ctx, label)
 	// The engine outlives this config: it gets a logger that does not
@@ -301,9 +345,10 @@ func redactURL(raw string) string {
 
 // sourceKey identifies a credential set and its fetch settings; the secret
 // enters only as its SHA-256.
-func sourceKey(c Config, shared string) string {
+func sourceKey(c Config, shared, tls string) string {
 	secret := sha256.Sum256([]byte(c.ClientSecret))
-	b, _ := json.Marshal([]any{c.TokenURL, c.ClientID, hex.EncodeToString(secret[:]), c.Scopes, c.Timeout, c.DefaultTTL, shared})
+	b, _ := json.Marshal([]any{c.TokenURL, c.ClientID, hex.EncodeToString(secret[:]), c.Scopes, c.Timeout, c.DefaultTTL,
+		c.AuthStyle, c.Params, c.Headers, shared, tls})
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:])
 }
@@ -335,6 +380,9 @@ func (h *Handler) Validate() error {
 	}
 	if h.DefaultTTL < 0 {
 		return errors.New("default_ttl: must be positive")
+	}
+	if err := h.checkHeaderOptions(); err != nil {
+		return err
 	}
 	if h.ReplayBodyLimit != nil && *h.ReplayBodyLimit < 0 {
 		return errors.New("replay_body_limit: must not be negative")
@@ -374,14 +422,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	return h.serveWithReplay(w, r, next, tok)
 }
 
-// setAuthorization replaces every inbound Authorization header.
+// setAuthorization replaces every inbound value of the token header
+// (Authorization unless configured otherwise).
 func (h *Handler) setAuthorization(r *http.Request, tok *Token) {
 	hv := h.hdrCache.Load()
 	if hv == nil || hv.tok != tok {
-		hv = &headerValue{tok: tok, value: "Bearer " + tok.Value}
+		hv = &headerValue{tok: tok, value: h.prefix + tok.Value}
 		h.hdrCache.Store(hv)
 	}
-	r.Header["Authorization"] = []string{hv.value}
+	r.Header[h.header] = []string{hv.value}
 }
 
 // replayable reports whether a request can be sent twice: no upgrade, and a

@@ -213,7 +213,7 @@ func TestE2EInjectsTokenAndReplacesClientAuthorization(t *testing.T) {
 
 func TestE2ERejectedCredentialsAnswer502AndForwardNothing(t *testing.T) {
 	e := newE2E(t, time.Hour)
-	e.desko.ClientSecret = "the-real-one-is-different"
+	e.desko.SetClientSecret("the-real-one-is-different")
 	e.load("warm_up off")
 
 	var bodies []string
@@ -286,7 +286,7 @@ func TestE2EChangedSecretGetsANewEngine(t *testing.T) {
 		t.Fatalf("status %d: %s", s, body)
 	}
 	const rotated = "rotated-s3cr3t-also-secret"
-	e.desko.ClientSecret = rotated
+	e.desko.SetClientSecret(rotated)
 	t.Setenv("DESKO_TEST_SECRET", rotated)
 	// Caddy skips a reload whose config text is unchanged (`caddy reload
 	// --force` overrides that); change something else too.

@@ -113,7 +113,7 @@ func TestE2EMetricsSurviveReload(t *testing.T) {
 
 func TestE2EMetricsCountFailures(t *testing.T) {
 	e := newE2E(t, time.Hour)
-	e.desko.ClientSecret = "other"
+	e.desko.SetClientSecret("other")
 	e.load("warm_up off")
 	for range 3 {
 		if s, _, _ := e.do("GET", "/m", ""); s != 502 {
@@ -186,7 +186,7 @@ func TestE2EAdminStatusAndRefresh(t *testing.T) {
 	}
 
 	// Rejected credentials show up as such, with the server's message.
-	e.desko.ClientSecret = "changed-on-the-server"
+	e.desko.SetClientSecret("changed-on-the-server")
 	if code, body := adminDo(t, "POST", "/desko_auth/refresh"); code != 200 || !strings.Contains(body, `"refresh_error"`) {
 		t.Errorf("refresh with rejected credentials: %d %s", code, body)
 	}

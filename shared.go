@@ -46,14 +46,18 @@ func (e *Engine) setShared(s sharedStore) {
 // otherwise take the store's lock (bounded), look again (a peer may have
 // just refreshed), fetch only if still needed, store, unlock. Any storage
 // failure falls back to a fetch of this instance's own, with a WARN.
-func (e *Engine) obtain(ctx context.Context, replacing *Token) (tok *Token, terr *TokenError, adopted bool) {
+func (e *Engine) obtain(ctx context.Context, replacing *Token, avoid string) (tok *Token, terr *TokenError, adopted bool) {
 	h := e.shared.Load()
 	if h == nil {
 		tok, terr = e.request(ctx)
 		return tok, terr, false
 	}
-	if tok := e.adopt(ctx, h.s, replacing, "hit"); tok != nil {
+	tok, loadErr := e.adopt(ctx, h.s, replacing, avoid, "hit")
+	if tok != nil {
 		return tok, nil, true
+	}
+	if loadErr != nil {
+		e.sharedFailed("error", loadErr)
 	}
 
 	lockCtx, cancel := context.WithTimeout(ctx, min(e.cfg.Timeout/2, maxLockWait))
@@ -69,8 +73,12 @@ func (e *Engine) obtain(ctx context.Context, replacing *Token) (tok *Token, terr
 		return tok, terr, false
 	}
 	defer unlock()
-	if tok := e.adopt(ctx, h.s, replacing, "adopted"); tok != nil {
+	// Look again under the lock (a peer may have just stored a token); a
+	// failure was already counted and logged by the first look.
+	if tok, err := e.adopt(ctx, h.s, replacing, avoid, "adopted"); tok != nil {
 		return tok, nil, true
+	} else if err != nil && loadErr == nil {
+		e.sharedFailed("error", err)
 	}
 	e.sharedResult("miss")
 	tok, terr = e.request(ctx)
@@ -84,32 +92,32 @@ func (e *Engine) obtain(ctx context.Context, replacing *Token) (tok *Token, terr
 }
 
 // adopt loads the stored token and returns it if this instance should use
-// it: not the rejected token, and, for a refresh, not yet due for refresh
-// itself (its refresh point is at 75% of its life, the earliest any
-// instance refreshes). It reports result to the observer on success.
-func (e *Engine) adopt(ctx context.Context, s sharedStore, replacing *Token, result string) *Token {
+// it: not a token the upstream rejected (replacing, avoid), and, for a
+// refresh, not yet due for refresh itself (its refresh point is at 75% of
+// its life, the earliest any instance refreshes). It reports result to the
+// observer on success; a load error is returned for the caller to report.
+func (e *Engine) adopt(ctx context.Context, s sharedStore, replacing *Token, avoid, result string) (*Token, error) {
 	st, err := s.load(ctx)
 	if err != nil {
-		e.sharedFailed("error", err)
-		return nil
-	}
-	if st == nil {
-		return nil
+		return nil, err
 	}
 	e.sharedOK()
+	if st == nil || (avoid != "" && st.AccessToken == avoid) {
+		return nil, nil
+	}
 	now := e.clock.Now()
 	wallNow := now.Round(0)
 	left := st.Expiry.Sub(wallNow)
 	life := st.Expiry.Sub(st.Obtained)
 	if left <= 0 || life <= 0 {
-		return nil
+		return nil, nil
 	}
 	if replacing != nil {
 		if st.AccessToken == replacing.Value {
-			return nil
+			return nil, nil
 		}
 	} else if cur := e.cur.Load(); (cur != nil && st.AccessToken == cur.Value) || wallNow.Sub(st.Obtained) >= life*3/4 {
-		return nil
+		return nil, nil
 	}
 	e.sharedResult(result)
 	return &Token{
@@ -117,7 +125,7 @@ func (e *Engine) adopt(ctx context.Context, s sharedStore, replacing *Token, res
 		obtained:   now.Add(-wallNow.Sub(st.Obtained)),
 		expiry:     now.Add(left),
 		wallExpiry: st.Expiry,
-	}
+	}, nil
 }
 
 func (e *Engine) sharedResult(result string) {

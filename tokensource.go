@@ -181,6 +181,15 @@ type Config struct {
 	// gives a usable expiry (default DefaultTTL).
 	DefaultTTL time.Duration
 
+	// AuthStyle is how the client authenticates (default AuthJSON,
+	// Desko's documented format).
+	AuthStyle AuthStyle
+	// Params are extra parameters of the token request (audience,
+	// resource…), in the JSON body or the form.
+	Params map[string]string
+	// Headers are extra headers of the token request.
+	Headers map[string]string
+
 	// HTTPClient sends the token requests. Nil means a client of the
 	// engine's own; its redirect policy is replaced in either case so that
 	// the secret is never sent to another host.
@@ -242,7 +251,8 @@ func (t *Token) OAuth2() *oauth2.Token {
 // call is one token request that any number of callers may wait on.
 type call struct {
 	done      chan struct{}
-	replacing *Token // the rejected token, when Invalidate started it
+	replacing *Token  // the rejected token, when Invalidate started it
+	avoid     string // a token value the upstream rejected: never adopt it
 	tok       *Token
 	err       error
 }
@@ -275,6 +285,9 @@ type Engine struct {
 	// invalidations counts tokens replaced in a row by Invalidate.
 	invalidations    int
 	lastInvalidation time.Time
+	// rejected is the last token the upstream rejected, until another is
+	// obtained: a retry must not adopt it back from the shared cache.
+	rejected string
 	everOK           bool
 	loggedTTL        bool
 	closed           bool
@@ -318,19 +331,30 @@ func NewEngine(cfg Config) (*Engine, error) {
 	if cfg.Rand == nil {
 		cfg.Rand = rand.Float64
 	}
-	body, err := json.Marshal(tokenRequest{
-		GrantType:    "client_credentials",
-		ClientID:     cfg.ClientID,
-		ClientSecret: cfg.ClientSecret,
-		Scope:        strings.Join(cfg.Scopes, " "),
-	})
+	fields := map[string]string{}
+	for k, v := range cfg.Params {
+		fields[k] = v
+	}
+	for k, v := range map[string]string{"grant_type": "client_credentials", "client_id": cfg.ClientID, "client_secret": cfg.ClientSecret} {
+		if _, dup := fields[k]; dup {
+			return nil, fmt.Errorf("param %s: is set by the module itself", k)
+		}
+		fields[k] = v
+	}
+	if len(cfg.Scopes) > 0 {
+		if _, dup := fields["scope"]; dup {
+			return nil, errors.New("param scope: use scope instead")
+		}
+		fields["scope"] = strings.Join(cfg.Scopes, " ")
+	}
+	body, err := json.Marshal(fields)
 	if err != nil {
 		return nil, fmt.Errorf("encoding token request: %w", err)
 	}
 	e := &Engine{
 		cfg:    cfg,
 		body:   body,
-		client: sameHostClient(cfg.HTTPClient),
+		client: sameHostClient(cfg.HTTPClient, cfg.Headers),
 		clock:  cfg.Clock,
 		log:    cfg.Logger,
 		obs:    cfg.Observer,
@@ -343,13 +367,6 @@ func NewEngine(cfg Config) (*Engine, error) {
 	return e, nil
 }
 
-type tokenRequest struct {
-	GrantType    string `json:"grant_type"`
-	ClientID     string `json:"client_id"`
-	ClientSecret string `json:"client_secret"`
-	Scope        string `json:"scope,omitempty"`
-}
-
 // errCrossHostRedirect is a token endpoint redirecting elsewhere: a
 // configuration problem, not an outage.
 var errCrossHostRedirect = errors.New("refusing to follow a redirect to another host; check token_url")
@@ -357,14 +374,15 @@ var errCrossHostRedirect = errors.New("refusing to follow a redirect to another 
 // sameHostClient returns a copy of c (or a new client) whose redirect
 // policy only follows redirects to the same scheme and host, so the secret
 // in a re-sent body never reaches another server.
-func sameHostClient(c *http.Client) *http.Client {
+func sameHostClient(c *http.Client, headers map[string]string) *http.Client {
 	var nc http.Client
 	if c != nil {
 		nc = *c
-	} else {
-		t := http.DefaultTransport.(*http.Transport).Clone()
-		nc.Transport = t
 	}
+	if nc.Transport == nil {
+		nc.Transport = http.DefaultTransport.(*http.Transport).Clone()
+	}
+	nc.Transport = headerTransport{base: nc.Transport, headers: headers}
 	nc.Timeout = 0 // the engine sets a per-request deadline
 	nc.CheckRedirect = func(req *http.Request, via []*http.Request) error {
 		if len(via) >= 3 {
@@ -377,6 +395,28 @@ func sameHostClient(c *http.Client) *http.Client {
 		return nil
 	}
 	return &nc
+}
+
+// headerTransport adds the engine's fixed headers to every token request.
+type headerTransport struct {
+	base    http.RoundTripper
+	headers map[string]string
+}
+
+func (t headerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.Header.Set("User-Agent", "caddy-desko-auth")
+	for k, v := range t.headers {
+		r.Header.Set(k, v)
+	}
+	return t.base.RoundTrip(r)
+}
+
+// CloseIdleConnections closes the underlying transport's idle connections.
+func (t headerTransport) CloseIdleConnections() {
+	if c, ok := t.base.(interface{ CloseIdleConnections() }); ok {
+		c.CloseIdleConnections()
+	}
 }
 
 // Token implements oauth2.TokenSource. It blocks until a token is available
@@ -474,6 +514,7 @@ func (e *Engine) Invalidate(tok *Token) {
 	}
 	e.invalidations++
 	e.lastInvalidation = now
+	e.rejected = tok.Value
 	e.cur.Store(nil)
 	e.notifyToken(nil)
 	e.log.Info("upstream rejected the current token; fetching a new one", zap.Int("attempt", e.invalidations))
@@ -498,7 +539,7 @@ func (e *Engine) Refresh(ctx context.Context) (*Token, error) {
 // startLocked starts a fetch; e.mu must be held and no fetch in flight.
 // replacing is the rejected token when Invalidate started it.
 func (e *Engine) startLocked(replacing *Token) *call {
-	c := &call{done: make(chan struct{}), replacing: replacing}
+	c := &call{done: make(chan struct{}), replacing: replacing, avoid: e.rejected}
 	e.inflight = c
 	go e.fetch(c)
 	return c
@@ -507,7 +548,7 @@ func (e *Engine) startLocked(replacing *Token) *call {
 func (e *Engine) fetch(c *call) {
 	start := e.clock.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), e.cfg.Timeout)
-	tok, terr, adopted := e.obtain(ctx, c.replacing)
+	tok, terr, adopted := e.obtain(ctx, c.replacing, c.avoid)
 	cancel()
 	took := e.clock.Now().Sub(start)
 
@@ -520,6 +561,9 @@ func (e *Engine) fetch(c *call) {
 		e.lastErr, e.failures, e.nextAttempt, e.everOK = nil, 0, time.Time{}, true
 		if c.replacing == nil {
 			e.invalidations = 0
+		}
+		if tok.Value != e.rejected {
+			e.rejected = ""
 		}
 		e.cur.Store(tok)
 		c.tok = tok
@@ -719,9 +763,7 @@ func (e *Engine) Close() error {
 	e.mu.Unlock()
 	close(e.stop)
 	<-e.exited
-	if c, ok := e.client.Transport.(interface{ CloseIdleConnections() }); ok && e.cfg.HTTPClient == nil {
-		c.CloseIdleConnections()
-	}
+	e.client.CloseIdleConnections()
 	return nil
 }
 
@@ -747,20 +789,18 @@ func (e *Engine) request(ctx context.Context) (*Token, *TokenError) {
 
 // roundTrip sends the token request and parses its answer.
 func (e *Engine) roundTrip(ctx context.Context) (*Token, *TokenError) {
+	if e.cfg.AuthStyle != AuthJSON {
+		return e.roundTripForm(ctx)
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, e.cfg.TokenURL, bytes.NewReader(e.body))
 	if err != nil {
 		return nil, &TokenError{Kind: KindRejected, Message: "building the token request", Err: err}
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Accept", "application/json")
-	req.Header.Set("User-Agent", "caddy-desko-auth")
 	resp, err := e.client.Do(req)
 	if err != nil {
-		kind := KindTransient
-		if errors.Is(err, errCrossHostRedirect) {
-			kind = KindRejected
-		}
-		return nil, &TokenError{Kind: kind, Message: "token request failed", Err: e.scrubErr(err)}
+		return nil, e.transportError(err)
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxBodyBytes+1))
@@ -773,11 +813,25 @@ func (e *Engine) roundTrip(ctx context.Context) (*Token, *TokenError) {
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		return nil, e.statusError(resp, body)
 	}
-	now := e.clock.Now()
-	tok, perr := ParseTokenResponse(body, now, e.cfg.DefaultTTL)
+	tok, perr := ParseTokenResponse(body, e.clock.Now(), e.cfg.DefaultTTL)
+	return e.accept(tok, perr, resp.StatusCode)
+}
+
+// transportError classifies a failed round trip: a redirect elsewhere is a
+// configuration problem, anything else (network, timeout) transient.
+func (e *Engine) transportError(err error) *TokenError {
+	kind := KindTransient
+	if errors.Is(err, errCrossHostRedirect) {
+		kind = KindRejected
+	}
+	return &TokenError{Kind: kind, Message: "token request failed", Err: e.scrubErr(err)}
+}
+
+// accept finishes a 2xx answer's parse, whatever the auth style.
+func (e *Engine) accept(tok parsedToken, perr error, status int) (*Token, *TokenError) {
 	if perr != nil {
 		// perr may quote the answer (token_type), so it is scrubbed too.
-		return nil, &TokenError{Kind: KindInvalidResponse, Status: resp.StatusCode, Message: "unusable token answer", Err: e.scrubErr(perr)}
+		return nil, &TokenError{Kind: KindInvalidResponse, Status: status, Message: "unusable token answer", Err: e.scrubErr(perr)}
 	}
 	if tok.usedDefaultTTL {
 		e.mu.Lock()
@@ -797,6 +851,11 @@ func (e *Engine) statusError(resp *http.Response, body []byte) *TokenError {
 	// Scrub the body before errorMessage cuts it to an excerpt: a secret
 	// straddling the cut would otherwise survive in part.
 	te := &TokenError{Status: resp.StatusCode, Message: e.scrub(errorMessage([]byte(e.scrub(string(body)))))}
+	if resp.StatusCode >= 200 && resp.StatusCode <= 299 {
+		// A 2xx that carries an OAuth error (some servers do that).
+		te.Kind = KindRejected
+		return te
+	}
 	switch {
 	case resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusRequestTimeout || resp.StatusCode >= 500:
 		te.Kind = KindTransient
@@ -931,17 +990,26 @@ func ParseTokenResponse(body []byte, now time.Time, defaultTTL time.Duration) (p
 	if _, err := dec.Token(); err != io.EOF {
 		return parsedToken{}, errors.New("answer has data after the JSON object")
 	}
-	if v.AccessToken == nil || *v.AccessToken == "" {
+	if v.AccessToken == nil {
 		return parsedToken{}, errors.New("answer has no access_token")
 	}
-	at := *v.AccessToken
+	ttl, ok := parseExpiresIn(v.ExpiresIn)
+	return newParsedToken(*v.AccessToken, v.TokenType, ttl, ok, now, defaultTTL)
+}
+
+// newParsedToken checks an access token and decides its expiry, whatever
+// the answer's format: ttl (ok) is what expires_in said; the JWT exp claim
+// wins when it is earlier; defaultTTL applies when neither is usable.
+func newParsedToken(at string, tokenType *string, ttl time.Duration, ok bool, now time.Time, defaultTTL time.Duration) (parsedToken, error) {
+	if at == "" {
+		return parsedToken{}, errors.New("answer has no access_token")
+	}
 	if !validTokenChars(at) {
 		return parsedToken{}, errors.New("access_token contains characters not allowed in an HTTP header")
 	}
-	if v.TokenType != nil && !strings.EqualFold(*v.TokenType, "bearer") {
-		return parsedToken{}, fmt.Errorf("token_type is %q, not Bearer", sanitize(*v.TokenType))
+	if tokenType != nil && !strings.EqualFold(*tokenType, "bearer") {
+		return parsedToken{}, fmt.Errorf("token_type is %q, not Bearer", sanitize(*tokenType))
 	}
-	ttl, ok := parseExpiresIn(v.ExpiresIn)
 	if jwtExp, jok := JWTExpiry(at); jok {
 		if d := jwtExp.Sub(now.Round(0)); d > 0 && d <= maxExpiresIn {
 			if !ok || d < ttl {

@@ -21,6 +21,13 @@ import (
 // TokenPath is the token endpoint's path, as on api.desko.com.br.
 const TokenPath = "/v1.1/oauth/token"
 
+// SlowPrefix is a path prefix on which the API answers after SlowDelay, for
+// requests that must be in flight while something else happens.
+const SlowPrefix = "/slow/"
+
+// SlowDelay is how long the API holds a request under SlowPrefix.
+const SlowDelay = 1500 * time.Millisecond
+
 // StatsPath answers the stand-in's counters as JSON (for scripts).
 const StatsPath = "/_standin/stats"
 
@@ -36,11 +43,11 @@ const (
 	ModeRFCReject             // 400 invalid_client in RFC 6749's shape
 )
 
-// Server is the Desko stand-in. Its exported fields may be changed between
-// requests; use the setters while requests are in flight.
+// Server is the Desko stand-in. It is safe for concurrent use; change it
+// with the setters.
 type Server struct {
-	ClientID     string
-	ClientSecret string
+	clientID     string
+	clientSecret string
 
 	mu             sync.Mutex
 	mode           Mode
@@ -64,8 +71,12 @@ type Server struct {
 // New returns a stand-in that issues tokens of the given lifetime to id and
 // secret.
 func New(id, secret string, ttl time.Duration) *Server {
-	return &Server{ClientID: id, ClientSecret: secret, ttl: ttl, tokens: map[string]time.Time{}, scopes: map[string]string{}}
+	return &Server{clientID: id, clientSecret: secret, ttl: ttl, tokens: map[string]time.Time{}, scopes: map[string]string{}}
 }
+
+// SetClientSecret changes the secret the token endpoint accepts. Tokens
+// already issued stay valid.
+func (s *Server) SetClientSecret(secret string) { s.mu.Lock(); s.clientSecret = secret; s.mu.Unlock() }
 
 // SetMode changes how the token endpoint answers.
 func (s *Server) SetMode(m Mode) { s.mu.Lock(); s.mode = m; s.mu.Unlock() }
@@ -202,7 +213,10 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 		deskoError(w, http.StatusBadRequest, "Unsupported grant type")
 		return
 	}
-	if req.ClientID != s.ClientID || req.ClientSecret != s.ClientSecret {
+	s.mu.Lock()
+	id, secret := s.clientID, s.clientSecret
+	s.mu.Unlock()
+	if req.ClientID != id || req.ClientSecret != secret {
 		deskoError(w, http.StatusUnauthorized, "Client authentication failed")
 		return
 	}
@@ -228,7 +242,7 @@ func (s *Server) issue(ttl time.Duration, scope string) string {
 	enc := base64.RawURLEncoding
 	header := enc.EncodeToString([]byte(`{"alg":"none","typ":"JWT"}`))
 	claims, _ := json.Marshal(map[string]any{
-		"sub": s.ClientID, "scope": scope, "exp": exp.Unix(), "jti": hex.EncodeToString(nonce[:]),
+		"sub": s.clientID, "scope": scope, "exp": exp.Unix(), "jti": hex.EncodeToString(nonce[:]),
 	})
 	tok := header + "." + enc.EncodeToString(claims) + "." + enc.EncodeToString(nonce[:])
 	s.mu.Lock()
@@ -256,6 +270,13 @@ func (s *Server) Valid(tok string) bool {
 // method, path and body as JSON.
 func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
 	s.apiRequests.Add(1)
+	if strings.HasPrefix(r.URL.Path, SlowPrefix) {
+		select {
+		case <-time.After(SlowDelay):
+		case <-r.Context().Done():
+			return
+		}
+	}
 	body, _ := io.ReadAll(r.Body)
 	auth := r.Header.Values("Authorization")
 	tok, ok := "", len(auth) == 1 && strings.HasPrefix(auth[0], "Bearer ")

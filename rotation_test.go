@@ -1,0 +1,163 @@
+package deskoauth
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/deskoproxy/caddy-desko-auth/internal/deskotest"
+)
+
+// TestRotationThroughCaddyReload rotates the client secret behind a
+// {file.*} placeholder and runs `caddy reload --force` on a real Caddy
+// process while a request is in flight: the in-flight request completes,
+// new requests use a token fetched with the new secret, and the old engine
+// is gone.
+func TestRotationThroughCaddyReload(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs a Caddy process")
+	}
+	bin := buildCaddy(t)
+	const oldSecret, newSecret = "rotation-old-s3cr3t", "rotation-new-s3cr3t"
+	desko := deskotest.New("rotation-client", oldSecret, time.Hour)
+	srv := httptest.NewServer(desko)
+	t.Cleanup(srv.Close)
+
+	dir := t.TempDir()
+	secretFile := filepath.Join(dir, "desko-secret")
+	if err := os.WriteFile(secretFile, []byte(oldSecret+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	port, admin := freePort(t), freePort(t)
+	logFile := filepath.Join(dir, "caddy.log")
+	cfgFile := filepath.Join(dir, "Caddyfile")
+	cfg := fmt.Sprintf(`{
+	admin 127.0.0.1:%d
+	auto_https off
+	persist_config off
+	log {
+		output file %s
+		level DEBUG
+	}
+}
+http://127.0.0.1:%d {
+	desko_auth {
+		client_id     rotation-client
+		client_secret {file.%s}
+		token_url     %s%s
+		warm_up       off
+	}
+	reverse_proxy %s
+}
+`, admin, logFile, port, secretFile, srv.URL, deskotest.TokenPath, srv.Listener.Addr())
+	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "run", "--config", cfgFile, "--adapter", "caddyfile")
+	cmd.Env = append(os.Environ(), "HOME="+dir, "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir)
+	out, _ := os.Create(filepath.Join(dir, "stdout.log"))
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait(); out.Close() })
+
+	base := fmt.Sprintf("http://127.0.0.1:%d", port)
+	get := func(path string) (int, string) {
+		resp, err := http.Get(base + path)
+		if err != nil {
+			return -1, err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if s, _ := get("/ready"); s == 200 {
+			break
+		}
+		if time.Now().After(deadline) {
+			b, _ := os.ReadFile(filepath.Join(dir, "stdout.log"))
+			t.Fatalf("Caddy did not come up: %s", b)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if n := desko.TokenRequests(); n != 1 {
+		t.Fatalf("token requests = %d, want 1", n)
+	}
+
+	// A request in flight across the reload.
+	type result struct {
+		status int
+		body   string
+	}
+	inflight := make(chan result, 1)
+	before := desko.APIRequests()
+	go func() {
+		s, b := get(deskotest.SlowPrefix + "in-flight")
+		inflight <- result{s, b}
+	}()
+	for desko.APIRequests() == before { // it has reached the upstream
+		time.Sleep(5 * time.Millisecond)
+	}
+
+	// Rotate: the server now accepts only the new secret; tokens already
+	// issued stay valid. Then reload (forced: the config text is the same).
+	desko.SetClientSecret(newSecret)
+	if err := os.WriteFile(secretFile, []byte(newSecret+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	reload := exec.Command(bin, "reload", "--config", cfgFile, "--adapter", "caddyfile",
+		"--address", fmt.Sprintf("127.0.0.1:%d", admin), "--force")
+	reload.Env = cmd.Env
+	if b, err := reload.CombinedOutput(); err != nil {
+		t.Fatalf("caddy reload --force: %v: %s", err, b)
+	}
+
+	r := <-inflight
+	if r.status != 200 || !strings.Contains(r.body, `"ok":true`) {
+		t.Fatalf("the request in flight during the reload got %d %s", r.status, r.body)
+	}
+	s, body := get("/after-rotation")
+	if s != 200 {
+		t.Fatalf("after rotation: %d %s", s, body)
+	}
+	var a struct {
+		Serial int `json:"token_serial"`
+	}
+	_ = json.Unmarshal([]byte(body), &a)
+	if a.Serial != 2 || desko.TokenRequests() != 2 {
+		t.Errorf("after rotation the upstream saw token #%d after %d token requests, want #2 after 2", a.Serial, desko.TokenRequests())
+	}
+	if _, sent := desko.LastTokenRequest(); !strings.Contains(string(sent), newSecret) {
+		t.Error("the last token request did not use the new secret")
+	}
+
+	// The old engine was destroyed: one source left, holding one fetch.
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/desko_auth/status", admin))
+	if err != nil {
+		t.Fatal(err)
+	}
+	statusBody, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	var list []SourceStatus
+	if err := json.Unmarshal(statusBody, &list); err != nil || len(list) != 1 || list[0].Fetches != 1 || list[0].Sites != 1 {
+		t.Errorf("admin status after rotation: %s", statusBody)
+	}
+
+	logs, _ := os.ReadFile(logFile)
+	for _, secret := range append([]string{oldSecret, newSecret}, desko.Issued()...) {
+		if strings.Contains(string(logs)+string(statusBody), secret) {
+			t.Errorf("a secret or token leaked into the logs or the admin API")
+		}
+	}
+}

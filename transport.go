@@ -1,0 +1,120 @@
+package deskoauth
+
+import (
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+
+	"golang.org/x/net/http/httpguts"
+)
+
+// This file is the network side of the token endpoint: TLS (custom CA,
+// client certificate) and the plain-http policy.
+
+// tokenTransport builds the HTTP client for the token endpoint. It returns
+// nil (the engine's default client: system roots, HTTPS_PROXY/NO_PROXY
+// honoured) when nothing is customised, and a fingerprint of the files it
+// read, so that a reload with changed files gets a new engine.
+func (h *Handler) tokenTransport() (*http.Client, string, error) {
+	if h.TLSCA == "" && len(h.TLSClientCert) == 0 {
+		return nil, "", nil
+	}
+	t := http.DefaultTransport.(*http.Transport).Clone() // keeps ProxyFromEnvironment
+	t.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+	fp := sha256.New()
+	if h.TLSCA != "" {
+		pem, err := os.ReadFile(h.TLSCA)
+		if err != nil {
+			return nil, "", fmt.Errorf("tls_ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, "", fmt.Errorf("tls_ca: %s holds no PEM certificate", h.TLSCA)
+		}
+		t.TLSClientConfig.RootCAs = pool
+		fp.Write(pem)
+	}
+	if len(h.TLSClientCert) > 0 {
+		if len(h.TLSClientCert) != 2 {
+			return nil, "", errors.New("tls_client_cert: needs a certificate file and a key file")
+		}
+		certPEM, err := os.ReadFile(h.TLSClientCert[0])
+		if err != nil {
+			return nil, "", fmt.Errorf("tls_client_cert: %w", err)
+		}
+		keyPEM, err := os.ReadFile(h.TLSClientCert[1])
+		if err != nil {
+			return nil, "", fmt.Errorf("tls_client_cert: %w", err)
+		}
+		cert, err := tls.X509KeyPair(certPEM, keyPEM)
+		if err != nil {
+			// The error text of X509KeyPair never quotes key material.
+			return nil, "", fmt.Errorf("tls_client_cert: %w", err)
+		}
+		t.TLSClientConfig.Certificates = []tls.Certificate{cert}
+		fp.Write(certPEM)
+		fp.Write(keyPEM)
+	}
+	return &http.Client{Transport: t}, hex.EncodeToString(fp.Sum(nil)), nil
+}
+
+// isLoopbackHost reports whether the URL's host is localhost or a loopback
+// address, the only places plain http may carry the secret by default.
+func isLoopbackHost(u *url.URL) bool {
+	host := u.Hostname()
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// checkHeaderOptions validates the header, prefix and token_header options.
+func (h *Handler) checkHeaderOptions() error {
+	if h.Header != "" && !httpguts.ValidHeaderFieldName(h.Header) {
+		return fmt.Errorf("header: %q is not a valid header name", h.Header)
+	}
+	if h.Prefix != nil && !httpguts.ValidHeaderFieldValue(*h.Prefix) {
+		return errors.New("prefix: must not contain control characters")
+	}
+	canonical := make(map[string]bool, len(h.TokenHeaders))
+	for k, v := range h.TokenHeaders {
+		if !httpguts.ValidHeaderFieldName(k) {
+			return fmt.Errorf("token_header: %q is not a valid header name", k)
+		}
+		if !httpguts.ValidHeaderFieldValue(v) {
+			return fmt.Errorf("token_header %s: the value must not contain control characters", k)
+		}
+		// Header names are case-insensitive: two spellings of one name
+		// would each be Set, in map order, and either value could win.
+		ck := http.CanonicalHeaderKey(k)
+		if canonical[ck] {
+			return fmt.Errorf("token_header: %s given twice (header names are case-insensitive)", ck)
+		}
+		canonical[ck] = true
+	}
+	for k := range h.Params {
+		if k == "" {
+			return errors.New("param: empty name")
+		}
+		switch k {
+		case "grant_type", "client_id", "client_secret", "scope":
+			return fmt.Errorf("param: %s is set by the module itself", k)
+		}
+	}
+	if _, err := ParseAuthStyle(h.AuthStyle); err != nil {
+		return fmt.Errorf("auth_style: %w", err)
+	}
+	if len(h.TLSClientCert) != 0 && len(h.TLSClientCert) != 2 {
+		return errors.New("tls_client_cert: needs a certificate file and a key file")
+	}
+	return nil
+}
