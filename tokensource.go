@@ -251,7 +251,7 @@ func (t *Token) OAuth2() *oauth2.Token {
 // call is one token request that any number of callers may wait on.
 type call struct {
 	done      chan struct{}
-	replacing *Token  // the rejected token, when Invalidate started it
+	replacing *Token // the rejected token, when Invalidate started it
 	avoid     string // a token value the upstream rejected: never adopt it
 	tok       *Token
 	err       error
@@ -287,10 +287,10 @@ type Engine struct {
 	lastInvalidation time.Time
 	// rejected is the last token the upstream rejected, until another is
 	// obtained: a retry must not adopt it back from the shared cache.
-	rejected string
-	everOK           bool
-	loggedTTL        bool
-	closed           bool
+	rejected  string
+	everOK    bool
+	loggedTTL bool
+	closed    bool
 
 	kick   chan struct{} // wakes the refresher after a state change
 	stop   chan struct{}
