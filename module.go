@@ -184,6 +184,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.header = http.CanonicalHeaderKey(cmp.Or(h.Header, "Authorization"))
+	if h.header != "Authorization" && h.header != "Proxy-Authorization" {
+		h.logger.Warn("header: Caddy redacts only Authorization and cookies in its logs; with reverse_proxy logging at DEBUG, "+
+			"the token in this header would be logged: keep such logs at INFO or above", zap.String("header", h.header))
+	}
 	h.prefix = "Bearer "
 	if h.Prefix != nil {
 		h.prefix = *h.Prefix

@@ -3,6 +3,8 @@ package deskoauth
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -12,6 +14,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -260,13 +263,15 @@ type call struct {
 // Engine fetches, caches and refreshes the tokens of one credential set. It
 // is safe for concurrent use. Its zero value is not usable: use NewEngine.
 type Engine struct {
-	cfg    Config
-	body   []byte // the JSON token request body (holds the secret)
-	client *http.Client
-	clock  Clock
-	log    *zap.Logger
-	obs    Observer
-	rand   func() float64
+	cfg  Config
+	body []byte // the JSON token request body (holds the secret)
+	// secretForms are the secret's encodings that scrub removes.
+	secretForms []string
+	client      *http.Client
+	clock       Clock
+	log         *zap.Logger
+	obs         Observer
+	rand        func() float64
 
 	cur atomic.Pointer[Token]
 
@@ -352,16 +357,17 @@ func NewEngine(cfg Config) (*Engine, error) {
 		return nil, fmt.Errorf("encoding token request: %w", err)
 	}
 	e := &Engine{
-		cfg:    cfg,
-		body:   body,
-		client: sameHostClient(cfg.HTTPClient, cfg.Headers),
-		clock:  cfg.Clock,
-		log:    cfg.Logger,
-		obs:    cfg.Observer,
-		rand:   cfg.Rand,
-		kick:   make(chan struct{}, 1),
-		stop:   make(chan struct{}),
-		exited: make(chan struct{}),
+		cfg:         cfg,
+		body:        body,
+		secretForms: secretForms(cfg.ClientID, cfg.ClientSecret),
+		client:      sameHostClient(cfg.HTTPClient, cfg.Headers),
+		clock:       cfg.Clock,
+		log:         cfg.Logger,
+		obs:         cfg.Observer,
+		rand:        cfg.Rand,
+		kick:        make(chan struct{}, 1),
+		stop:        make(chan struct{}),
+		exited:      make(chan struct{}),
 	}
 	go e.refresher()
 	return e, nil
@@ -817,11 +823,17 @@ func (e *Engine) roundTrip(ctx context.Context) (*Token, *TokenError) {
 	return e.accept(tok, perr, resp.StatusCode)
 }
 
-// transportError classifies a failed round trip: a redirect elsewhere is a
-// configuration problem, anything else (network, timeout) transient.
+// transportError classifies a failed round trip: a redirect elsewhere or a
+// certificate that does not verify is a configuration problem (retried
+// slowly), anything else (network, timeout) transient.
 func (e *Engine) transportError(err error) *TokenError {
 	kind := KindTransient
-	if errors.Is(err, errCrossHostRedirect) {
+	var certErr *tls.CertificateVerificationError
+	var unknownCA x509.UnknownAuthorityError
+	var hostErr x509.HostnameError
+	var invalid x509.CertificateInvalidError
+	if errors.Is(err, errCrossHostRedirect) || errors.As(err, &certErr) || errors.As(err, &unknownCA) ||
+		errors.As(err, &hostErr) || errors.As(err, &invalid) {
 		kind = KindRejected
 	}
 	return &TokenError{Kind: kind, Message: "token request failed", Err: e.scrubErr(err)}
@@ -870,18 +882,37 @@ func (e *Engine) statusError(resp *http.Response, body []byte) *TokenError {
 }
 
 // scrub removes the client secret from text that came from elsewhere.
+// It knows the forms a token request may carry it in, which a server may
+// echo: as written, JSON-escaped, form-encoded, and inside Basic
+// credentials.
 func (e *Engine) scrub(s string) string {
-	if e.cfg.ClientSecret == "" {
-		return s
+	for _, form := range e.secretForms {
+		s = strings.ReplaceAll(s, form, "[REDACTED]")
 	}
-	return strings.ReplaceAll(s, e.cfg.ClientSecret, "[REDACTED]")
+	return s
 }
 
 func (e *Engine) scrubErr(err error) error {
-	if msg := err.Error(); strings.Contains(msg, e.cfg.ClientSecret) {
-		return errors.New(e.scrub(msg))
+	msg := err.Error()
+	if scrubbed := e.scrub(msg); scrubbed != msg {
+		return errors.New(scrubbed)
 	}
 	return err
+}
+
+// secretForms lists the encodings of the secret that scrub removes,
+// longest first (an encoding may contain the raw secret).
+func secretForms(id, secret string) []string {
+	quoted, _ := json.Marshal(secret)
+	forms := []string{
+		base64.StdEncoding.EncodeToString([]byte(url.QueryEscape(id) + ":" + url.QueryEscape(secret))),
+		base64.StdEncoding.EncodeToString([]byte(id + ":" + secret)),
+		string(quoted[1 : len(quoted)-1]),
+		url.QueryEscape(secret),
+		secret,
+	}
+	slices.SortStableFunc(forms, func(a, b string) int { return len(b) - len(a) })
+	return slices.Compact(forms)
 }
 
 // parseRetryAfter reads a Retry-After header (seconds or an HTTP date).

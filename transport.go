@@ -90,6 +90,10 @@ func (h *Handler) checkHeaderOptions() error {
 		if !httpguts.ValidHeaderFieldName(k) {
 			return fmt.Errorf("token_header: %q is not a valid header name", k)
 		}
+		switch http.CanonicalHeaderKey(k) {
+		case "Authorization", "Content-Type", "Content-Length", "Host", "Transfer-Encoding", "Connection":
+			return fmt.Errorf("token_header: %s is set by the module or by HTTP itself", k)
+		}
 		if !httpguts.ValidHeaderFieldValue(v) {
 			return fmt.Errorf("token_header %s: the value must not contain control characters", k)
 		}
