@@ -257,12 +257,44 @@ func validHandler() Handler {
 	return Handler{ClientID: "id", ClientSecret: "{env.DESKO_CLIENT_SECRET}"}
 }
 
+// validateCase changes a valid Handler and says what Validate must answer:
+// "" for no error, else substrings of the error separated by |.
+type validateCase struct {
+	name   string
+	modify func(*Handler)
+	want   string
+}
+
+func runValidateCases(t *testing.T, tests []validateCase) {
+	t.Helper()
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := validHandler()
+			tt.modify(&h)
+			err := h.Validate()
+			if tt.want == "" {
+				if err != nil {
+					t.Fatalf("Validate: unexpected error: %v", err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("Validate: no error for %+v", h)
+			}
+			for _, w := range strings.Split(tt.want, "|") {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not contain %q", err, w)
+				}
+			}
+			if strings.ContainsAny(err.Error(), "\r\n") {
+				t.Errorf("error %q carries a raw CR or LF", err)
+			}
+		})
+	}
+}
+
 func TestValidate(t *testing.T) {
-	tests := []struct {
-		name   string
-		modify func(*Handler)
-		want   string // "" = valid; else substrings separated by |
-	}{
+	tests := []validateCase{
 		{"minimal", func(*Handler) {}, ""},
 		{"everything set", func(h *Handler) {
 			h.Scopes = []string{"a", "b.c"}
@@ -293,27 +325,7 @@ func TestValidate(t *testing.T) {
 		{"scope with a space (JSON config)", func(h *Handler) { h.Scopes = []string{"a b"} }, "scope"},
 		{"scope with a quote", func(h *Handler) { h.Scopes = []string{`a"b`} }, "scope"},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			h := validHandler()
-			tt.modify(&h)
-			err := h.Validate()
-			if tt.want == "" {
-				if err != nil {
-					t.Fatalf("Validate: unexpected error: %v", err)
-				}
-				return
-			}
-			if err == nil {
-				t.Fatalf("Validate: no error for %+v", h)
-			}
-			for _, w := range strings.Split(tt.want, "|") {
-				if !strings.Contains(err.Error(), w) {
-					t.Errorf("error %q does not contain %q", err, w)
-				}
-			}
-		})
-	}
+	runValidateCases(t, tests)
 }
 
 // What the Caddyfile produces passes Validate, and what Validate rejects in

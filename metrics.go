@@ -54,6 +54,7 @@ type sourceMetrics struct {
 	duration prometheus.Observer
 	expiry   prometheus.Gauge
 	requests map[string]prometheus.Counter
+	injected prometheus.Counter // requests["injected"], for the hot path
 	shared   *prometheus.CounterVec
 }
 
@@ -93,6 +94,7 @@ func metricsFor(label string) *sourceMetrics {
 	for _, o := range []string{"injected", "unavailable", "replayed", "replay_failed"} {
 		m.requests[o] = metrics.requests.WithLabelValues(label, o)
 	}
+	m.injected = m.requests["injected"]
 	sourceMetricsBy[label] = m
 	return m
 }

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/url"
 	"regexp"
@@ -420,7 +421,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	h.setAuthorization(r, tok)
 	if !h.replay || !h.replayable(r) {
-		h.metrics.request("injected")
+		h.metrics.injected.Inc()
 		return next.ServeHTTP(w, r)
 	}
 	return h.serveWithReplay(w, r, next, tok)
@@ -440,7 +441,8 @@ func (h *Handler) setAuthorization(r *http.Request, tok *Token) {
 // replayable reports whether a request can be sent twice: no upgrade, and a
 // body that is absent or of known length within the limit.
 func (h *Handler) replayable(r *http.Request) bool {
-	if r.Method == http.MethodConnect || r.Header.Get("Upgrade") != "" {
+	// A direct lookup: Header.Get canonicalises the key on every call.
+	if up := r.Header["Upgrade"]; r.Method == http.MethodConnect || (len(up) > 0 && up[0] != "") {
 		return false
 	}
 	if r.Body == nil || r.Body == http.NoBody {
@@ -449,7 +451,42 @@ func (h *Handler) replayable(r *http.Request) bool {
 	return r.ContentLength >= 0 && r.ContentLength <= h.limit
 }
 
+// bufPool holds the buffers for 401 answers.
 var bufPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// headerSnapshot remembers what a response header map held, to restore it
+// before a replay. It is a shallow copy, which is enough: handlers
+// downstream (reverse_proxy) add keys and append values; they do not edit
+// the existing value slices in place. Small maps (Caddy's has "Server" and
+// little else at this point) are copied into arrays that stay on the stack.
+type headerSnapshot struct {
+	n     int
+	keys  [8]string
+	vals  [8][]string
+	spill http.Header // for a larger map
+}
+
+func (s *headerSnapshot) take(h http.Header) {
+	if len(h) > len(s.keys) {
+		s.spill = maps.Clone(h)
+		return
+	}
+	for k, v := range h {
+		s.keys[s.n], s.vals[s.n] = k, v
+		s.n++
+	}
+}
+
+// restoreInto makes h hold exactly what was taken.
+func (s *headerSnapshot) restoreInto(h http.Header) {
+	clear(h)
+	for k, v := range s.spill {
+		h[k] = v
+	}
+	for i := range s.n {
+		h[s.keys[i]] = s.vals[i]
+	}
+}
 
 // serveWithReplay calls next with a recorder that buffers only a 401
 // answer; on a 401 it invalidates the token and sends the request once more
@@ -464,10 +501,8 @@ func (h *Handler) serveWithReplay(w http.ResponseWriter, r *http.Request, next c
 		}
 		r.Body = io.NopCloser(bytes.NewReader(body))
 	}
-	var saved http.Header
-	if len(w.Header()) > 0 {
-		saved = w.Header().Clone()
-	}
+	var saved headerSnapshot
+	saved.take(w.Header())
 	buf := bufPool.Get().(*bytes.Buffer)
 	buf.Reset()
 	defer bufPool.Put(buf)
@@ -475,11 +510,11 @@ func (h *Handler) serveWithReplay(w http.ResponseWriter, r *http.Request, next c
 		return status == http.StatusUnauthorized
 	})
 	if err := next.ServeHTTP(rec, r); err != nil {
-		h.metrics.request("injected")
+		h.metrics.injected.Inc()
 		return err
 	}
 	if !rec.Buffered() || rec.Status() != http.StatusUnauthorized {
-		h.metrics.request("injected")
+		h.metrics.injected.Inc()
 		return nil
 	}
 
@@ -493,11 +528,7 @@ func (h *Handler) serveWithReplay(w http.ResponseWriter, r *http.Request, next c
 	}
 
 	// Undo what the first attempt wrote into the shared header map.
-	hdr := w.Header()
-	clear(hdr)
-	for k, v := range saved {
-		hdr[k] = v
-	}
+	saved.restoreInto(w.Header())
 	if body != nil {
 		r.Body = io.NopCloser(bytes.NewReader(body))
 	}

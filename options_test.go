@@ -132,11 +132,7 @@ func TestOptionSubdirectiveErrors(t *testing.T) {
 }
 
 func TestOptionValidate(t *testing.T) {
-	tests := []struct {
-		name   string
-		modify func(*Handler)
-		want   string // "" = valid; else substrings separated by |
-	}{
+	tests := []validateCase{
 		{"all options", func(h *Handler) {
 			h.AuthStyle = "basic"
 			h.Params = map[string]string{"audience": "https://api.example", "resource": ""}
@@ -175,30 +171,7 @@ func TestOptionValidate(t *testing.T) {
 		{"tls_client_cert one file (JSON config)", func(h *Handler) { h.TLSClientCert = []string{"/c.pem"} }, "tls_client_cert|certificate file and a key file"},
 		{"tls_client_cert three files (JSON config)", func(h *Handler) { h.TLSClientCert = []string{"/c.pem", "/k.pem", "/x.pem"} }, "tls_client_cert"},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			h := validHandler()
-			tt.modify(&h)
-			err := h.Validate()
-			if tt.want == "" {
-				if err != nil {
-					t.Fatalf("Validate: unexpected error: %v", err)
-				}
-				return
-			}
-			if err == nil {
-				t.Fatalf("Validate: no error for %+v", h)
-			}
-			for _, w := range strings.Split(tt.want, "|") {
-				if !strings.Contains(err.Error(), w) {
-					t.Errorf("error %q does not contain %q", err, w)
-				}
-			}
-			if strings.ContainsAny(err.Error(), "\r\n") {
-				t.Errorf("error %q carries a raw CR or LF", err)
-			}
-		})
-	}
+	runValidateCases(t, tests)
 }
 
 // What the Caddyfile accepts, Validate checks: a header name or prefix the

@@ -273,6 +273,11 @@ type Engine struct {
 	obs         Observer
 	rand        func() float64
 
+	// monotonic is set with the real clock: Get then checks expiry with
+	// time.Until, which reads only the monotonic clock (time.Now reads the
+	// wall clock too, which costs as much again on some VMs).
+	monotonic bool
+
 	cur atomic.Pointer[Token]
 
 	// shared is the fleet-wide token store in cluster mode (nil: off).
@@ -369,6 +374,7 @@ func NewEngine(cfg Config) (*Engine, error) {
 		stop:        make(chan struct{}),
 		exited:      make(chan struct{}),
 	}
+	_, e.monotonic = cfg.Clock.(realClock)
 	go e.refresher()
 	return e, nil
 }
@@ -441,8 +447,14 @@ func (e *Engine) Token() (*oauth2.Token, error) {
 // While the engine is backing off after a failure and holds no valid token,
 // Get fails fast with the last error.
 func (e *Engine) Get(ctx context.Context) (*Token, error) {
-	if t := e.cur.Load(); t.Valid(e.clock.Now()) {
-		return t, nil
+	if t := e.cur.Load(); t != nil {
+		if e.monotonic {
+			if time.Until(t.expiry) > 0 { // t.expiry carries a monotonic reading
+				return t, nil
+			}
+		} else if t.Valid(e.clock.Now()) {
+			return t, nil
+		}
 	}
 	return e.slowGet(ctx)
 }
