@@ -664,3 +664,36 @@ func TestAdaptCaddyfileErrors(t *testing.T) {
 		})
 	}
 }
+
+func TestUnmarshalSharedCache(t *testing.T) {
+	h, err := parseBlock(t, "client_id a\nclient_secret b\nshared_cache")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.SharedCache == nil || h.SharedCache.StorageRaw != nil {
+		t.Fatalf("bare shared_cache: %+v, want on with the config's storage", h.SharedCache)
+	}
+
+	h, err = parseBlock(t, "client_id a\nclient_secret b\nshared_cache {\n storage file_system /mnt/tokens\n}")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var storage map[string]any
+	if h.SharedCache == nil || json.Unmarshal(h.SharedCache.StorageRaw, &storage) != nil ||
+		storage["module"] != "file_system" || storage["root"] != "/mnt/tokens" {
+		t.Fatalf("shared_cache with storage: %s", h.SharedCache.StorageRaw)
+	}
+
+	for block, want := range map[string]string{
+		"shared_cache on":                                                     "shared_cache: takes no arguments",
+		"shared_cache\nshared_cache":                                          "shared_cache: given twice",
+		"shared_cache {\n store file_system /x\n}":                            `shared_cache: unknown subdirective "store"`,
+		"shared_cache {\n storage\n}":                                         "shared_cache: storage: missing module name",
+		"shared_cache {\n storage nosuchstorage\n}":                           "shared_cache: storage nosuchstorage",
+		"shared_cache {\n storage file_system /x\n storage file_system /y\n}": "shared_cache: storage given twice",
+	} {
+		if _, err := parseBlock(t, block); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: error %v, want %q", block, err, want)
+		}
+	}
+}

@@ -289,3 +289,26 @@ func TestFleetRevokingServer(t *testing.T) {
 		}
 	})
 }
+
+// TestE2ESharedCacheInlineStorage loads `shared_cache { storage file_system
+// <dir> }` in the in-process Caddy: the storage module is loaded, the token
+// is stored there, encrypted.
+func TestE2ESharedCacheInlineStorage(t *testing.T) {
+	e := newE2E(t, time.Hour)
+	dir := t.TempDir()
+	e.load("warm_up off\n\t\tshared_cache {\n\t\t\tstorage file_system " + dir + "\n\t\t}")
+	if s, _, body := e.do("GET", "/a", ""); s != 200 {
+		t.Fatalf("status %d: %s", s, body)
+	}
+	entries, err := filepath.Glob(filepath.Join(dir, "desko_auth", "tokens", "*.json"))
+	if err != nil || len(entries) != 1 {
+		t.Fatalf("stored entries %v (%v), want one", entries, err)
+	}
+	data, _ := os.ReadFile(entries[0])
+	for _, s := range append([]string{testSecret}, e.desko.Issued()...) {
+		if strings.Contains(string(data), s) {
+			t.Error("the stored entry holds a secret or token in plaintext")
+		}
+	}
+	e.assertNoLeaks()
+}

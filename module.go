@@ -451,8 +451,10 @@ func (h *Handler) replayable(r *http.Request) bool {
 	return r.ContentLength >= 0 && r.ContentLength <= h.limit
 }
 
-// bufPool holds the buffers for 401 answers.
+// bufPool holds the buffers for 401 answers, up to maxPooledBuf each.
 var bufPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+const maxPooledBuf = 64 << 10
 
 // headerSnapshot remembers what a response header map held, to restore it
 // before a replay. It is a shallow copy, which is enough: handlers
@@ -505,7 +507,11 @@ func (h *Handler) serveWithReplay(w http.ResponseWriter, r *http.Request, next c
 	saved.take(w.Header())
 	buf := bufPool.Get().(*bytes.Buffer)
 	buf.Reset()
-	defer bufPool.Put(buf)
+	defer func() {
+		if buf.Cap() <= maxPooledBuf { // a huge 401 body is not kept
+			bufPool.Put(buf)
+		}
+	}()
 	rec := caddyhttp.NewResponseRecorder(w, buf, func(status int, _ http.Header) bool {
 		return status == http.StatusUnauthorized
 	})
