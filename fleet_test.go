@@ -81,8 +81,47 @@ func freePort(t *testing.T) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-// startCaddy runs one Caddy process with a site on a free loopback port
-// and returns the site's base URL and its log file.
+// runCaddy runs `caddy run` on the Caddyfile cfg in dir, with extra
+// environment variables, until the test ends, and waits until port
+// accepts connections.
+func runCaddy(t *testing.T, bin, dir, cfg string, port int, env ...string) []string {
+	t.Helper()
+	cfgFile := filepath.Join(dir, "Caddyfile")
+	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "run", "--config", cfgFile, "--adapter", "caddyfile")
+	cmd.Env = append(append(os.Environ(), "HOME="+dir, "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir), env...)
+	out, err := os.Create(filepath.Join(dir, "stdout.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		out.Close()
+	})
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), time.Second)
+		if err == nil {
+			c.Close()
+			return cmd.Env
+		}
+		if time.Now().After(deadline) {
+			b, _ := os.ReadFile(filepath.Join(dir, "stdout.log"))
+			t.Fatalf("Caddy did not start listening on %d: %s", port, b)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// startCaddy runs one Caddy process of the fleet, with a site on a free
+// loopback port, and returns the site's base URL and its log file.
 func startCaddy(t *testing.T, bin, storageDir, desko, block string) (string, string) {
 	t.Helper()
 	dir := t.TempDir()
@@ -108,39 +147,8 @@ http://127.0.0.1:%d {
 	reverse_proxy %s
 }
 `, storageDir, logFile, port, fleetClientID, desko, deskotest.TokenPath, block, strings.TrimPrefix(desko, "http://"))
-	cfgFile := filepath.Join(dir, "Caddyfile")
-	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, "run", "--config", cfgFile, "--adapter", "caddyfile")
-	cmd.Env = append(os.Environ(), "DESKO_FLEET_SECRET="+fleetSecret, "HOME="+dir, "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir)
-	stderr, err := os.Create(filepath.Join(dir, "stderr.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stdout, cmd.Stderr = stderr, stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-		stderr.Close()
-	})
-	base := fmt.Sprintf("http://127.0.0.1:%d", port)
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), time.Second)
-		if err == nil {
-			c.Close()
-			return base, logFile
-		}
-		if time.Now().After(deadline) {
-			out, _ := os.ReadFile(filepath.Join(dir, "stderr.log"))
-			t.Fatalf("Caddy did not start listening on %d: %s", port, out)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	runCaddy(t, bin, dir, cfg, port, "DESKO_FLEET_SECRET="+fleetSecret)
+	return fmt.Sprintf("http://127.0.0.1:%d", port), logFile
 }
 
 // loadResult counts what the clients saw.
@@ -253,12 +261,15 @@ func TestFleetSharesOneTokenPerLifetime(t *testing.T) {
 	if n < int64(d/fleetTTL) {
 		t.Errorf("only %d token requests in %v of %v tokens: were tokens refreshed at all?", n, d, fleetTTL)
 	}
-	// Both instances adopted tokens from the shared cache.
+	// Tokens were adopted from the shared cache (which instance adopts
+	// depends on whose jittered refresh point comes first).
+	adopted := 0
 	for _, f := range logs {
 		data, _ := os.ReadFile(f)
-		if !strings.Contains(string(data), "token adopted from the shared cache") {
-			t.Errorf("%s: this instance never adopted a token from the shared cache", f)
-		}
+		adopted += strings.Count(string(data), "token adopted from the shared cache")
+	}
+	if adopted == 0 {
+		t.Error("no instance ever adopted a token from the shared cache")
 	}
 }
 

@@ -458,16 +458,17 @@ func TestE2EReplayThatFailsAgainIsNotLooped(t *testing.T) {
 
 func TestE2ETokenEndpointDown(t *testing.T) {
 	t.Run("with a valid token every request succeeds", func(t *testing.T) {
-		e := newE2E(t, 3*time.Second)
+		e := newE2E(t, 4*time.Second)
 		e.load("warm_up off")
+		start := time.Now() // the token is obtained after this: valid ≥ 4 s from here
 		if s, _, _ := e.do("GET", "/a", ""); s != 200 {
 			t.Fatal("warm request failed")
 		}
-		start := time.Now()
 		e.desko.SetMode(deskotest.ModeDown)
-		// Traffic through the refresh point (75–80% of 3 s) until shortly
-		// before expiry: the refresh fails, the current token is served.
-		for i := 0; time.Since(start) < 2600*time.Millisecond; i++ {
+		// Traffic through the refresh point (75–80% of 4 s, at most 3.2 s
+		// after start) until 0.6 s before expiry: the refresh fails, the
+		// current token is still served.
+		for i := 0; time.Since(start) < 3400*time.Millisecond; i++ {
 			if s, _, body := e.do("GET", "/b", ""); s != 200 {
 				t.Fatalf("request %d: status %d: %s", i, s, body)
 			}

@@ -38,7 +38,6 @@ func TestRotationThroughCaddyReload(t *testing.T) {
 	}
 	port, admin := freePort(t), freePort(t)
 	logFile := filepath.Join(dir, "caddy.log")
-	cfgFile := filepath.Join(dir, "Caddyfile")
 	cfg := fmt.Sprintf(`{
 	admin 127.0.0.1:%d
 	auto_https off
@@ -58,17 +57,7 @@ http://127.0.0.1:%d {
 	reverse_proxy %s
 }
 `, admin, logFile, port, secretFile, srv.URL, deskotest.TokenPath, srv.Listener.Addr())
-	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, "run", "--config", cfgFile, "--adapter", "caddyfile")
-	cmd.Env = append(os.Environ(), "HOME="+dir, "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir)
-	out, _ := os.Create(filepath.Join(dir, "stdout.log"))
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait(); out.Close() })
+	env := runCaddy(t, bin, dir, cfg, port)
 
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
 	get := func(path string) (int, string) {
@@ -80,16 +69,8 @@ http://127.0.0.1:%d {
 		b, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode, string(b)
 	}
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		if s, _ := get("/ready"); s == 200 {
-			break
-		}
-		if time.Now().After(deadline) {
-			b, _ := os.ReadFile(filepath.Join(dir, "stdout.log"))
-			t.Fatalf("Caddy did not come up: %s", b)
-		}
-		time.Sleep(50 * time.Millisecond)
+	if s, body := get("/ready"); s != 200 {
+		t.Fatalf("first request: %d %s", s, body)
 	}
 	if n := desko.TokenRequests(); n != 1 {
 		t.Fatalf("token requests = %d, want 1", n)
@@ -116,9 +97,9 @@ http://127.0.0.1:%d {
 	if err := os.WriteFile(secretFile, []byte(newSecret+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	reload := exec.Command(bin, "reload", "--config", cfgFile, "--adapter", "caddyfile",
+	reload := exec.Command(bin, "reload", "--config", filepath.Join(dir, "Caddyfile"), "--adapter", "caddyfile",
 		"--address", fmt.Sprintf("127.0.0.1:%d", admin), "--force")
-	reload.Env = cmd.Env
+	reload.Env = env
 	if b, err := reload.CombinedOutput(); err != nil {
 		t.Fatalf("caddy reload --force: %v: %s", err, b)
 	}
