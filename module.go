@@ -251,7 +251,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.src = val.(*source)
 	h.logger = engineLog
 	if store != nil {
-		sc, err := newSharedCache(store, tokenURL, clientID, h.Scopes, secret)
+		sc, err := newSharedCache(store, tokenURL, clientID, h.Scopes, sharedIdentity(cfg), secret)
 		if err != nil {
 			_ = h.Cleanup()
 			return fmt.Errorf("shared_cache: %w", err)
@@ -265,6 +265,23 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.src.engine.WarmUp()
 	}
 	return nil
+}
+
+// sharedIdentity is what, besides the token URL, client ID and scopes, sets
+// apart the tokens of a credential set in the shared cache: its extra
+// parameters and token request headers (an audience, a tenant…).
+func sharedIdentity(c Config) map[string]string {
+	if len(c.Params) == 0 && len(c.Headers) == 0 {
+		return nil
+	}
+	id := map[string]string{}
+	for k, v := range c.Params {
+		id["param:"+k] = v
+	}
+	for k, v := range c.Headers {
+		id["header:"+http.CanonicalHeaderKey(k)] = v
+	}
+	return id
 }
 
 // sharedStorage loads the shared_cache storage module, or the config's.

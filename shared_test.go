@@ -92,7 +92,7 @@ func newCMMember(t *testing.T, tokenURL string, clk Clock, storage certmagic.Sto
 	obs := &cmObserver{}
 	opts = append([]func(*Config){func(c *Config) { c.Observer = obs }}, opts...)
 	e := newTestEngine(t, tokenURL, clk, opts...)
-	sc, err := newSharedCache(storage, e.cfg.TokenURL, e.cfg.ClientID, e.cfg.Scopes, e.cfg.ClientSecret)
+	sc, err := newSharedCache(storage, e.cfg.TokenURL, e.cfg.ClientID, e.cfg.Scopes, nil, e.cfg.ClientSecret)
 	if err != nil {
 		t.Fatalf("newSharedCache: %v", err)
 	}
@@ -546,7 +546,7 @@ func TestSharedFleetLockTimeout(t *testing.T) {
 	// (local) token request.
 	a := newCMMember(t, srv.tokenURL(), clk, cmStorage(dir), cmTimeout(800*time.Millisecond))
 
-	holder, err := newSharedCache(cmStorage(dir), a.cfg.TokenURL, a.cfg.ClientID, a.cfg.Scopes, tsSecret)
+	holder, err := newSharedCache(cmStorage(dir), a.cfg.TokenURL, a.cfg.ClientID, a.cfg.Scopes, nil, tsSecret)
 	if err != nil {
 		t.Fatalf("newSharedCache: %v", err)
 	}

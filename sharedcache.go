@@ -99,7 +99,7 @@ type sharedCache struct {
 // name is derived from that identity only (see sharedCacheKey); its
 // encryption key is derived from secret. An empty tokenURL means
 // DefaultTokenURL, as in the engine.
-func newSharedCache(storage certmagic.Storage, tokenURL, clientID string, scopes []string, secret string) (*sharedCache, error) {
+func newSharedCache(storage certmagic.Storage, tokenURL, clientID string, scopes []string, extra map[string]string, secret string) (*sharedCache, error) {
 	if storage == nil {
 		return nil, errors.New("shared token cache: no storage")
 	}
@@ -109,7 +109,7 @@ func newSharedCache(storage certmagic.Storage, tokenURL, clientID string, scopes
 	if secret == "" {
 		return nil, errors.New("shared token cache: client_secret is required")
 	}
-	key := sharedCacheKey(tokenURL, clientID, scopes)
+	key := sharedCacheKey(tokenURL, clientID, scopes, extra)
 	ek, err := hkdf.Key(sha256.New, []byte(secret), []byte(key), sharedCacheHKDFInfo, 32)
 	if err != nil {
 		// Only FIPS 140-only mode fails here (secret shorter than 112
@@ -139,8 +139,10 @@ func newSharedCache(storage certmagic.Storage, tokenURL, clientID string, scopes
 // that a rotated secret lands on the same entry and overwrites it. Scopes
 // are compared as the token request sends them, as an order-independent
 // set of space-separated words (RFC 6749 §3.3): ["b a"], ["a","b"] and
-// ["b","a","a"] are the same.
-func sharedCacheKey(tokenURL, clientID string, scopes []string) string {
+// ["b","a","a"] are the same. extra holds whatever else makes the server
+// issue a different token (extra parameters such as audience, extra
+// headers such as a tenant); nil for none.
+func sharedCacheKey(tokenURL, clientID string, scopes []string, extra map[string]string) string {
 	if tokenURL == "" {
 		tokenURL = DefaultTokenURL
 	}
@@ -151,11 +153,12 @@ func sharedCacheKey(tokenURL, clientID string, scopes []string) string {
 		words = []string{}
 	}
 	id, err := json.Marshal(struct {
-		Domain   string   `json:"d"`
-		TokenURL string   `json:"token_url"`
-		ClientID string   `json:"client_id"`
-		Scopes   []string `json:"scopes"`
-	}{sharedCacheIdentityDomain, tokenURL, clientID, words})
+		Domain   string            `json:"d"`
+		TokenURL string            `json:"token_url"`
+		ClientID string            `json:"client_id"`
+		Scopes   []string          `json:"scopes"`
+		Extra    map[string]string `json:"extra,omitempty"`
+	}{sharedCacheIdentityDomain, tokenURL, clientID, words, extra})
 	if err != nil {
 		// Strings and a slice of strings always marshal.
 		panic("shared token cache: encoding the identity: " + err.Error())

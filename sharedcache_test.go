@@ -37,7 +37,7 @@ func scTok() *storedToken {
 
 func newSC(t *testing.T, s certmagic.Storage, secret string) *sharedCache {
 	t.Helper()
-	c, err := newSharedCache(s, scTokenURL, scClientID, scScopes, secret)
+	c, err := newSharedCache(s, scTokenURL, scClientID, scScopes, nil, secret)
 	if err != nil {
 		t.Fatalf("newSharedCache: %v", err)
 	}
@@ -199,7 +199,7 @@ func TestSharedCacheTamperedEntryMisses(t *testing.T) {
 
 	// Same secret, another identity: the salt and the additional data
 	// (both the key name) differ.
-	other, err := newSharedCache(s, scTokenURL, "another-client", scScopes, scSecret)
+	other, err := newSharedCache(s, scTokenURL, "another-client", scScopes, nil, scSecret)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -305,7 +305,7 @@ func TestSharedCacheTwoInstancesShareEntries(t *testing.T) {
 	}
 
 	// Another credential set in the same storage is a separate entry.
-	o, err := newSharedCache(&certmagic.FileStorage{Path: dir}, scTokenURL, scClientID, []string{"admin"}, scSecret)
+	o, err := newSharedCache(&certmagic.FileStorage{Path: dir}, scTokenURL, scClientID, []string{"admin"}, nil, scSecret)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -516,7 +516,7 @@ func TestSharedCacheStoreRefuses(t *testing.T) {
 }
 
 func TestSharedCacheKeyName(t *testing.T) {
-	key := sharedCacheKey(scTokenURL, scClientID, scScopes)
+	key := sharedCacheKey(scTokenURL, scClientID, scScopes, nil)
 	// Golden values, computed outside Go as the first 16 bytes of
 	// SHA-256({"d":"desko_auth token cache key v1","token_url":…,
 	// "client_id":…,"scopes":[…]}) with encoding/json's escaping of &, <
@@ -526,14 +526,14 @@ func TestSharedCacheKeyName(t *testing.T) {
 		t.Errorf("key = %s; want %s", key, golden)
 	}
 	const golden2 = "desko_auth/tokens/9f9b46e12288172f02e0f8c0e5a9866e.json"
-	if k := sharedCacheKey("https://auth.example.test/token?a=1&b=<2>", "c", nil); k != golden2 {
+	if k := sharedCacheKey("https://auth.example.test/token?a=1&b=<2>", "c", nil, nil); k != golden2 {
 		t.Errorf("key = %s; want %s", k, golden2)
 	}
 	if !regexp.MustCompile(`^desko_auth/tokens/[0-9a-f]{32}\.json$`).MatchString(key) {
 		t.Errorf("key %q has the wrong shape", key)
 	}
 	for _, secret := range []string{scSecret, "other", strings.Repeat("x", 200)} {
-		c, err := newSharedCache(&fakeStorage{}, scTokenURL, scClientID, scScopes, secret)
+		c, err := newSharedCache(&fakeStorage{}, scTokenURL, scClientID, scScopes, nil, secret)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -547,12 +547,22 @@ func TestSharedCacheKeyName(t *testing.T) {
 
 	same := [][]string{{"write", "read"}, {"read write"}, {" read ", "write", "read"}}
 	for _, sc := range same {
-		if k := sharedCacheKey(scTokenURL, scClientID, sc); k != key {
+		if k := sharedCacheKey(scTokenURL, scClientID, sc, nil); k != key {
 			t.Errorf("scopes %q give %s; want %s (same scope set)", sc, k, key)
 		}
 	}
-	if sharedCacheKey("", scClientID, nil) != sharedCacheKey(DefaultTokenURL, scClientID, []string{}) {
+	if sharedCacheKey("", scClientID, nil, nil) != sharedCacheKey(DefaultTokenURL, scClientID, []string{}, nil) {
 		t.Error("empty token URL or nil scopes are not the defaults")
+	}
+	// Extra parameters or headers (an audience, a tenant) make another
+	// token: another entry. No extra is the same as an empty one.
+	aud1 := sharedCacheKey(scTokenURL, scClientID, scScopes, map[string]string{"param:audience": "https://a.example"})
+	aud2 := sharedCacheKey(scTokenURL, scClientID, scScopes, map[string]string{"param:audience": "https://b.example"})
+	if aud1 == key || aud2 == key || aud1 == aud2 {
+		t.Errorf("extra identity ignored: %s %s %s", key, aud1, aud2)
+	}
+	if sharedCacheKey(scTokenURL, scClientID, scScopes, map[string]string{}) != key {
+		t.Error("an empty extra identity changed the key")
 	}
 
 	distinct := map[string][3]any{}
@@ -568,7 +578,7 @@ func TestSharedCacheKeyName(t *testing.T) {
 		{scTokenURL, "a", []string{"b"}},
 		{scTokenURL + "a", "", nil},
 	} {
-		k := sharedCacheKey(id[0].(string), id[1].(string), toStrings(id[2]))
+		k := sharedCacheKey(id[0].(string), id[1].(string), toStrings(id[2]), nil)
 		if prev, dup := distinct[k]; dup {
 			t.Errorf("%v and %v share key %s", prev, id, k)
 		}
@@ -585,9 +595,13 @@ func toStrings(v any) []string {
 
 func TestSharedCacheNewErrorsAndPrinting(t *testing.T) {
 	for name, f := range map[string]func() (*sharedCache, error){
-		"nil storage":  func() (*sharedCache, error) { return newSharedCache(nil, scTokenURL, scClientID, nil, scSecret) },
-		"no client id": func() (*sharedCache, error) { return newSharedCache(&fakeStorage{}, scTokenURL, "", nil, scSecret) },
-		"no secret":    func() (*sharedCache, error) { return newSharedCache(&fakeStorage{}, scTokenURL, scClientID, nil, "") },
+		"nil storage": func() (*sharedCache, error) { return newSharedCache(nil, scTokenURL, scClientID, nil, nil, scSecret) },
+		"no client id": func() (*sharedCache, error) {
+			return newSharedCache(&fakeStorage{}, scTokenURL, "", nil, nil, scSecret)
+		},
+		"no secret": func() (*sharedCache, error) {
+			return newSharedCache(&fakeStorage{}, scTokenURL, scClientID, nil, nil, "")
+		},
 	} {
 		if c, err := f(); err == nil || c != nil {
 			t.Errorf("%s: newSharedCache = %v, %v; want an error", name, c, err)
