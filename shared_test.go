@@ -697,3 +697,34 @@ func TestSharedFleetRetryAfterFailedReplacement(t *testing.T) {
 			t1.Value, a.obs.results(), srv.count())
 	}
 }
+
+// TestSharedFleetRepeatedPeerRevocations: a server that revokes a client's
+// previous token whenever a peer refreshes makes B's token rejected again
+// and again, each time shortly after B adopted it. Adopting a peer's newer
+// token costs no token request, so Invalidate's guard against 401 storms
+// must not hold B back: every rejection is answered by adoption at once.
+func TestSharedFleetRepeatedPeerRevocations(t *testing.T) {
+	srv := newTokenServer(t, okToken(3600))
+	clk := newFakeClock(t)
+	dir := t.TempDir()
+	a := newCMMember(t, srv.tokenURL(), clk, cmStorage(dir))
+	b := newCMMember(t, srv.tokenURL(), clk, cmStorage(dir))
+	mustGet(t, a.Engine)
+	tb := mustGet(t, b.Engine)
+	for i := range 5 {
+		clk.Advance(100 * time.Millisecond) // far younger than any guard step
+		fresh, err := a.Refresh(testCtx(t)) // a peer refreshes; the server revokes tb
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.Invalidate(tb)
+		next := mustGet(t, b.Engine)
+		if next.Value != fresh.Value {
+			t.Fatalf("rejection %d: B serves %q, want the peer's newer %q (held back by the guard?)", i+1, next.Value, fresh.Value)
+		}
+		tb = next
+	}
+	if got := b.Status().Fetches; got != 0 {
+		t.Errorf("B made %d token requests, want 0", got)
+	}
+}

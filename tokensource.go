@@ -577,8 +577,14 @@ func (e *Engine) fetch(c *call) {
 		recovered := e.lastErr != nil
 		first := !e.everOK
 		e.lastErr, e.failures, e.nextAttempt, e.everOK = nil, 0, time.Time{}, true
-		if c.replacing == nil {
+		switch {
+		case c.replacing == nil:
 			e.invalidations = 0
+		case adopted && e.invalidations > 0:
+			// The guard counts replacements that cost a token request: a
+			// peer's newer token adopted from the shared cache (a peer
+			// refreshed, and the server revoked ours) costs none.
+			e.invalidations--
 		}
 		if tok.Value != e.rejected {
 			e.rejected = ""
