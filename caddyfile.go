@@ -43,7 +43,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    timeout       <duration>           # one token request; default 10s
 //	    default_ttl   <duration>           # lifetime when the answer gives none; default 5m
 //	    retry_on_unauthorized on|off       # replay once after an upstream 401; default on
-//	    replay_body_limit <size>           # largest body buffered for that; default 1MiB, 0 = no replay
+//	    replay_body_limit <size>           # largest body kept for that; default 1MiB, 0 = no replay
+//	    replay_memory <size>               # process-wide budget for kept bodies; default 32MiB
 //	    warm_up       on|off               # fetch the first token at startup; default on
 //	    shared_cache  [{                   # cluster mode: one token per fleet; default off
 //	        storage <module> [<args...>]   # default: the config's storage (global option)
@@ -162,16 +163,20 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err := h.unmarshalSharedCache(d); err != nil {
 				return err
 			}
-		case "replay_body_limit":
+		case "replay_body_limit", "replay_memory":
 			v, err := oneArg(d)
 			if err != nil {
 				return err
 			}
 			n, err := parseSize(v)
 			if err != nil {
-				return d.Errf("replay_body_limit: invalid size %q (e.g. 64KiB, 1MB, 0)", v)
+				return d.Errf("%s: invalid size %q (e.g. 64KiB, 1MB, 0)", sub, v)
 			}
-			h.ReplayBodyLimit = &n
+			if sub == "replay_memory" {
+				h.ReplayMemory = &n
+			} else {
+				h.ReplayBodyLimit = &n
+			}
 		default:
 			return d.Errf("unknown subdirective %q", sub)
 		}

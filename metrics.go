@@ -38,7 +38,7 @@ var metrics = struct {
 	requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "desko_auth",
 		Name:      "requests_total",
-		Help:      "Requests handled, by outcome (injected, unavailable, replayed, replay_failed).",
+		Help:      "Requests handled, by outcome (injected, unavailable, replayed, replay_failed, over_replay_budget).",
 	}, []string{"source", "outcome"}),
 	shared: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "desko_auth",
@@ -91,7 +91,7 @@ func metricsFor(label string) *sourceMetrics {
 		requests: map[string]prometheus.Counter{},
 		shared:   metrics.shared.MustCurryWith(prometheus.Labels{"source": label}),
 	}
-	for _, o := range []string{"injected", "unavailable", "replayed", "replay_failed"} {
+	for _, o := range []string{"injected", "unavailable", "replayed", "replay_failed", "over_replay_budget"} {
 		m.requests[o] = metrics.requests.WithLabelValues(label, o)
 	}
 	m.injected = m.requests["injected"]

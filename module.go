@@ -4,7 +4,6 @@
 package deskoauth
 
 import (
-	"bytes"
 	"cmp"
 	"crypto/sha256"
 	"encoding/hex"
@@ -18,7 +17,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -67,6 +65,12 @@ type Handler struct {
 	// ReplayBodyLimit is the largest request body buffered for that replay
 	// (default 1 MiB); 0 disables the replay.
 	ReplayBodyLimit *int64 `json:"replay_body_limit,omitempty"`
+	// ReplayMemory is the process-wide budget, shared by every credential
+	// set, for request bodies kept for a replay (default 32 MiB). A body
+	// that does not fit is forwarded without a replay. The newest
+	// provisioned value applies; 0 keeps no body (bodiless requests are
+	// still replayed).
+	ReplayMemory *int64 `json:"replay_memory,omitempty"`
 	// WarmUp starts the first token request in the background at
 	// Provision (default true).
 	WarmUp *bool `json:"warm_up,omitempty"`
@@ -205,6 +209,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	if h.limit == 0 {
 		h.replay = false
+	}
+	if h.ReplayMemory != nil {
+		replayMemory.limit.Store(*h.ReplayMemory)
 	}
 
 	cfg := Config{
@@ -409,6 +416,9 @@ func (h *Handler) Validate() error {
 	if h.ReplayBodyLimit != nil && *h.ReplayBodyLimit < 0 {
 		return errors.New("replay_body_limit: must not be negative")
 	}
+	if h.ReplayMemory != nil && *h.ReplayMemory < 0 {
+		return errors.New("replay_memory: must not be negative")
+	}
 	for _, s := range h.Scopes {
 		if s == "" || strings.ContainsAny(s, " \t\r\n\"\\") {
 			return fmt.Errorf("scope: %q is not a valid scope", s)
@@ -428,50 +438,185 @@ func (h *Handler) Cleanup() error {
 	return err
 }
 
-// ServeHTTP sets the Authorization header and calls next. A request for
-// which no token can be had is answered here and never forwarded.
+// ServeHTTP sets the token header and calls next. A request for which no
+// token can be had is answered here and never forwarded. The status of
+// every answer is watched: a 401 tells the token source that the token it
+// carried was rejected, and, where the request can be sent again, it is
+// replayed once with a new token.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	tok, err := h.src.engine.Get(r.Context())
 	if err != nil {
 		h.metrics.request("unavailable")
 		return h.unavailable(w, r, err)
 	}
-	h.setAuthorization(r, tok)
-	if !h.replay || !h.replayable(r) {
-		h.metrics.injected.Inc()
-		return next.ServeHTTP(w, r)
+	value := h.setAuthorization(r, tok)
+	if _, ok := r.Header["Connection"]; ok {
+		h.keepTokenHeader(r)
 	}
-	return h.serveWithReplay(w, r, next, tok)
+
+	// Decide whether this request could be replayed, and keep its body
+	// for that if it has one.
+	replay, outcome := h.replay, "injected"
+	var body *replayBody
+	if replay {
+		switch up := r.Header["Upgrade"]; {
+		case r.Method == http.MethodConnect || (len(up) > 0 && up[0] != ""):
+			replay = false
+		case r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0:
+		case r.ContentLength > h.limit:
+			replay = false
+		default:
+			if body = newReplayBody(r.Body, r.ContentLength, h.limit); body == nil {
+				replay, outcome = false, "over_replay_budget"
+			} else {
+				defer body.release()
+				r.Body = body
+			}
+		}
+	}
+	var saved headerSnapshot
+	if replay {
+		saved.take(w.Header())
+	}
+	ww := newWatchWriter(w, replay)
+	err = next.ServeHTTP(ww, r)
+	status, held := ww.status, ww.held
+	if status != http.StatusSwitchingProtocols {
+		defer ww.free() // an upgraded connection may outlive this call
+	}
+	if body != nil && body.skippedForBudget() {
+		outcome = "over_replay_budget"
+	}
+	if err != nil || status != http.StatusUnauthorized {
+		if status != 0 && status != http.StatusUnauthorized {
+			tok.Accepted()
+		}
+		h.metrics.request(outcome)
+		return err
+	}
+
+	// The upstream answered 401. It counts against the token only if the
+	// request still carried it.
+	carried := h.carries(r, value)
+	if !held {
+		// Not replayable (or the 401 was too large to hold): the client
+		// gets it as it came, and the token source hears of it.
+		if carried {
+			h.src.engine.Invalidate(tok)
+		}
+		h.metrics.request(outcome)
+		return nil
+	}
+	var again io.ReadCloser // the body for the replay
+	if body != nil {
+		var ok bool
+		if again, ok = body.rewind(); !ok {
+			if carried {
+				h.src.engine.Invalidate(tok)
+			}
+			if body.skippedForBudget() {
+				outcome = "over_replay_budget"
+			}
+			h.metrics.request(outcome)
+			return ww.sendHeld()
+		}
+	}
+	var fresh *Token
+	if carried {
+		fresh = h.src.engine.Replace(r.Context(), tok)
+	}
+	if fresh == nil {
+		// No newer token: the 401 goes to the client as it came.
+		h.metrics.request("replay_failed")
+		h.logger.Debug("upstream answered 401 and no newer token is available; passing it through")
+		return ww.sendHeld()
+	}
+	return h.replayWith(w, r, next, fresh, again, &saved)
+}
+
+// replayWith sends r once more with the fresh token, streaming the answer.
+func (h *Handler) replayWith(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, fresh *Token, body io.ReadCloser, saved *headerSnapshot) error {
+	// Undo what the first attempt wrote into the shared header map.
+	saved.restoreInto(w.Header())
+	if body != nil {
+		r.Body = body
+	}
+	value := h.setAuthorization(r, fresh)
+	ww := newWatchWriter(w, false)
+	err := next.ServeHTTP(ww, r)
+	status := ww.status
+	if status != http.StatusSwitchingProtocols {
+		defer ww.free()
+	}
+	switch {
+	case err != nil:
+		h.metrics.request("replay_failed")
+		return err
+	case status == http.StatusUnauthorized:
+		if h.carries(r, value) {
+			h.src.engine.Invalidate(fresh)
+		}
+		h.metrics.request("replay_failed")
+		h.logger.Warn("upstream answered 401 again after a token refresh; passing it through",
+			zap.String("method", r.Method), zap.String("uri", r.URL.Path))
+		return nil
+	}
+	if status != 0 {
+		fresh.Accepted()
+	}
+	h.metrics.request("replayed")
+	return nil
 }
 
 // setAuthorization replaces every inbound value of the token header
-// (Authorization unless configured otherwise).
-func (h *Handler) setAuthorization(r *http.Request, tok *Token) {
+// (Authorization unless configured otherwise) and returns the value set.
+func (h *Handler) setAuthorization(r *http.Request, tok *Token) string {
 	hv := h.hdrCache.Load()
 	if hv == nil || hv.tok != tok {
 		hv = &headerValue{tok: tok, value: h.prefix + tok.Value}
 		h.hdrCache.Store(hv)
 	}
 	r.Header[h.header] = []string{hv.value}
+	return hv.value
 }
 
-// replayable reports whether a request can be sent twice: no upgrade, and a
-// body that is absent or of known length within the limit.
-func (h *Handler) replayable(r *http.Request) bool {
-	// A direct lookup: Header.Get canonicalises the key on every call.
-	if up := r.Header["Upgrade"]; r.Method == http.MethodConnect || (len(up) > 0 && up[0] != "") {
-		return false
-	}
-	if r.Body == nil || r.Body == http.NoBody {
-		return true
-	}
-	return r.ContentLength >= 0 && r.ContentLength <= h.limit
+// carries reports whether r still holds the token header as set, so that a
+// 401 to a request whose token something downstream removed or changed
+// does not count against the token.
+func (h *Handler) carries(r *http.Request, value string) bool {
+	v := r.Header[h.header]
+	return len(v) == 1 && v[0] == value
 }
 
-// bufPool holds the buffers for 401 answers, up to maxPooledBuf each.
-var bufPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
-
-const maxPooledBuf = 64 << 10
+// keepTokenHeader removes the token header's name from the inbound
+// Connection header: a client could otherwise mark it hop-by-hop, and
+// reverse_proxy would strip the token before the upstream sees it.
+func (h *Handler) keepTokenHeader(r *http.Request) {
+	vals := r.Header["Connection"]
+	var kept []string
+	changed := false
+	for _, v := range vals {
+		var parts []string
+		for _, f := range strings.Split(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(f), h.header) {
+				changed = true
+				continue
+			}
+			parts = append(parts, f)
+		}
+		if len(parts) > 0 {
+			kept = append(kept, strings.Join(parts, ","))
+		}
+	}
+	if !changed {
+		return
+	}
+	if len(kept) == 0 {
+		delete(r.Header, "Connection")
+		return
+	}
+	r.Header["Connection"] = kept
+}
 
 // headerSnapshot remembers what a response header map held, to restore it
 // before a replay. It is a shallow copy, which is enough: handlers
@@ -505,69 +650,6 @@ func (s *headerSnapshot) restoreInto(h http.Header) {
 	for i := range s.n {
 		h[s.keys[i]] = s.vals[i]
 	}
-}
-
-// serveWithReplay calls next with a recorder that buffers only a 401
-// answer; on a 401 it invalidates the token and sends the request once more
-// with a new one.
-func (h *Handler) serveWithReplay(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, tok *Token) error {
-	var body []byte
-	if r.Body != nil && r.Body != http.NoBody && r.ContentLength > 0 {
-		var err error
-		body, err = io.ReadAll(io.LimitReader(r.Body, r.ContentLength))
-		if err != nil {
-			return caddyhttp.Error(http.StatusBadRequest, fmt.Errorf("reading the request body: %w", err))
-		}
-		r.Body = io.NopCloser(bytes.NewReader(body))
-	}
-	var saved headerSnapshot
-	saved.take(w.Header())
-	buf := bufPool.Get().(*bytes.Buffer)
-	buf.Reset()
-	defer func() {
-		if buf.Cap() <= maxPooledBuf { // a huge 401 body is not kept
-			bufPool.Put(buf)
-		}
-	}()
-	rec := caddyhttp.NewResponseRecorder(w, buf, func(status int, _ http.Header) bool {
-		return status == http.StatusUnauthorized
-	})
-	if err := next.ServeHTTP(rec, r); err != nil {
-		h.metrics.injected.Inc()
-		return err
-	}
-	if !rec.Buffered() || rec.Status() != http.StatusUnauthorized {
-		h.metrics.injected.Inc()
-		return nil
-	}
-
-	h.src.engine.Invalidate(tok)
-	fresh, err := h.src.engine.Get(r.Context())
-	if err != nil || fresh == tok {
-		// No newer token: the 401 goes to the client as it came.
-		h.metrics.request("replay_failed")
-		h.logger.Debug("upstream answered 401 and no newer token is available; passing it through")
-		return rec.WriteResponse()
-	}
-
-	// Undo what the first attempt wrote into the shared header map.
-	saved.restoreInto(w.Header())
-	if body != nil {
-		r.Body = io.NopCloser(bytes.NewReader(body))
-	}
-	h.setAuthorization(r, fresh)
-	status := caddyhttp.NewResponseRecorder(w, nil, nil) // streams; records the status
-	if err := next.ServeHTTP(status, r); err != nil {
-		return err
-	}
-	if status.Status() == http.StatusUnauthorized {
-		h.metrics.request("replay_failed")
-		h.logger.Warn("upstream answered 401 again after a token refresh; passing it through",
-			zap.String("method", r.Method), zap.String("uri", r.URL.Path))
-		return nil
-	}
-	h.metrics.request("replayed")
-	return nil
 }
 
 // unavailable answers a request that could not get a token, in Desko's

@@ -392,8 +392,7 @@ func TestSharedFleetInvalidate(t *testing.T) {
 	}
 	clk.Advance(time.Minute) // the token is not brand new any more
 
-	a.Invalidate(ta1) // A's upstream answered 401
-	ta2 := mustGet(t, a.Engine)
+	ta2 := mustReplace(t, a.Engine, ta1) // A's upstream answered 401
 	if ta2.Value == ta1.Value {
 		t.Fatalf("A still serves the rejected %q", ta1.Value)
 	}
@@ -405,8 +404,7 @@ func TestSharedFleetInvalidate(t *testing.T) {
 		t.Fatalf("after A's Invalidate the stored entry is %+v, %v; want %q", st, err, ta2.Value)
 	}
 
-	b.Invalidate(tb1) // B's upstream rejects the same token
-	tb2 := mustGet(t, b.Engine)
+	tb2 := mustReplace(t, b.Engine, tb1) // B's upstream rejects the same token
 	if tb2.Value != ta2.Value {
 		t.Fatalf("after its Invalidate B got %q, want A's new %q", tb2.Value, ta2.Value)
 	}
@@ -658,8 +656,7 @@ func TestSharedFleetOff(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Refresh: %v", err)
 	}
-	a.Invalidate(tok)
-	mustGet(t, a.Engine)
+	mustReplace(t, a.Engine, tok)
 	if n := srv.count(); n != 3 {
 		t.Errorf("%d token requests, want 3", n)
 	}
@@ -685,8 +682,14 @@ func TestSharedFleetRetryAfterFailedReplacement(t *testing.T) {
 	clk.BlockUntilTimers(1)
 
 	srv.setRespond(answer(http.StatusServiceUnavailable, "application/json", `{"error":"unavailable"}`))
-	a.Invalidate(t1) // the upstream answered 401; the replacement fetch fails
-	mustGetErr(t, a.Engine)
+	// The upstream answered 401; the replacement fetch fails, and the
+	// token A had stays in use (a 401 never leaves it worse off).
+	if fresh := a.Replace(testCtx(t), t1); fresh != nil {
+		t.Fatalf("Replace returned %q while the token endpoint is down", fresh.Value)
+	}
+	if got := mustGet(t, a.Engine); got != t1 {
+		t.Fatalf("after a failed replacement A serves %q, want the token it had", got.Value)
+	}
 	clk.BlockUntilTimers(1) // the retry is armed (1 s backoff)
 
 	srv.setRespond(okToken(3600)) // the token endpoint is back
@@ -717,8 +720,10 @@ func TestSharedFleetRepeatedPeerRevocations(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		b.Invalidate(tb)
-		next := mustGet(t, b.Engine)
+		next := b.Replace(testCtx(t), tb)
+		if next == nil {
+			t.Fatalf("rejection %d: B found no replacement (held back by the guard or the budget?)", i+1)
+		}
 		if next.Value != fresh.Value {
 			t.Fatalf("rejection %d: B serves %q, want the peer's newer %q (held back by the guard?)", i+1, next.Value, fresh.Value)
 		}

@@ -54,12 +54,20 @@ const (
 
 	// invalidateGuardMin and invalidateGuardMax protect the token endpoint
 	// from an upstream that answers 401 whatever the token: a token that
-	// itself replaced a rejected one is only replaced again once it is
-	// this old, doubling with each replacement in a row.
+	// replaced a rejected one and was itself rejected before any success
+	// is only replaced once it is this old, doubling with each such
+	// replacement in a row.
 	invalidateGuardMin = time.Second
 	invalidateGuardMax = time.Minute
 	// invalidateQuiet without rejections resets that guard.
 	invalidateQuiet = 2 * time.Minute
+
+	// rejectBurst and rejectRefill are the budget of token requests that
+	// upstream 401s may cause per credential set: a burst, then one per
+	// rejectRefill. A token that had a success and is then rejected was
+	// revoked; it is replaced at once while the budget lasts.
+	rejectBurst  = 6
+	rejectRefill = 10 * time.Second
 )
 
 // ErrorKind classifies why a token could not be obtained.
@@ -241,6 +249,21 @@ type Token struct {
 	wallExpiry time.Time
 	// refreshAt is when the refresher replaces it (monotonic).
 	refreshAt time.Time
+	// proven is set once the upstream answered a request that carried the
+	// token with anything but 401: a later 401 then means a revocation.
+	proven atomic.Bool
+	// suspect is set while a fetch to replace the token, which the
+	// upstream rejected, is in flight: Get waits for that fetch rather
+	// than hand out a token that was just rejected.
+	suspect atomic.Bool
+}
+
+// Accepted records that the upstream answered a request carrying t with
+// something other than 401. It is cheap enough for every request.
+func (t *Token) Accepted() {
+	if !t.proven.Load() {
+		t.proven.Store(true)
+	}
 }
 
 // Valid reports whether the token is usable at now.
@@ -292,9 +315,12 @@ type Engine struct {
 	nextAttempt time.Time // no new fetch before this while lastErr != nil
 	lastFetchAt time.Time // wall clock
 	fetches     uint64
-	// invalidations counts tokens replaced in a row by Invalidate.
+	// invalidations counts tokens replaced in a row by Invalidate, reset
+	// by a token that proves itself (Accepted) or by a normal refresh.
 	invalidations    int
 	lastInvalidation time.Time
+	// budget bounds the token requests that 401s cause.
+	budget rejectBudget
 	// rejected is the last token the upstream rejected, until another is
 	// obtained: a retry must not adopt it back from the shared cache.
 	rejected  string
@@ -446,8 +472,12 @@ func (e *Engine) Token() (*oauth2.Token, error) {
 // whose ctx ends stops waiting without cancelling the fetch for the others.
 // While the engine is backing off after a failure and holds no valid token,
 // Get fails fast with the last error.
+//
+// While the current token is being replaced because the upstream rejected
+// it, Get waits for its replacement; if that fetch fails, the current token
+// is returned until it expires.
 func (e *Engine) Get(ctx context.Context) (*Token, error) {
-	if t := e.cur.Load(); t != nil {
+	if t := e.cur.Load(); t != nil && !t.suspect.Load() {
 		if e.monotonic {
 			if time.Until(t.expiry) > 0 { // t.expiry carries a monotonic reading
 				return t, nil
@@ -471,8 +501,20 @@ func (e *Engine) slowGet(ctx context.Context) (*Token, error) {
 	e.mu.Lock()
 	now := e.clock.Now()
 	if t := e.cur.Load(); t.Valid(now) {
+		c := e.inflight
 		e.mu.Unlock()
-		return t, nil
+		if c == nil || c.replacing != t {
+			return t, nil
+		}
+		// t was rejected and its replacement is on the way.
+		fresh, err := e.wait(ctx, c)
+		if err == nil {
+			return fresh, nil
+		}
+		if ctx.Err() != nil {
+			return nil, err
+		}
+		return t, nil // no replacement: keep the token we had
 	}
 	c := e.inflight
 	if c == nil {
@@ -500,45 +542,84 @@ func (e *Engine) wait(ctx context.Context, c *call) (*Token, error) {
 	}
 }
 
-// Invalidate tells the engine that the upstream rejected tok (for example
-// with a 401). If tok is still the current token, it is dropped and a new
-// fetch starts; if another caller already replaced it, nothing happens.
-// Either way, a following Get returns the newest token.
+// Invalidate tells the engine that the upstream answered 401 to a request
+// that carried tok. If tok is still the current token, a fetch of its
+// replacement starts (or the one in flight is joined); tok stays in use until
+// the replacement arrives, and, if that fetch fails, until tok expires: a 401
+// never leaves the engine without a token it had. It never blocks.
 //
-// A token that was itself fetched to replace a rejected one is replaced
-// again only once it is at least 1 s old, doubling up to 1 min with each
-// replacement in a row, so that an upstream that rejects every token (or a
-// fleet of proxies whose server revokes a client's previous token) cannot
-// turn traffic into a stampede on the token endpoint. A normal refresh, or
-// two minutes without rejections, resets that guard.
-func (e *Engine) Invalidate(tok *Token) {
+// What a 401 may cost is bounded two ways. A token that has had a success
+// (Accepted) and is then rejected was revoked: it is replaced at once, within
+// a budget of rejectBurst token requests and then one per rejectRefill. A
+// token that replaced a rejected one and is rejected before any success (an
+// upstream that rejects every token, a wrong scope) is replaced only once it
+// is 1 s old, then 2 s, 4 s … up to 1 min with each such replacement in a
+// row; a success, a normal refresh or two quiet minutes reset that guard.
+// During a backoff after a failed fetch nothing new starts.
+func (e *Engine) Invalidate(tok *Token) { e.reject(tok) }
+
+// Replace is Invalidate followed by a wait for the replacement. It returns a
+// valid token other than tok, or nil when none can be had now: the fetch
+// failed, the budget or the guard held it back, or ctx ended.
+func (e *Engine) Replace(ctx context.Context, tok *Token) *Token {
 	if tok == nil {
-		return
+		return nil
+	}
+	var fresh *Token
+	if c := e.reject(tok); c != nil {
+		fresh, _ = e.wait(ctx, c)
+	} else if cur := e.cur.Load(); cur != tok && cur.Valid(e.clock.Now()) {
+		fresh = cur // another request replaced it already
+	}
+	if fresh == nil || fresh.Value == tok.Value {
+		return nil
+	}
+	return fresh
+}
+
+// reject is Invalidate; it returns the fetch that replaces tok, if any.
+func (e *Engine) reject(tok *Token) *call {
+	if tok == nil {
+		return nil
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.cur.Load() != tok {
-		return
+		return nil // replaced already, or never served
+	}
+	if e.inflight != nil {
+		return e.inflight // its token replaces tok
 	}
 	now := e.clock.Now()
-	if now.Sub(e.lastInvalidation) >= invalidateQuiet {
-		e.invalidations = 0 // quiet for a while: start over
+	if e.lastErr != nil && now.Before(e.nextAttempt) {
+		return nil // backing off: keep serving tok
+	}
+	if tok.proven.Load() || now.Sub(e.lastInvalidation) >= invalidateQuiet {
+		e.invalidations = 0
 	}
 	if e.invalidations > 0 {
 		guard := invalidateGuardMin << min(e.invalidations-1, 6)
 		if now.Sub(tok.obtained) < min(guard, invalidateGuardMax) {
-			return
+			return nil
 		}
+	}
+	if ok, dry := e.budget.take(now); !ok {
+		if dry {
+			e.log.Warn("upstream keeps rejecting tokens that worked: the budget for 401-driven token requests is spent, "+
+				"so rejected requests reach clients until it refills. Likely cause: something else holds the same credentials "+
+				"(another proxy or app), or several instances without shared_cache against a token server that revokes "+
+				"a client's earlier tokens; give each holder its own client, or use shared_cache",
+				zap.Int("burst", rejectBurst), zap.Duration("refill", rejectRefill))
+		}
+		return nil
 	}
 	e.invalidations++
 	e.lastInvalidation = now
 	e.rejected = tok.Value
-	e.cur.Store(nil)
-	e.notifyToken(nil)
-	e.log.Info("upstream rejected the current token; fetching a new one", zap.Int("attempt", e.invalidations))
-	if e.inflight == nil && (e.lastErr == nil || !now.Before(e.nextAttempt)) {
-		e.startLocked(tok)
-	}
+	tok.suspect.Store(true)
+	e.log.Info("upstream rejected the current token; fetching a new one",
+		zap.Int("attempt", e.invalidations), zap.Bool("had_succeeded", tok.proven.Load()))
+	return e.startLocked(tok)
 }
 
 // Refresh starts a fetch now (or joins the one in flight) even if the
@@ -581,10 +662,12 @@ func (e *Engine) fetch(c *call) {
 		case c.replacing == nil:
 			e.invalidations = 0
 		case adopted && e.invalidations > 0:
-			// The guard counts replacements that cost a token request: a
-			// peer's newer token adopted from the shared cache (a peer
-			// refreshed, and the server revoked ours) costs none.
+			// The guard and the budget count replacements that cost a
+			// token request: a peer's newer token adopted from the shared
+			// cache (a peer refreshed, and the server revoked ours) costs
+			// none.
 			e.invalidations--
+			e.budget.refund()
 		}
 		if tok.Value != e.rejected {
 			e.rejected = ""
@@ -604,6 +687,10 @@ func (e *Engine) fetch(c *call) {
 			e.log.Debug("token refreshed", fields...)
 		}
 	} else {
+		if c.replacing != nil {
+			// The rejected token stays in use until it expires.
+			c.replacing.suspect.Store(false)
+		}
 		prev := e.lastErr
 		e.failures++
 		backoff := e.backoff(terr)

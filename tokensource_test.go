@@ -202,6 +202,16 @@ func mustGet(t testing.TB, e *Engine) *Token {
 	return tok
 }
 
+// mustReplace tells e that tok was rejected and returns its replacement.
+func mustReplace(t testing.TB, e *Engine, tok *Token) *Token {
+	t.Helper()
+	fresh := e.Replace(testCtx(t), tok)
+	if fresh == nil || fresh.Value == tok.Value {
+		t.Fatalf("Replace(%q) found no newer token (status %+v)", tok.Value, e.Status())
+	}
+	return fresh
+}
+
 func mustGetErr(t testing.TB, e *Engine) *TokenError {
 	t.Helper()
 	tok, err := e.Get(testCtx(t))
@@ -1237,150 +1247,6 @@ func TestEngineBackoffRecovery(t *testing.T) {
 				t.Fatalf("after recovery the next wake is in %v, want the refresh", got)
 			}
 		})
-	}
-}
-
-// ---------------------------------------------------------------------------
-// Invalidate
-
-func TestEngineInvalidate(t *testing.T) {
-	srv := newTokenServer(t, okToken(3600))
-	clk := newFakeClock(t)
-	e := newTestEngine(t, srv.tokenURL(), clk)
-	tok1 := mustGet(t, e)
-	clk.BlockUntilTimers(1)
-
-	// assertNoFetch checks that the Invalidate just made started nothing:
-	// Invalidate starts any fetch before it returns, so one would show
-	// right now as state refreshing or a dropped token.
-	assertNoFetch := func(step string, want *Token) {
-		t.Helper()
-		if st := e.Status(); st.State != StateFresh {
-			t.Fatalf("%s: state %s, want fresh (no fetch)", step, st.State)
-		}
-		if p := e.Peek(); p != want {
-			t.Fatalf("%s: Peek = %v, want %q", step, p, want.Value)
-		}
-	}
-	// replaced invalidates tok (which must be current) and returns the
-	// token that replaces it, checking that exactly one fetch was made.
-	replaced := func(step string, tok *Token) *Token {
-		t.Helper()
-		before := srv.count()
-		e.Invalidate(tok)
-		if p := e.Peek(); p == tok {
-			t.Fatalf("%s: the invalidated token is still served", step)
-		}
-		next := mustGet(t, e)
-		if next == tok || next.Value == tok.Value {
-			t.Fatalf("%s: Get returned the invalidated token", step)
-		}
-		if n := srv.count(); n != before+1 {
-			t.Fatalf("%s: %d token requests, want 1", step, n-before)
-		}
-		clk.BlockUntilTimerAt(next.refreshAt) // the refresher follows the new token
-		return next
-	}
-
-	e.Invalidate(nil) // no-op, no panic
-
-	// The first rejection replaces the token at once, however new it is,
-	// and many requests rejected with the same token share one fetch.
-	var wg sync.WaitGroup
-	got := make(chan *Token, 20)
-	for range 20 {
-		wg.Go(func() {
-			e.Invalidate(tok1)
-			tok, err := e.Get(testCtx(t))
-			if err != nil {
-				t.Errorf("Get: %v", err)
-			}
-			got <- tok
-		})
-	}
-	wg.Wait()
-	close(got)
-	var tok2 *Token
-	for tok := range got {
-		if tok == nil {
-			continue
-		}
-		if tok == tok1 || tok.Value == tok1.Value {
-			t.Fatalf("Get after Invalidate returned the invalidated token")
-		}
-		if tok2 == nil {
-			tok2 = tok
-		} else if tok != tok2 {
-			t.Fatalf("Gets after Invalidate returned different tokens %q and %q", tok2.Value, tok.Value)
-		}
-	}
-	if tok2 == nil || tok2.Value != "tok-2" {
-		t.Fatalf("Get after Invalidate = %v, want tok-2", tok2)
-	}
-	if n := srv.count(); n != 2 {
-		t.Fatalf("%d token requests, want 2 (one fetch for all invalidations)", n)
-	}
-	clk.BlockUntilTimerAt(tok2.refreshAt)
-
-	// Invalidating a token that was already replaced does nothing.
-	e.Invalidate(tok1)
-	assertNoFetch("invalidating a replaced token", tok2)
-
-	// A token that replaced a rejected one is kept until it is 1s old,
-	// then 2s, 4s … doubling up to 1 min for each replacement in a row.
-	cur := tok2
-	for i, guard := range []time.Duration{1, 2, 4, 8, 16, 32, 60, 60} {
-		guard *= time.Second
-		step := fmt.Sprintf("replacement %d", i+1)
-		e.Invalidate(cur)
-		assertNoFetch(step+", brand new", cur)
-		clk.Advance(guard - time.Nanosecond)
-		e.Invalidate(cur)
-		assertNoFetch(fmt.Sprintf("%s, 1ns under %v old", step, guard), cur)
-		clk.Advance(time.Nanosecond)
-		cur = replaced(fmt.Sprintf("%s, %v old", step, guard), cur)
-	}
-
-	// Two minutes without rejections reset the guard: the next rejection
-	// is acted on at once, and the one after waits 1 s again, not 1 min.
-	clk.Advance(invalidateQuiet)
-	cur = replaced("after a quiet period", cur)
-	e.Invalidate(cur)
-	assertNoFetch("after a quiet period, second replacement, brand new", cur)
-	clk.Advance(time.Second)
-	cur = replaced("after a quiet period, second replacement, 1s old", cur)
-	// … and so does a normal (non-replacing) fetch.
-	e.Invalidate(cur)
-	assertNoFetch("second replacement in a row, brand new", cur)
-	cur, err := e.Refresh(testCtx(t))
-	if err != nil {
-		t.Fatalf("Refresh: %v", err)
-	}
-	clk.BlockUntilTimerAt(cur.refreshAt)
-	replaced("after a normal refresh", cur)
-}
-
-func TestEngineInvalidateWhileBackingOff(t *testing.T) {
-	// A rejected token during a backoff is dropped but does not bypass the
-	// backoff: the token endpoint is not hammered.
-	srv := newTokenServer(t, okToken(100))
-	clk := newFakeClock(t)
-	e := newTestEngine(t, srv.tokenURL(), clk)
-	tok1 := mustGet(t, e)
-	clk.BlockUntilTimers(1)
-	srv.setRespond(answer(500, "", ""))
-	clk.Advance(80 * time.Second) // refresh at 77.5s fails; retry in 1s
-	clk.BlockUntilTimers(1)
-	if n := srv.count(); n != 2 {
-		t.Fatalf("%d requests, want 2", n)
-	}
-	e.Invalidate(tok1)
-	if p := e.Peek(); p != nil {
-		t.Fatalf("the invalidated token is still served")
-	}
-	mustGetErr(t, e)
-	if n := srv.count(); n != 2 {
-		t.Fatalf("Invalidate during a backoff made a request")
 	}
 }
 

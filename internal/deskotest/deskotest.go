@@ -28,6 +28,10 @@ const SlowPrefix = "/slow/"
 // SlowDelay is how long the API holds a request under SlowPrefix.
 const SlowDelay = 1500 * time.Millisecond
 
+// DeniedPrefix is a path prefix on which the API answers 401 whatever the
+// token, as a path guarded by some other authorisation would.
+const DeniedPrefix = "/denied/"
+
 // StatsPath answers the stand-in's counters as JSON (for scripts).
 const StatsPath = "/_standin/stats"
 
@@ -277,13 +281,20 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	body, _ := io.ReadAll(r.Body)
+	body, err := io.ReadAll(r.Body)
+	if err != nil { // a truncated body is never accepted
+		deskoError(w, http.StatusBadRequest, "incomplete request body")
+		return
+	}
 	auth := r.Header.Values("Authorization")
 	tok, ok := "", len(auth) == 1 && strings.HasPrefix(auth[0], "Bearer ")
 	if ok {
 		tok = strings.TrimPrefix(auth[0], "Bearer ")
 	}
 	if n := s.unauthFirst.Load(); n > 0 && s.unauthFirst.CompareAndSwap(n, n-1) {
+		ok = false
+	}
+	if strings.HasPrefix(r.URL.Path, DeniedPrefix) {
 		ok = false
 	}
 	if !ok || !s.Valid(tok) {

@@ -1,0 +1,172 @@
+package deskoauth
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"sync"
+	"sync/atomic"
+)
+
+// This file keeps request bodies for a replay after an upstream 401 within
+// a process-wide memory budget, forwarding them while it keeps them.
+
+// DefaultReplayMemory is the default process-wide budget for request bodies
+// kept for a replay, shared by every credential set.
+const DefaultReplayMemory = 32 << 20
+
+// replayChunk is the allocation step for a body of unknown length.
+const replayChunk = 32 << 10
+
+// replayMemory is the process-wide budget of bytes kept for replays. The
+// newest provisioned handler sets its limit.
+var replayMemory memoryBudget
+
+func init() { replayMemory.limit.Store(DefaultReplayMemory) }
+
+// memoryBudget counts bytes reserved against a limit.
+type memoryBudget struct {
+	limit atomic.Int64
+	used  atomic.Int64
+}
+
+// reserve takes n bytes from the budget if they fit.
+func (m *memoryBudget) reserve(n int64) bool {
+	if m.used.Add(n) > m.limit.Load() {
+		m.used.Add(-n)
+		return false
+	}
+	return true
+}
+
+func (m *memoryBudget) release(n int64) { m.used.Add(-n) }
+
+// errBodyDetached is what the first attempt reads from a body after the
+// replay took it over.
+var errBodyDetached = errors.New("desko_auth: request body handed to the replay")
+
+// replayBody forwards a request body and keeps a copy of what was read, so
+// that a replay can send it again: the kept bytes, then whatever the first
+// attempt left unread. A body of known length is kept in one exact
+// allocation reserved up front; one of unknown length in replayChunk steps,
+// each reserved as it is needed. When a body outgrows the per-request limit
+// or the budget, keeping stops and the body can no longer be replayed; it
+// is still forwarded in full.
+//
+// A transport may go on reading a body after its round trip returned, so
+// every read of src happens under mu, and rewind detaches the first
+// attempt: its later reads fail and never touch src again.
+type replayBody struct {
+	mu         sync.Mutex
+	src        io.ReadCloser
+	kept       [][]byte
+	limit      int64 // the most bytes kept
+	size       int64 // bytes kept so far
+	reserved   int64 // bytes reserved in replayMemory
+	keeping    bool
+	overBudget bool // keeping stopped because the budget was spent
+	detached   bool
+}
+
+// newReplayBody wraps body, of length n (-1 if unknown), for a replay of at
+// most limit bytes. For a known length it reserves n bytes now and returns
+// nil if the budget cannot hold them.
+func newReplayBody(body io.ReadCloser, n, limit int64) *replayBody {
+	b := &replayBody{src: body, limit: limit, keeping: true}
+	if n >= 0 {
+		if !replayMemory.reserve(n) {
+			return nil
+		}
+		b.reserved, b.limit = n, n
+		b.kept = [][]byte{make([]byte, 0, n)}
+	}
+	return b
+}
+
+// Read reads from the client's body and keeps what it read.
+func (b *replayBody) Read(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.detached {
+		return 0, errBodyDetached
+	}
+	n, err := b.src.Read(p)
+	if n > 0 && b.keeping {
+		b.keep(p[:n])
+	}
+	return n, err
+}
+
+// Close does not close the client's body: the server does that when the
+// handler returns, and a replay may still need it.
+func (b *replayBody) Close() error { return nil }
+
+// keep appends p to the kept bytes; b.mu is held.
+func (b *replayBody) keep(p []byte) {
+	if b.size+int64(len(p)) > b.limit {
+		b.drop(false)
+		return
+	}
+	for len(p) > 0 {
+		last := len(b.kept) - 1
+		if last < 0 || len(b.kept[last]) == cap(b.kept[last]) {
+			step := min(int64(replayChunk), b.limit-b.size)
+			if !replayMemory.reserve(step) {
+				b.drop(true)
+				return
+			}
+			b.reserved += step
+			b.kept = append(b.kept, make([]byte, 0, step))
+			last++
+		}
+		c := b.kept[last]
+		n := min(len(p), cap(c)-len(c))
+		b.kept[last] = append(c, p[:n]...)
+		b.size += int64(n)
+		p = p[n:]
+	}
+}
+
+// drop stops keeping and gives the memory back; b.mu is held.
+func (b *replayBody) drop(overBudget bool) {
+	b.keeping = false
+	b.overBudget = b.overBudget || overBudget
+	b.kept = nil
+	replayMemory.release(b.reserved)
+	b.reserved = 0
+}
+
+// rewind detaches the first attempt and returns the body for the replay:
+// the kept bytes, then the rest of the client's body. ok is false when the
+// body was not kept whole.
+func (b *replayBody) rewind() (body io.ReadCloser, ok bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.detached = true
+	if !b.keeping {
+		return nil, false
+	}
+	readers := make([]io.Reader, 0, len(b.kept)+1)
+	for _, c := range b.kept {
+		readers = append(readers, bytes.NewReader(c))
+	}
+	return io.NopCloser(io.MultiReader(append(readers, b.src)...)), true
+}
+
+// skippedForBudget reports whether the body could not be kept because the
+// budget was spent.
+func (b *replayBody) skippedForBudget() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.overBudget
+}
+
+// release gives the kept memory back when the request is done. A first
+// attempt still reading after that keeps nothing more.
+func (b *replayBody) release() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.keeping {
+		b.drop(false)
+	}
+}

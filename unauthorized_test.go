@@ -1,0 +1,430 @@
+package deskoauth
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/deskoproxy/caddy-desko-auth/internal/deskotest"
+)
+
+// End-to-end tests, through Caddy, of what happens when the upstream
+// answers 401: the token source always hears of it, a replayable request is
+// replayed, kept bodies stay within the memory budget, and the two attacks
+// of issue 10 fail.
+
+// outcomes reads desko_auth_requests_total for the test's source; the
+// collectors are process-wide, so tests compare before and after.
+func (e *e2e) outcomes() map[string]float64 {
+	m := metricsFor(e.label("booking.show", "organization.show"))
+	out := map[string]float64{}
+	for k, c := range m.requests {
+		var d dto.Metric
+		if err := c.Write(&d); err != nil {
+			e.t.Fatal(err)
+		}
+		out[k] = d.GetCounter().GetValue()
+	}
+	return out
+}
+
+func (e *e2e) wantOutcomes(before map[string]float64, want map[string]float64) {
+	e.t.Helper()
+	after := e.outcomes()
+	for k, v := range want {
+		if got := after[k] - before[k]; got != v {
+			e.t.Errorf("requests_total{outcome=%q} grew by %v, want %v (all: %v → %v)", k, got, v, before, after)
+		}
+	}
+}
+
+// assertBudgetReturned checks that every kept body gave its memory back.
+func assertBudgetReturned(t *testing.T) {
+	t.Helper()
+	if n := replayMemory.used.Load(); n != 0 {
+		t.Errorf("%d bytes of the replay budget still reserved after the requests ended", n)
+	}
+}
+
+// A 401 on a request that is not replayed still reaches the token source:
+// a body over replay_body_limit, a body that does not fit the memory
+// budget, and an upgrade.
+func TestE2EUnreplayed401ReachesTheTokenSource(t *testing.T) {
+	big := strings.Repeat("x", 64)
+	for _, tt := range []struct {
+		name, extra string
+		send        func(e *e2e) (int, string)
+	}{
+		{"body over replay_body_limit", "replay_body_limit 16", func(e *e2e) (int, string) {
+			s, _, b := e.do("POST", "/big", big, "Content-Type", "text/plain")
+			return s, b
+		}},
+		{"body over replay_memory", "replay_memory 32", func(e *e2e) (int, string) {
+			s, _, b := e.do("POST", "/big", big, "Content-Type", "text/plain")
+			return s, b
+		}},
+		{"upgrade", "", func(e *e2e) (int, string) {
+			s, _, b := e.do("GET", "/ws", "", "Connection", "Upgrade", "Upgrade", "websocket")
+			return s, b
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newE2E(t, time.Hour)
+			e.load("warm_up off\n\t\t" + tt.extra)
+			t.Cleanup(func() { replayMemory.limit.Store(DefaultReplayMemory) })
+			if s, _, _ := e.do("GET", "/a", ""); s != 200 {
+				t.Fatal("warm request failed")
+			}
+			e.desko.RevokeAll()
+			apiBefore := e.desko.APIRequests()
+			if s, body := tt.send(e); s != 401 {
+				t.Fatalf("status %d (%s), want the upstream's 401, not replayed", s, body)
+			}
+			if n := e.desko.APIRequests() - apiBefore; n != 1 {
+				t.Errorf("%d API requests, want 1 (no replay)", n)
+			}
+			if s, _, body := e.do("GET", "/next", ""); s != 200 {
+				t.Fatalf("the request after the 401: status %d %s, want 200 with a new token", s, body)
+			}
+			if n := e.desko.TokenRequests(); n != 2 {
+				t.Errorf("token requests = %d, want 2", n)
+			}
+			assertBudgetReturned(t)
+		})
+	}
+}
+
+// Attack: with the token endpoint down, anonymous requests to a path that
+// answers 401 whatever the token must not take away the token that works.
+func TestE2EA401NeverLeavesTheProxyWorseOff(t *testing.T) {
+	e := newE2E(t, time.Hour)
+	e.load("warm_up off")
+	if s, _, _ := e.do("GET", "/a", ""); s != 200 {
+		t.Fatal("warm request failed")
+	}
+	e.desko.SetMode(deskotest.ModeDown)
+	for i := range 3 {
+		if s, _, _ := e.do("GET", deskotest.DeniedPrefix+"admin", ""); s != 401 {
+			t.Fatalf("attack %d: status %d, want the upstream's 401", i+1, s)
+		}
+		for j := range 6 {
+			if s, _, body := e.do("GET", fmt.Sprintf("/legit/%d", j), ""); s != 200 {
+				t.Fatalf("after attack %d, legitimate request %d: status %d %s, want 200 with the token that still works", i+1, j+1, s, body)
+			}
+		}
+	}
+	e.assertNoLeaks()
+}
+
+// Attack: "Connection: Authorization" would make reverse_proxy strip the
+// token as hop-by-hop. The token header always reaches the upstream; and a
+// 401 to a request that did not carry the token (here something after
+// desko_auth removes it) does not count against the token.
+func TestE2ETokenHeaderCannotBeStrippedByTheClient(t *testing.T) {
+	e := newE2E(t, time.Hour)
+	e.load("warm_up off")
+	for _, conn := range []string{"Authorization", "keep-alive, authorization", "X-Foo, AUTHORIZATION, close"} {
+		s, _, body := e.do("GET", "/a", "", "Connection", conn)
+		if s != 200 {
+			t.Fatalf("Connection: %s → status %d %s, want 200 (the upstream got the token)", conn, s, body)
+		}
+	}
+	if n := e.desko.TokenRequests(); n != 1 {
+		t.Errorf("token requests = %d, want 1", n)
+	}
+
+	e.loadRaw(fmt.Sprintf(`
+http://localhost:9080 {
+	route {
+		desko_auth {
+			client_id     %s
+			client_secret {env.DESKO_TEST_SECRET}
+			scope         booking.show organization.show
+			token_url     %s
+		}
+		request_header -Authorization
+		reverse_proxy %s
+	}
+}`, testClientID, e.tokenURL(), e.srv.Listener.Addr()))
+	apiBefore := e.desko.APIRequests()
+	for range 3 {
+		if s, _, _ := e.do("GET", "/stripped", ""); s != 401 {
+			t.Fatalf("status %d, want the upstream's 401", s)
+		}
+	}
+	if n := e.desko.APIRequests() - apiBefore; n != 3 {
+		t.Errorf("%d API requests for 3 requests, want 3 (no replay of a request that lacked the token)", n)
+	}
+	if n := e.desko.TokenRequests(); n != 1 {
+		t.Errorf("token requests = %d, want still 1 (the 401s were not about the token)", n)
+	}
+}
+
+// Genuine revocations stay invisible to clients: five revocations in a row,
+// each found by a request (GET and POST with bodies of known and unknown
+// length), all replayed with a new token at once.
+func TestE2ERepeatedRevocationsAreInvisible(t *testing.T) {
+	e := newE2E(t, time.Hour)
+	e.load("warm_up off")
+	if s, _, _ := e.do("GET", "/first", ""); s != 200 {
+		t.Fatal("warm request failed")
+	}
+	before := e.outcomes()
+	start := time.Now()
+	for i := range 5 {
+		e.desko.RevokeAll()
+		payload := fmt.Sprintf(`{"n":%d,"note":"ação ✓"}`, i)
+		var s int
+		var body string
+		switch i % 3 {
+		case 0:
+			s, _, body = e.do("GET", fmt.Sprintf("/get/%d", i), "")
+		case 1:
+			s, _, body = e.do("POST", "/v1.1/bookings", payload, "Content-Type", "application/json")
+			if s == 200 && decodeAPI(t, body).Body != payload {
+				t.Errorf("revocation %d: the replayed POST carried %q, want %q", i+1, decodeAPI(t, body).Body, payload)
+			}
+		case 2:
+			s, body = chunkedPost(t, "/chunked", payload)
+			if s == 200 && decodeAPI(t, body).Body != payload {
+				t.Errorf("revocation %d: the replayed chunked POST carried %q, want %q", i+1, decodeAPI(t, body).Body, payload)
+			}
+		}
+		if s != 200 {
+			t.Fatalf("revocation %d after %v: status %d %s, want 200 (replayed with a new token)", i+1, time.Since(start), s, body)
+		}
+	}
+	if n := e.desko.TokenRequests(); n != 6 {
+		t.Errorf("token requests = %d, want 6 (one initial, one per revocation)", n)
+	}
+	e.wantOutcomes(before, map[string]float64{"replayed": 5, "replay_failed": 0})
+	assertBudgetReturned(t)
+	e.assertNoLeaks()
+}
+
+// chunkedPost sends body with no Content-Length (chunked).
+func chunkedPost(t *testing.T, path, body string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest("POST", proxyBase+path, io.MultiReader(strings.NewReader(body)))
+	req.ContentLength = -1
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// The replay is not sent before the first attempt is done with the body:
+// an upstream that answers 401 before reading a large body gets the whole
+// body, in order, on the replay.
+func TestE2EEarly401WithALargeBodyIsReplayedWhole(t *testing.T) {
+	e := newE2E(t, time.Hour)
+	var attempts atomic.Int64
+	e.loadUpstream("warm_up off", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/early" && attempts.Add(1) == 1 {
+			w.WriteHeader(http.StatusUnauthorized) // before reading a byte
+			return
+		}
+		e.desko.ServeHTTP(w, r)
+	}))
+	if s, _, _ := e.do("GET", "/a", ""); s != 200 {
+		t.Fatal("warm request failed")
+	}
+	var b strings.Builder
+	for i := 0; b.Len() < 900<<10; i++ {
+		fmt.Fprintf(&b, "%08d,", i)
+	}
+	payload := b.String()
+	for _, send := range []func() (int, string){
+		func() (int, string) { s, _, body := e.do("POST", "/early", payload); return s, body },
+		func() (int, string) { return chunkedPost(t, "/early", payload) },
+	} {
+		attempts.Store(0)
+		s, body := send()
+		if s != 200 {
+			t.Fatalf("status %d %.200s, want 200 from the replay", s, body)
+		}
+		if got := decodeAPI(t, body).Body; got != payload {
+			t.Fatalf("the replay carried %d bytes, want the %d sent (first difference at %d)", len(got), len(payload), firstDiff(got, payload))
+		}
+	}
+	assertBudgetReturned(t)
+}
+
+func firstDiff(a, b string) int {
+	for i := range min(len(a), len(b)) {
+		if a[i] != b[i] {
+			return i
+		}
+	}
+	return min(len(a), len(b))
+}
+
+// A large 401 answer is not held: the client gets it whole as it comes, the
+// request is not replayed, and the token source hears of it.
+func TestE2ELarge401IsStreamedNotHeld(t *testing.T) {
+	e := newE2E(t, time.Hour)
+	big := bytes.Repeat([]byte("denied! "), 256<<10/8) // 256 KiB
+	e.loadUpstream("warm_up off", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/big401" {
+			w.Header().Set("Content-Type", "text/plain")
+			w.WriteHeader(http.StatusUnauthorized)
+			w.Write(big)
+			return
+		}
+		e.desko.ServeHTTP(w, r)
+	}))
+	if s, _, _ := e.do("GET", "/a", ""); s != 200 {
+		t.Fatal("warm request failed")
+	}
+	s, _, body := e.do("GET", "/big401", "")
+	if s != 401 || body != string(big) {
+		t.Fatalf("status %d, %d bytes; want the upstream's 401 with its %d bytes", s, len(body), len(big))
+	}
+	if s, _, _ := e.do("GET", "/next", ""); s != 200 {
+		t.Fatalf("status %d after the large 401", s)
+	}
+	if n := e.desko.TokenRequests(); n != 2 {
+		t.Errorf("token requests = %d, want 2 (the large 401 invalidated the token)", n)
+	}
+	// A small 401 is held and replayed as before.
+	e.desko.RejectNextAPIRequests(1)
+	if s, _, _ := e.do("GET", "/small401", ""); s != 200 {
+		t.Errorf("status %d, want a replayed 200", s)
+	}
+}
+
+// Kept bodies stay within replay_memory, shared by all requests: under
+// concurrent uploads, what does not fit is forwarded without a replay and
+// counted as over_replay_budget, and every upload succeeds.
+func TestE2EReplayMemoryBudget(t *testing.T) {
+	e := newE2E(t, time.Hour)
+	release := make(chan struct{})
+	var waiting sync.WaitGroup
+	e.loadUpstream("warm_up off\n\t\treplay_memory 1MiB", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/upload" {
+			waiting.Done()
+			<-release // hold every upload before reading its body
+		}
+		e.desko.ServeHTTP(w, r)
+	}))
+	t.Cleanup(func() { replayMemory.limit.Store(DefaultReplayMemory) })
+	if s, _, _ := e.do("GET", "/a", ""); s != 200 {
+		t.Fatal("warm request failed")
+	}
+	before := e.outcomes()
+	const n, size = 12, 256 << 10 // 3 MiB in all, against a 1 MiB budget
+	payload := strings.Repeat("u", size)
+	waiting.Add(n)
+	var wg sync.WaitGroup
+	statuses := make(chan int, n)
+	for range n {
+		wg.Go(func() {
+			resp, err := http.Post(proxyBase+"/upload", "text/plain", strings.NewReader(payload))
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == 200 && decodeAPI(t, string(b)).Body != payload {
+				t.Error("an upload arrived altered")
+			}
+			statuses <- resp.StatusCode
+		})
+	}
+	waiting.Wait() // all uploads are in the proxy at once
+	if used := replayMemory.used.Load(); used > 1<<20 {
+		t.Errorf("%d bytes kept for replays, over the 1 MiB budget", used)
+	}
+	close(release)
+	wg.Wait()
+	close(statuses)
+	for s := range statuses {
+		if s != 200 {
+			t.Errorf("an upload got status %d", s)
+		}
+	}
+	e.wantOutcomes(before, map[string]float64{"injected": 4, "over_replay_budget": n - 4})
+	assertBudgetReturned(t)
+}
+
+// Bodies that lie about their length, and a client that goes away
+// mid-body, lose nothing and leak no budget.
+func TestE2EBrokenBodies(t *testing.T) {
+	e := newE2E(t, time.Hour)
+	e.load("warm_up off")
+	if s, _, _ := e.do("GET", "/a", ""); s != 200 {
+		t.Fatal("warm request failed")
+	}
+	raw := func(req string, closeWrite bool) string {
+		t.Helper()
+		c, err := net.Dial("tcp", "localhost:9080")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		io.WriteString(c, req)
+		if closeWrite {
+			c.(*net.TCPConn).CloseWrite()
+		}
+		status, _ := bufio.NewReader(c).ReadString('\n')
+		return status
+	}
+	head := "POST /lie HTTP/1.1\r\nHost: localhost:9080\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s"
+
+	// Longer than its Content-Length: the upstream gets exactly the
+	// declared bytes.
+	if st := raw(fmt.Sprintf(head, 5, "12345EXTRA"), false); !strings.Contains(st, " 200 ") {
+		t.Errorf("body longer than Content-Length: %q", st)
+	}
+	if got := e.desko.Bodies(); got[len(got)-1] != "12345" {
+		t.Errorf("upstream got %q, want the 5 declared bytes", got[len(got)-1])
+	}
+	// Shorter, then the client stops sending: no 2xx, nothing forwarded
+	// as complete. Also with a revoked token, so the replay path runs.
+	for _, revoke := range []bool{false, true} {
+		if revoke {
+			e.desko.RevokeAll()
+		}
+		bodies := len(e.desko.Bodies())
+		st := raw(fmt.Sprintf(head, 100, "only-part"), true)
+		if strings.Contains(st, " 200 ") {
+			t.Errorf("a truncated body (revoked %v) was answered %q", revoke, st)
+		}
+		if n := len(e.desko.Bodies()); n != bodies {
+			t.Errorf("the upstream accepted a truncated body (revoked %v)", revoke)
+		}
+	}
+	// A client that disconnects mid-body.
+	c, err := net.Dial("tcp", "localhost:9080")
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(c, fmt.Sprintf(head, 1<<20, strings.Repeat("p", 4096)))
+	c.Close()
+	if s, _, body := e.do("GET", "/after", ""); s != 200 {
+		t.Fatalf("status %d %s after broken bodies", s, body)
+	}
+	// The server ends the handlers of the broken requests on its own
+	// schedule; the budget must be back once they are done.
+	deadline := time.Now().Add(5 * time.Second)
+	for replayMemory.used.Load() != 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	assertBudgetReturned(t)
+	e.assertNoLeaks()
+}
