@@ -67,9 +67,9 @@ type Handler struct {
 	ReplayBodyLimit *int64 `json:"replay_body_limit,omitempty"`
 	// ReplayMemory is the process-wide budget, shared by every credential
 	// set, for request bodies kept for a replay (default 32 MiB). A body
-	// that does not fit is forwarded without a replay. The newest
-	// provisioned value applies; 0 keeps no body (bodiless requests are
-	// still replayed).
+	// that does not fit is forwarded without a replay. When several
+	// handlers set it, the largest value applies; 0 keeps no body
+	// (bodiless requests are still replayed).
 	ReplayMemory *int64 `json:"replay_memory,omitempty"`
 	// WarmUp starts the first token request in the background at
 	// Provision (default true).
@@ -211,7 +211,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.replay = false
 	}
 	if h.ReplayMemory != nil {
-		replayMemory.limit.Store(*h.ReplayMemory)
+		setReplayMemory(h, *h.ReplayMemory)
 	}
 
 	cfg := Config{
@@ -430,6 +430,9 @@ func (h *Handler) Validate() error {
 // Cleanup releases this handler's hold on its token engine; the engine is
 // closed when no handler holds it any more.
 func (h *Handler) Cleanup() error {
+	if h.ReplayMemory != nil {
+		setReplayMemory(h, -1)
+	}
 	if h.key == "" {
 		return nil
 	}

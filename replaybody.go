@@ -18,11 +18,39 @@ const DefaultReplayMemory = 32 << 20
 // replayChunk is the allocation step for a body of unknown length.
 const replayChunk = 32 << 10
 
-// replayMemory is the process-wide budget of bytes kept for replays. The
-// newest provisioned handler sets its limit.
+// replayMemory is the process-wide budget of bytes kept for replays.
 var replayMemory memoryBudget
 
 func init() { replayMemory.limit.Store(DefaultReplayMemory) }
+
+// replayMemorySettings holds the replay_memory of every provisioned handler
+// that sets one; the budget's limit is the largest of them, or the default
+// when none does. During a reload both configs' handlers count, until the
+// old ones are cleaned up.
+var replayMemorySettings = struct {
+	sync.Mutex
+	by map[*Handler]int64
+}{by: map[*Handler]int64{}}
+
+// setReplayMemory records h's setting (n < 0: none) and applies the limit.
+func setReplayMemory(h *Handler, n int64) {
+	s := &replayMemorySettings
+	s.Lock()
+	defer s.Unlock()
+	if n < 0 {
+		delete(s.by, h)
+	} else {
+		s.by[h] = n
+	}
+	limit := int64(DefaultReplayMemory)
+	if len(s.by) > 0 {
+		limit = 0
+		for _, v := range s.by {
+			limit = max(limit, v)
+		}
+	}
+	replayMemory.limit.Store(limit)
+}
 
 // memoryBudget counts bytes reserved against a limit.
 type memoryBudget struct {

@@ -81,7 +81,6 @@ func TestE2EUnreplayed401ReachesTheTokenSource(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			e := newE2E(t, time.Hour)
 			e.load("warm_up off\n\t\t" + tt.extra)
-			t.Cleanup(func() { replayMemory.limit.Store(DefaultReplayMemory) })
 			if s, _, _ := e.do("GET", "/a", ""); s != 200 {
 				t.Fatal("warm request failed")
 			}
@@ -320,7 +319,6 @@ func TestE2EReplayMemoryBudget(t *testing.T) {
 		}
 		e.desko.ServeHTTP(w, r)
 	}))
-	t.Cleanup(func() { replayMemory.limit.Store(DefaultReplayMemory) })
 	if s, _, _ := e.do("GET", "/a", ""); s != 200 {
 		t.Fatal("warm request failed")
 	}
@@ -359,6 +357,16 @@ func TestE2EReplayMemoryBudget(t *testing.T) {
 	}
 	e.wantOutcomes(before, map[string]float64{"injected": 4, "over_replay_budget": n - 4})
 	assertBudgetReturned(t)
+
+	// A reload to a config that does not set replay_memory brings the
+	// default back once the old config is cleaned up.
+	if got := replayMemory.limit.Load(); got != 1<<20 {
+		t.Fatalf("replay_memory 1MiB loaded, budget limit %d", got)
+	}
+	e.load("warm_up off")
+	if got := replayMemory.limit.Load(); got != DefaultReplayMemory {
+		t.Errorf("after a reload without replay_memory the limit is %d, want the default %d", got, DefaultReplayMemory)
+	}
 }
 
 // Bodies that lie about their length, and a client that goes away

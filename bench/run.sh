@@ -13,11 +13,15 @@
 #         "Authorization: Bearer <static>"
 # 3. runs the same wrk load alternately against A and B, ROUNDS rounds of
 #    one A run and one B run each, and prints per round req/s, p50, p99, the
-#    A/B throughput ratio, A's p99 minus B's, the token requests the
-#    stand-in saw during A's run, and the medians over the rounds. With
-#    ORDER=abba (the default) even rounds run B first, so that a drift in
-#    the machine's load does not favour whichever runs first; ORDER=ab runs
-#    A first in every round (A B A B ...);
+#    CPU time the Caddy process spent per request (utime+stime from
+#    /proc/PID/stat over the run, divided by the requests wrk completed),
+#    the A/B ratios of throughput and CPU, A's p99 minus B's, the token
+#    requests the stand-in saw during A's run, and the medians over the
+#    rounds. With ORDER=abba (the default) even rounds run B first, so that
+#    a drift in the machine's load does not favour whichever runs first;
+#    ORDER=ab runs A first in every round (A B A B ...). RUNS repeats the
+#    whole A/B table (each with its own medians) and ends with the median
+#    of the run medians;
 # 4. refresh window: for each lifetime in REFRESH_TTLS, a stand-in issuing
 #    tokens of that lifetime and a Caddy like A in front of it, loaded for
 #    REFRESH_DURATION seconds; runs of A (1 h tokens, the steady state) of
@@ -25,7 +29,8 @@
 #    errors, upstream 401s, and token requests against d/(0.75*ttl).
 #
 # Environment (defaults in brackets):
-#   ROUNDS [10]           A/B rounds
+#   ROUNDS [10]           A/B rounds per run
+#   RUNS [1]              A/B runs (tables), each of ROUNDS rounds
 #   DURATION [5]          seconds per A or B run (at most 15)
 #   ORDER [abba]          abba: B first in even rounds; ab: always A first
 #   CONNECTIONS [16]      wrk connections (at most 256)
@@ -45,6 +50,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 ROUNDS=${ROUNDS:-10}
+RUNS=${RUNS:-1}
 DURATION=${DURATION:-5}
 ORDER=${ORDER:-abba}
 CONNECTIONS=${CONNECTIONS:-16}
@@ -69,6 +75,7 @@ die() {
 }
 isint() { [[ $1 =~ ^[0-9]+$ ]]; }
 isint "$ROUNDS" && [ "$ROUNDS" -ge 1 ] || die "ROUNDS must be a positive integer"
+isint "$RUNS" && [ "$RUNS" -ge 1 ] && [ "$RUNS" -le 20 ] || die "RUNS must be 1..20"
 isint "$DURATION" && [ "$DURATION" -ge 1 ] && [ "$DURATION" -le 15 ] || die "DURATION must be 1..15 (seconds)"
 isint "$CONNECTIONS" && [ "$CONNECTIONS" -ge 1 ] && [ "$CONNECTIONS" -le 256 ] || die "CONNECTIONS must be 1..256"
 isint "$THREADS" && [ "$THREADS" -ge 1 ] && [ "$THREADS" -le "$CONNECTIONS" ] || die "THREADS must be 1..CONNECTIONS"
@@ -193,11 +200,28 @@ http://$HOST:$1 {
 EOF
 }
 
+declare -A CADDY_PID
 start_caddy() { # name port (config in $WORK/name.caddyfile)
 	port_in_use "$2" && die "port $2 is in use (set BASE_PORT)"
+	# env execs Caddy: the PID is Caddy's, for /proc/PID/stat.
 	start "$1" env BENCH_CLIENT_ID=$CLIENT_ID BENCH_CLIENT_SECRET=$CLIENT_SECRET \
 		"$CADDY" run --config "$WORK/$1.caddyfile" --adapter caddyfile
+	CADDY_PID[$1]=$!
 	wait_http "http://$HOST:$2$URL_PATH" '"ok":true'
+}
+
+CLK_TCK=$(getconf CLK_TCK)
+# cpu_ticks pid: the process's user+system CPU time so far, in clock ticks.
+cpu_ticks() {
+	# Fields after the ")" that ends the command name: utime is the 12th,
+	# stime the 13th.
+	local rest
+	rest=$(sed 's/^.*) //' "/proc/$1/stat")
+	awk '{ print $12 + $13 }' <<<"$rest"
+}
+# cpu_us_per_req ticks-before ticks-after requests
+cpu_us_per_req() {
+	awk -v a="$1" -v b="$2" -v n="$3" -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", (b - a) * 1e6 / hz / n }'
 }
 
 stat_of() { # url key
@@ -272,56 +296,73 @@ if [ "$WARMUP" -gt 0 ]; then
 	load "$P_B" "$WARMUP"
 fi
 
-echo "## A/B: desko_auth (A) against static header_up (B)"
-echo
-echo "| round (first) | A req/s | B req/s | A/B | A p50 ms | B p50 ms | A p99 ms | B p99 ms | A p99 − B p99 ms | A errors | B errors | token requests during A |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
-RATIOS=() DP99=() ARPS=() BRPS=() AP50=() BP50=() AP99=() BP99=() ATOK=()
-ERRS=0 MISROUTED=0
 # run_a and run_b load A or B once and check, with the upstream's counters,
 # that it saw only stand-in tokens from A and only the fixed token from B.
 run_a() {
-	local t0 j0 s0
-	t0=$(tokreqs "$P_DESKO") j0=$(upstat jwt_ok) s0=$(upstat static_ok)
+	local t0 j0 s0 c0
+	t0=$(tokreqs "$P_DESKO") j0=$(upstat jwt_ok) s0=$(upstat static_ok) c0=$(cpu_ticks "${CADDY_PID[caddy-a]}")
 	load "$P_A" "$DURATION"
+	a_cpu=$(cpu_us_per_req "$c0" "$(cpu_ticks "${CADDY_PID[caddy-a]}")" "$R_REQ")
 	a_rps=$R_RPS a_p50=$R_P50 a_p99=$R_P99 a_err=$R_ERR
 	a_tok=$(($(tokreqs "$P_DESKO") - t0))
 	if [ "$(upstat static_ok)" -ne "$s0" ] || [ $(($(upstat jwt_ok) - j0)) -lt "$R_REQ" ]; then MISROUTED=$((MISROUTED + 1)); fi
 }
 run_b() {
-	local j0 s0
-	j0=$(upstat jwt_ok) s0=$(upstat static_ok)
+	local j0 s0 c0
+	j0=$(upstat jwt_ok) s0=$(upstat static_ok) c0=$(cpu_ticks "${CADDY_PID[caddy-b]}")
 	load "$P_B" "$DURATION"
+	b_cpu=$(cpu_us_per_req "$c0" "$(cpu_ticks "${CADDY_PID[caddy-b]}")" "$R_REQ")
 	b_rps=$R_RPS b_p50=$R_P50 b_p99=$R_P99 b_err=$R_ERR
 	if [ "$(upstat jwt_ok)" -ne "$j0" ] || [ $(($(upstat static_ok) - s0)) -lt "$R_REQ" ]; then MISROUTED=$((MISROUTED + 1)); fi
 }
-for round in $(seq 1 "$ROUNDS"); do
-	if [ "$ORDER" = abba ] && [ $((round % 2)) -eq 0 ]; then
-		run_b
-		run_a
-		first=B
-	else
-		run_a
-		run_b
-		first=A
-	fi
-	ratio=$(awk -v a="$a_rps" -v b="$b_rps" 'BEGIN { printf "%.3f", a / b }')
-	dp99=$(awk -v a="$a_p99" -v b="$b_p99" 'BEGIN { printf "%+.3f", a - b }')
-	tok=$a_tok
-	ERRS=$((ERRS + a_err + b_err))
-	RATIOS+=("$ratio") DP99+=("$dp99") ARPS+=("$a_rps") BRPS+=("$b_rps") AP50+=("$a_p50") BP50+=("$b_p50") AP99+=("$a_p99") BP99+=("$b_p99") ATOK+=("$tok")
-	echo "| $round ($first) | $a_rps | $b_rps | $ratio | $a_p50 | $b_p50 | $a_p99 | $b_p99 | $dp99 | $a_err | $b_err | $tok |"
+ERRS=0 MISROUTED=0
+RUN_RATIOS=() RUN_CPU=() RUN_DP99=()
+for run in $(seq 1 "$RUNS"); do
+	echo "## A/B run $run of $RUNS: desko_auth (A) against static header_up (B)"
+	echo
+	echo "| round (first) | A req/s | B req/s | A/B | A CPU µs/req | B CPU µs/req | A/B CPU | A p50 ms | B p50 ms | A p99 ms | B p99 ms | A p99 − B p99 ms | A errors | B errors | token requests during A |"
+	echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+	RATIOS=() CPUR=() ACPU=() BCPU=() DP99=() ARPS=() BRPS=() AP50=() BP50=() AP99=() BP99=() ATOK=()
+	for round in $(seq 1 "$ROUNDS"); do
+		# Alternate which system goes first, and start each run with the
+		# other one than the run before.
+		if [ "$ORDER" = abba ] && [ $(((round + run) % 2)) -eq 1 ]; then
+			run_b
+			run_a
+			first=B
+		else
+			run_a
+			run_b
+			first=A
+		fi
+		ratio=$(awk -v a="$a_rps" -v b="$b_rps" 'BEGIN { printf "%.3f", a / b }')
+		cpur=$(awk -v a="$a_cpu" -v b="$b_cpu" 'BEGIN { printf "%.3f", a / b }')
+		dp99=$(awk -v a="$a_p99" -v b="$b_p99" 'BEGIN { printf "%+.3f", a - b }')
+		tok=$a_tok
+		ERRS=$((ERRS + a_err + b_err))
+		RATIOS+=("$ratio") CPUR+=("$cpur") ACPU+=("$a_cpu") BCPU+=("$b_cpu") DP99+=("$dp99") ARPS+=("$a_rps") BRPS+=("$b_rps")
+		AP50+=("$a_p50") BP50+=("$b_p50") AP99+=("$a_p99") BP99+=("$b_p99") ATOK+=("$tok")
+		echo "| $round ($first) | $a_rps | $b_rps | $ratio | $a_cpu | $b_cpu | $cpur | $a_p50 | $b_p50 | $a_p99 | $b_p99 | $dp99 | $a_err | $b_err | $tok |"
+	done
+	M_RATIO=$(median %.3f "${RATIOS[@]}")
+	M_CPU=$(median %.3f "${CPUR[@]}")
+	M_DP99=$(median %+.3f "${DP99[@]}")
+	RUN_RATIOS+=("$M_RATIO") RUN_CPU+=("$M_CPU") RUN_DP99+=("$M_DP99")
+	echo "| **median** | $(median %.0f "${ARPS[@]}") | $(median %.0f "${BRPS[@]}") | **$M_RATIO** | $(median %.2f "${ACPU[@]}") | $(median %.2f "${BCPU[@]}") | **$M_CPU** | $(median %.3f "${AP50[@]}") | $(median %.3f "${BP50[@]}") | $(median %.3f "${AP99[@]}") | $(median %.3f "${BP99[@]}") | **$M_DP99** | | | $(median %.0f "${ATOK[@]}") |"
+	echo
 done
-M_RATIO=$(median %.3f "${RATIOS[@]}")
-M_DP99=$(median %+.3f "${DP99[@]}")
-echo "| **median** | $(median %.0f "${ARPS[@]}") | $(median %.0f "${BRPS[@]}") | **$M_RATIO** | $(median %.3f "${AP50[@]}") | $(median %.3f "${BP50[@]}") | $(median %.3f "${AP99[@]}") | $(median %.3f "${BP99[@]}") | **$M_DP99** | | | $(median %.0f "${ATOK[@]}") |"
+M_RATIO=$(median %.3f "${RUN_RATIOS[@]}")
+M_CPU=$(median %.3f "${RUN_CPU[@]}")
+M_DP99=$(median %+.3f "${RUN_DP99[@]}")
+echo "Run medians: throughput A/B ${RUN_RATIOS[*]}; CPU per request A/B ${RUN_CPU[*]}; p99 A − B ${RUN_DP99[*]} ms."
+echo "Median of the run medians: throughput A/B **$M_RATIO**, CPU per request A/B **$M_CPU**, p99 A − B **$M_DP99** ms."
 echo
 TOTAL_TOK=$(tokreqs "$P_DESKO")
 echo "Token requests the 1 h stand-in received in all: $TOTAL_TOK (1 by this script to size the static token, the rest from A's engine)."
 echo "Errors (non-2xx + socket errors) over all A/B runs: $ERRS. Runs where the upstream saw the wrong kind of token: $MISROUTED."
-awk -v r="$M_RATIO" -v d="$M_DP99" 'BEGIN {
-	printf "Targets: median A/B throughput %s >= 0.98: %s; median A p99 - B p99 %s ms <= +0.5 ms: %s\n",
-		r, (r >= 0.98 ? "met" : "MISSED"), d, (d <= 0.5 ? "met" : "MISSED") }'
+awk -v r="$M_RATIO" -v c="$M_CPU" -v d="$M_DP99" 'BEGIN {
+	printf "Targets: median A/B throughput %s >= 0.98: %s; median A/B CPU per request %s <= 1.02: %s; median A p99 - B p99 %s ms <= +0.5 ms: %s\n",
+		r, (r >= 0.98 ? "met" : "MISSED"), c, (c <= 1.02 ? "met" : "MISSED"), d, (d <= 0.5 ? "met" : "MISSED") }'
 echo
 
 # --- refresh window --------------------------------------------------------

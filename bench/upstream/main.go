@@ -17,13 +17,17 @@
 // for A and B: one map lookup on an immutable map, one integer compare and
 // one atomic add. Only a token not seen before is decoded.
 //
-// GET /_upstream/stats answers the counters as JSON.
+// GET /_upstream/stats answers the counters as JSON. POST /_upstream/upload
+// (with an acceptable token) waits -upload-wait before it reads the body,
+// then answers the number of bytes read: the memory bench's slow reader.
 package main
 
 import (
 	"encoding/base64"
 	"encoding/json"
 	"flag"
+	"fmt"
+	"io"
 	"log"
 	"net"
 	"net/http"
@@ -35,6 +39,12 @@ import (
 
 // StatsPath answers the counters as JSON.
 const StatsPath = "/_upstream/stats"
+
+// UploadPath is the slow reader.
+const UploadPath = "/_upstream/upload"
+
+// uploadWait is how long UploadPath waits before it reads the body.
+var uploadWait = flag.Duration("upload-wait", 3*time.Second, "how long "+UploadPath+" waits before reading the body")
 
 // maxCache bounds the number of cached header values; past it the cache
 // starts again from the static token.
@@ -96,6 +106,16 @@ func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
 		w.WriteHeader(http.StatusUnauthorized)
 		_, _ = w.Write(unauthorizedBody)
+		return
+	}
+	if r.URL.Path == UploadPath {
+		time.Sleep(*uploadWait)
+		n, err := io.Copy(io.Discard, r.Body)
+		if err != nil {
+			http.Error(w, "reading the body: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		fmt.Fprintf(w, "%d\n", n)
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
