@@ -690,7 +690,7 @@ func TestSharedFleetRetryAfterFailedReplacement(t *testing.T) {
 	if got := mustGet(t, a.Engine); got != t1 {
 		t.Fatalf("after a failed replacement A serves %q, want the token it had", got.Value)
 	}
-	clk.BlockUntilTimers(1) // the retry is armed (1 s backoff)
+	clk.BlockUntilTimerAt(clk.Now().Add(time.Second)) // the retry is armed (1 s backoff)
 
 	srv.setRespond(okToken(3600)) // the token endpoint is back
 	clk.Advance(time.Second)
