@@ -104,6 +104,9 @@ type sharedCache struct {
 	// sharedCache this one replaces on the same engine (setShared), so that
 	// a reload does not start a second call into a wedged storage.
 	gate *storageGate
+	// unlockTimeout bounds the context given to Storage.Unlock
+	// (sharedCacheUnlockTimeout; tests shorten it).
+	unlockTimeout time.Duration
 
 	// unlockFailed, if set, is called when releasing the lock fails. A lock
 	// that cannot be released blocks the fleet until the storage considers
@@ -149,6 +152,8 @@ func newSharedCache(storage certmagic.Storage, tokenURL, clientID string, scopes
 		lockName: sharedCacheLockPrefix + strings.TrimSuffix(strings.TrimPrefix(key, sharedCachePrefix), ".json"),
 		aead:     aead,
 		gate:     newStorageGate(),
+
+		unlockTimeout: sharedCacheUnlockTimeout,
 	}, nil
 }
 
@@ -373,7 +378,7 @@ func (c *sharedCache) store(ctx context.Context, t *storedToken) error {
 // not reentrant, within a process either.
 //
 // unlock releases the lock, with its own background context bounded by
-// sharedCacheUnlockTimeout, so it works after ctx has ended. Should an
+// c.unlockTimeout, so it works after ctx has ended. Should an
 // earlier storage call be stuck, unlock waits for it to return first (the
 // lock must be released some day); callers that cannot wait that long call
 // it in a goroutine. Calling it more than once is harmless. Failures go to
@@ -400,7 +405,7 @@ func (c *sharedCache) lock(ctx context.Context) (unlock func(), err error) {
 // return first rather than failing.
 func (c *sharedCache) release() {
 	c.gate.slot <- struct{}{}
-	ctx, cancel := context.WithTimeout(context.Background(), sharedCacheUnlockTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), c.unlockTimeout)
 	defer cancel()
 	err := c.gate.run(ctx, "unlock", func(ctx context.Context) error {
 		return c.storage.Unlock(ctx, c.lockName)
@@ -417,7 +422,7 @@ func (c *sharedCache) release() {
 // unlockNow releases the lock directly; only for a call that already holds
 // the gate's slot.
 func (c *sharedCache) unlockNow() {
-	ctx, cancel := context.WithTimeout(context.Background(), sharedCacheUnlockTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), c.unlockTimeout)
 	defer cancel()
 	if err := c.storage.Unlock(ctx, c.lockName); err != nil {
 		c.reportUnlock(err)
