@@ -423,3 +423,44 @@ func TestSharedFleetGateSurvivesReload(t *testing.T) {
 		t.Errorf("%d Loads after the reload, want still 1", n)
 	}
 }
+
+// TestE2ESharedCacheFIFOEntry: through Caddy, with a FIFO at the entry's
+// path in the shared_cache folder, a client request gets its answer (with a
+// token fetched locally) within the token request timeout, so does POST
+// /desko_auth/refresh, the metric counts timeouts, and the log has one WARN.
+func TestE2ESharedCacheFIFOEntry(t *testing.T) {
+	e := newE2E(t, time.Hour)
+	dir := t.TempDir()
+	makeFIFO(t, dir, sharedCacheKey(e.tokenURL(), testClientID, []string{"booking.show", "organization.show"}, nil))
+	const timeout = 2 * time.Second
+	e.load(fmt.Sprintf("warm_up off\n\t\ttimeout %s\n\t\tshared_cache {\n\t\t\tstorage file_system %s\n\t\t}", timeout, dir))
+
+	start := time.Now()
+	if s, _, body := e.do("GET", "/fifo", ""); s != 200 {
+		t.Fatalf("status %d: %s", s, body)
+	}
+	if took := time.Since(start); took > timeout+time.Second {
+		t.Errorf("the request took %v; want its answer within the token request timeout (%v)", took, timeout)
+	}
+	returnsWithin(t, timeout+3*time.Second, "POST /desko_auth/refresh", func() {
+		if s, body := adminDo(t, "POST", "/desko_auth/refresh"); s != 200 || strings.Contains(body, "refresh_error") {
+			t.Errorf("refresh: status %d: %s", s, body)
+		}
+	})
+	if n := e.desko.TokenRequests(); n != 2 {
+		t.Errorf("%d token requests, want 2 (the request's, the refresh's)", n)
+	}
+	_, text := adminDo(t, "GET", "/metrics")
+	src := e.label("booking.show", "organization.show")
+	if got := metricValue(t, text, "desko_auth_shared_cache_total", map[string]string{"source": src, "result": "timeout"}); got != 2 {
+		t.Errorf("shared cache timeouts = %v, want 2", got)
+	}
+	logs, err := os.ReadFile(e.logFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(string(logs), "shared token cache unavailable"); n != 1 {
+		t.Errorf("%d WARNs about the shared cache, want 1", n)
+	}
+	e.assertNoLeaks()
+}
