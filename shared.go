@@ -95,16 +95,20 @@ func (e *Engine) obtain(ctx context.Context, replacing *Token, avoid string) (to
 		tok, terr = e.request(ctx)
 		return tok, terr, false
 	}
-	// Release the lock, but wait for the storage no longer than the fetch
-	// may last: the release carries on in the background.
+	// Release the lock, but wait for the storage no longer than for a read
+	// (the release carries on in the background, after a stuck call if
+	// there is one): the token is ready.
 	defer func() {
 		released := make(chan struct{})
 		go func() {
 			defer close(released)
 			unlock()
 		}()
+		t := time.NewTimer(wait)
+		defer t.Stop()
 		select {
 		case <-released:
+		case <-t.C:
 		case <-ctx.Done():
 		}
 	}()

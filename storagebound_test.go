@@ -58,6 +58,7 @@ func waitUnstuck(t *testing.T, g *storageGate) {
 type hangingStorage struct {
 	fakeStorage
 	hangLoad, hangStat bool
+	hangAfter          int64 // calls up to this many answer at once
 	release            chan struct{}
 	calls              sync.Map // method name → *atomic.Int64
 }
@@ -67,22 +68,20 @@ func (s *hangingStorage) count(method string) int64 {
 	return v.(*atomic.Int64).Load()
 }
 
-func (s *hangingStorage) called(method string) {
+func (s *hangingStorage) called(method string) int64 {
 	v, _ := s.calls.LoadOrStore(method, new(atomic.Int64))
-	v.(*atomic.Int64).Add(1)
+	return v.(*atomic.Int64).Add(1)
 }
 
 func (s *hangingStorage) Load(ctx context.Context, key string) ([]byte, error) {
-	s.called("Load")
-	if s.hangLoad {
+	if n := s.called("Load"); s.hangLoad && n > s.hangAfter {
 		<-s.release
 	}
 	return s.fakeStorage.Load(ctx, key)
 }
 
 func (s *hangingStorage) Stat(ctx context.Context, key string) (certmagic.KeyInfo, error) {
-	s.called("Stat")
-	if s.hangStat {
+	if n := s.called("Stat"); s.hangStat && n > s.hangAfter {
 		<-s.release
 	}
 	info, err := s.fakeStorage.Stat(ctx, key)
@@ -463,4 +462,36 @@ func TestE2ESharedCacheFIFOEntry(t *testing.T) {
 		t.Errorf("%d WARNs about the shared cache, want 1", n)
 	}
 	e.assertNoLeaks()
+}
+
+// TestSharedFleetStuckUnderLock: when the look under the lock hangs, the
+// token fetched locally is handed out at once, not after the fetch's
+// timeout: the lock's release (which waits for the stuck call) does not
+// hold it back longer than a storage read.
+func TestSharedFleetStuckUnderLock(t *testing.T) {
+	srv := newTokenServer(t, okToken(3600))
+	clk := newFakeClock(t)
+	s := &hangingStorage{hangStat: true, hangAfter: 1, release: make(chan struct{})}
+	const timeout = 2 * time.Second // storageWait: 500 ms
+	a := newCMMember(t, srv.tokenURL(), clk, s, cmTimeout(timeout))
+	// The first look finds nothing, the second (under the lock) hangs:
+	// 500 ms, then the request, then at most 500 ms for the release.
+	ctx, cancel := context.WithTimeout(context.Background(), timeout*3/4)
+	defer cancel()
+	if _, err := a.Get(ctx); err != nil {
+		t.Fatalf("Get: %v", err)
+	}
+	a.obs.wantCounts(t, "A", map[string]int{"timeout": 1})
+	if n := s.count("Lock"); n != 1 {
+		t.Errorf("%d Locks, want 1", n)
+	}
+	close(s.release)
+	waitUnstuck(t, a.sc.gate)
+	// The lock is released once the stuck call has returned.
+	for deadline := time.Now().Add(5 * time.Second); s.count("Unlock") != 1; {
+		if time.Now().After(deadline) {
+			t.Fatal("the lock was not released after the storage answered")
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
