@@ -43,7 +43,7 @@ var metrics = struct {
 	shared: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "desko_auth",
 		Name:      "shared_cache_total",
-		Help:      "Uses of the shared (cluster) token cache, by result (hit, miss, adopted, lock_timeout, error).",
+		Help:      "Uses of the shared (cluster) token cache, by result (hit, miss, adopted, lock_timeout, timeout, error).",
 	}, []string{"source", "result"}),
 }
 

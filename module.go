@@ -71,8 +71,8 @@ type Handler struct {
 	// handlers set it, the largest value applies; 0 keeps no body
 	// (bodiless requests are still replayed).
 	ReplayMemory *int64 `json:"replay_memory,omitempty"`
-	// WarmUp starts the first token request in the background at
-	// Provision (default true).
+	// WarmUp starts the first token request in the background as soon as
+	// the config runs, never during `caddy validate` (default true).
 	WarmUp *bool `json:"warm_up,omitempty"`
 	// AuthStyle is how the client authenticates: "json" (default,
 	// Desko's format), "form" (RFC 6749 client_secret_post) or "basic"
@@ -269,9 +269,55 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.src.engine.setShared(sc)
 	}
 	if h.WarmUp == nil || *h.WarmUp {
-		h.src.engine.WarmUp()
+		warmUpWaiters.Add(1)
+		go warmUpWhenRunning(ctx, h.src.engine)
 	}
 	return nil
+}
+
+// warmUpPoll is how often a warm-up checks whether its config runs yet.
+const warmUpPoll = 25 * time.Millisecond
+
+// warmUpWaiters counts the warm-ups waiting for their config to run (for
+// tests).
+var warmUpWaiters atomic.Int64
+
+// warmUpWhenRunning starts e's warm-up once the config provisioned with ctx
+// is the running one, and gives up when ctx ends first. So `caddy
+// validate`, `caddy adapt --validate` and a config that fails to start send
+// no token request and write nothing to the shared storage. Caddy has no
+// "validating" flag, but it makes a config the active one
+// (caddy.ActiveContext) only once all its apps have started, and cancels a
+// config's context when validation ends, when the config fails to start and
+// when it is replaced. Polling is cheap (a read lock) and lasts only from
+// Provision to the start of the servers.
+func warmUpWhenRunning(ctx caddy.Context, e *Engine) {
+	defer warmUpWaiters.Add(-1)
+	tick := time.NewTicker(warmUpPoll)
+	defer tick.Stop()
+	for {
+		if ctx.Err() != nil {
+			return
+		}
+		if isActiveConfig(ctx) {
+			e.WarmUp()
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// isActiveConfig reports whether ctx belongs to the running config. A
+// module's context wraps its config's root context (the http app adds a
+// value), so the two are told apart by their Done channel, which is the
+// root's.
+func isActiveConfig(ctx caddy.Context) bool {
+	active := caddy.ActiveContext()
+	return active.Context != nil && active.Done() == ctx.Done()
 }
 
 // sharedIdentity is what, besides the token URL, client ID and scopes, sets

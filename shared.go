@@ -26,6 +26,16 @@ type sharedHolder struct{ s sharedStore }
 // fetches on its own.
 const maxLockWait = 5 * time.Second
 
+// maxStorageWait bounds the wait for one storage read or write (see
+// storageWait).
+const maxStorageWait = 2 * time.Second
+
+// storageWait is how long a fetch waits for one storage read or write: a
+// quarter of the token request timeout, at most maxStorageWait, so that a
+// storage that does not answer leaves most of the timeout to the local
+// token request. Every wait also ends with the fetch's own timeout.
+func storageWait(timeout time.Duration) time.Duration { return min(timeout/4, maxStorageWait) }
+
 // setShared turns cluster mode on (or off with nil). Each Provision calls it
 // with the newest config's storage, so that an engine kept across a reload
 // never uses a storage module that the old config has cleaned up.
@@ -33,6 +43,16 @@ func (e *Engine) setShared(s sharedStore) {
 	if s == nil {
 		e.shared.Store(nil)
 		return
+	}
+	// The storage calls of one engine go through one gate, across reloads:
+	// a call stuck in a wedged storage is not joined by a new one each time
+	// a config is loaded.
+	if sc, ok := s.(*sharedCache); ok {
+		if old := e.shared.Load(); old != nil {
+			if prev, ok := old.s.(*sharedCache); ok && prev.key == sc.key {
+				sc.gate = prev.gate
+			}
+		}
 	}
 	e.shared.Store(&sharedHolder{s})
 }
@@ -45,50 +65,106 @@ func (e *Engine) setShared(s sharedStore) {
 // In cluster mode: adopt a stored token with enough life left (no lock);
 // otherwise take the store's lock (bounded), look again (a peer may have
 // just refreshed), fetch only if still needed, store, unlock. Any storage
-// failure falls back to a fetch of this instance's own, with a WARN.
+// failure falls back to a fetch of this instance's own, with a WARN; so does
+// a storage that does not answer within storageWait (lock: the lock wait),
+// and the storage is then left alone for the rest of the fetch.
 func (e *Engine) obtain(ctx context.Context, replacing *Token, avoid string) (tok *Token, terr *TokenError, adopted bool) {
 	h := e.shared.Load()
 	if h == nil {
 		tok, terr = e.request(ctx)
 		return tok, terr, false
 	}
-	tok, loadErr := e.adopt(ctx, h.s, replacing, avoid, "hit")
+	wait := storageWait(e.cfg.Timeout)
+	tok, loadErr := e.adoptWithin(ctx, wait, h.s, replacing, avoid, "hit")
 	if tok != nil {
 		return tok, nil, true
 	}
 	if loadErr != nil {
-		e.sharedFailed("error", loadErr)
+		e.sharedFailed(sharedErrResult(loadErr, "timeout"), loadErr)
+		if storageUnresponsive(loadErr) {
+			tok, terr = e.request(ctx)
+			return tok, terr, false
+		}
 	}
 
 	lockCtx, cancel := context.WithTimeout(ctx, min(e.cfg.Timeout/2, maxLockWait))
 	unlock, err := h.s.lock(lockCtx)
 	cancel()
 	if err != nil {
-		result := "error"
-		if errors.Is(err, context.DeadlineExceeded) {
-			result = "lock_timeout"
-		}
-		e.sharedFailed(result, err)
+		e.sharedFailed(sharedErrResult(err, "lock_timeout"), err)
 		tok, terr = e.request(ctx)
 		return tok, terr, false
 	}
-	defer unlock()
+	// Release the lock, but wait for the storage no longer than for a read
+	// (the release carries on in the background, after a stuck call if
+	// there is one): the token is ready.
+	defer func() {
+		released := make(chan struct{})
+		go func() {
+			defer close(released)
+			unlock()
+		}()
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		select {
+		case <-released:
+		case <-t.C:
+		case <-ctx.Done():
+		}
+	}()
 	// Look again under the lock (a peer may have just stored a token); a
 	// failure was already counted and logged by the first look.
-	if tok, err := e.adopt(ctx, h.s, replacing, avoid, "adopted"); tok != nil {
+	tok, err = e.adoptWithin(ctx, wait, h.s, replacing, avoid, "adopted")
+	if tok != nil {
 		return tok, nil, true
-	} else if err != nil && loadErr == nil {
-		e.sharedFailed("error", err)
+	}
+	if err != nil {
+		if loadErr == nil {
+			e.sharedFailed(sharedErrResult(err, "timeout"), err)
+		}
+		if storageUnresponsive(err) {
+			tok, terr = e.request(ctx)
+			return tok, terr, false
+		}
 	}
 	e.sharedResult("miss")
 	tok, terr = e.request(ctx)
 	if terr == nil {
 		st := &storedToken{AccessToken: tok.Value, Obtained: tok.obtained.Round(0), Expiry: tok.wallExpiry}
-		if err := h.s.store(ctx, st); err != nil {
-			e.sharedFailed("error", err)
+		storeCtx, cancel := context.WithTimeout(ctx, wait)
+		err := h.s.store(storeCtx, st)
+		cancel()
+		if err != nil {
+			e.sharedFailed(sharedErrResult(err, "timeout"), err)
 		}
 	}
 	return tok, terr, false
+}
+
+// storageUnresponsive reports whether err says the storage did not answer
+// in time (or an earlier call of it is still stuck).
+func storageUnresponsive(err error) bool {
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, errStorageStuck)
+}
+
+// sharedErrResult is the metric result of a storage failure: timeout for a
+// storage that did not answer in time (or a deadline exceeded, the lock
+// wait's lock_timeout), error for anything else.
+func sharedErrResult(err error, deadline string) string {
+	switch {
+	case errors.Is(err, errStorageStuck):
+		return "timeout"
+	case errors.Is(err, context.DeadlineExceeded):
+		return deadline
+	}
+	return "error"
+}
+
+// adoptWithin is adopt with the load bounded by wait.
+func (e *Engine) adoptWithin(ctx context.Context, wait time.Duration, s sharedStore, replacing *Token, avoid, result string) (*Token, error) {
+	ctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	return e.adopt(ctx, s, replacing, avoid, result)
 }
 
 // adopt loads the stored token and returns it if this instance should use

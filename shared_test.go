@@ -69,7 +69,7 @@ func (o *cmObserver) wantCounts(t *testing.T, who string, want map[string]int) {
 	for _, r := range o.results() {
 		got[r]++
 	}
-	for _, r := range []string{"hit", "miss", "adopted", "lock_timeout", "error"} {
+	for _, r := range []string{"hit", "miss", "adopted", "lock_timeout", "timeout", "error"} {
 		if got[r] != want[r] {
 			t.Errorf("%s: shared cache results %v; want %d %q, got %d", who, o.results(), want[r], r, got[r])
 		}

@@ -46,14 +46,23 @@ const (
 	// use of SHA-256 over similar data.
 	sharedCacheIdentityDomain = "desko_auth token cache key v1"
 	// maxSharedEntryBytes caps the size of an entry: a larger one is
-	// corrupt, and store refuses to write one.
-	maxSharedEntryBytes = 64 << 10
+	// corrupt (load rejects it from its Stat size, before reading it), and
+	// store refuses to write one. An entry is the JSON envelope (about 60
+	// bytes) around the base64 of the AES-GCM sealed payload: the token
+	// and two RFC 3339 times (about 110 bytes) padded to a multiple of
+	// sharedCachePadding, plus a 16-byte tag. 16 KiB holds a token of up to
+	// about 11.9 KB, more than upstreams accept in one header line (8 KiB
+	// is common); a larger token is simply not shared.
+	maxSharedEntryBytes = 16 << 10
 	// sharedCachePadding: the plaintext is padded with JSON whitespace to a
 	// multiple of this many bytes so that the ciphertext's length says
 	// little about the token's length.
 	sharedCachePadding = 256
 	// sharedCacheUnlockTimeout bounds the context given to Storage.Unlock.
 	sharedCacheUnlockTimeout = 5 * time.Second
+	// sharedCacheOpTimeout bounds a storage call whose caller set no
+	// deadline (the engine always sets one, see storageWait).
+	sharedCacheOpTimeout = 5 * time.Second
 )
 
 // errCacheCorrupt is returned (wrapped) by sharedCache.load when an entry
@@ -62,6 +71,11 @@ const (
 // usable token. The caller should treat it as a miss and warn: nothing this
 // plugin writes ever looks like that.
 var errCacheCorrupt = errors.New("shared token cache entry is corrupt")
+
+// errStorageStuck is returned (wrapped) by the sharedCache methods when an
+// earlier storage call of the same entry has outlived its deadline and not
+// returned yet: the storage is not called again until it does.
+var errStorageStuck = errors.New("an earlier call to the storage has not returned yet; not calling it again")
 
 // storedToken is what the fleet shares: the token and its wall-clock times.
 type storedToken struct {
@@ -85,6 +99,14 @@ type sharedCache struct {
 	key      string // storage key of the entry
 	lockName string
 	aead     cipher.AEAD // AES-256-GCM under the key derived from the secret
+
+	// gate runs the storage calls (see storageGate). It is shared with the
+	// sharedCache this one replaces on the same engine (setShared), so that
+	// a reload does not start a second call into a wedged storage.
+	gate *storageGate
+	// unlockTimeout bounds the context given to Storage.Unlock
+	// (sharedCacheUnlockTimeout; tests shorten it).
+	unlockTimeout time.Duration
 
 	// unlockFailed, if set, is called when releasing the lock fails. A lock
 	// that cannot be released blocks the fleet until the storage considers
@@ -129,6 +151,9 @@ func newSharedCache(storage certmagic.Storage, tokenURL, clientID string, scopes
 		key:      key,
 		lockName: sharedCacheLockPrefix + strings.TrimSuffix(strings.TrimPrefix(key, sharedCachePrefix), ".json"),
 		aead:     aead,
+		gate:     newStorageGate(),
+
+		unlockTimeout: sharedCacheUnlockTimeout,
 	}, nil
 }
 
@@ -186,14 +211,46 @@ func (c *sharedCache) GoString() string { return fmt.Sprintf("&sharedCache{key:%
 //     errCacheCorrupt. It is a miss too, but worth a warning.
 //   - Any other storage error: nil and the error, wrapped with the key.
 //
+// Bounds: load asks the storage for the entry's size (Stat) and does not
+// read an entry larger than maxSharedEntryBytes (errCacheCorrupt); an entry
+// read larger than that anyway (a storage whose Stat fails or says 0, or an
+// entry replaced between the two calls) is rejected too. The calls run
+// through the gate: load returns when ctx ends at the latest, with an error
+// wrapping ctx.Err(), and at once, with one wrapping errStorageStuck, while
+// an earlier call is stuck.
+//
 // A token is returned whatever its expiry: judging it is the caller's job.
 func (c *sharedCache) load(ctx context.Context) (*storedToken, error) {
-	raw, err := c.storage.Load(ctx, c.key)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
+	var (
+		raw     []byte
+		missing bool
+		size    int64 // the Stat size, if over the limit
+	)
+	err := c.call(ctx, "load", func(ctx context.Context) error {
+		info, err := c.storage.Stat(ctx, c.key)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			missing = true
+			return nil
+		case err == nil && info.Size > maxSharedEntryBytes:
+			size = info.Size
+			return nil
+		}
+		// Any other Stat error: Load has the last word.
+		raw, err = c.storage.Load(ctx, c.key)
+		if errors.Is(err, fs.ErrNotExist) {
+			missing = true
+			return nil
+		}
+		return err
+	}, nil)
+	switch {
+	case err != nil:
 		return nil, fmt.Errorf("loading shared token cache entry %s: %w", c.key, err)
+	case missing:
+		return nil, nil
+	case size > 0:
+		return nil, c.corrupt(fmt.Sprintf("entry is %d bytes, more than %d", size, maxSharedEntryBytes))
 	}
 	plain, ok, err := c.open(raw)
 	if err != nil {
@@ -263,7 +320,8 @@ func (c *sharedCache) corrupt(why string) error {
 	return fmt.Errorf("%w: %s: %s", errCacheCorrupt, c.key, why)
 }
 
-// store writes t as the entry, replacing any previous one.
+// store writes t as the entry, replacing any previous one. It is bounded
+// like load.
 func (c *sharedCache) store(ctx context.Context, t *storedToken) error {
 	if t == nil {
 		return errors.New("shared token cache: refusing to store a nil token")
@@ -294,7 +352,10 @@ func (c *sharedCache) store(ctx context.Context, t *storedToken) error {
 	if len(raw) > maxSharedEntryBytes {
 		return fmt.Errorf("shared token cache: token too large to share (entry would be %d bytes, limit %d)", len(raw), maxSharedEntryBytes)
 	}
-	if err := c.storage.Store(ctx, c.key, raw); err != nil {
+	err = c.call(ctx, "store", func(ctx context.Context) error {
+		return c.storage.Store(ctx, c.key, raw)
+	}, nil)
+	if err != nil {
 		return fmt.Errorf("storing shared token cache entry %s: %w", c.key, err)
 	}
 	return nil
@@ -307,7 +368,8 @@ func (c *sharedCache) store(ctx context.Context, t *storedToken) error {
 // Bound: lock returns at the latest when ctx ends, even if the storage's
 // Lock does not honour ctx (it then runs on in the background and, should it
 // succeed later, its lock is released at once). An already ended ctx fails
-// without touching the storage. The error then wraps ctx.Err().
+// without touching the storage. The error then wraps ctx.Err(); while an
+// earlier storage call is stuck, it wraps errStorageStuck.
 //
 // With certmagic.FileStorage (v0.25.6) a waiter polls: it retries every
 // second, so a released lock is noticed up to 1 s late. A holder keeps its
@@ -316,35 +378,163 @@ func (c *sharedCache) store(ctx context.Context, t *storedToken) error {
 // not reentrant, within a process either.
 //
 // unlock releases the lock, with its own background context bounded by
-// sharedCacheUnlockTimeout, so it works after ctx has ended. Calling it more
-// than once is harmless. Failures go to c.unlockFailed.
+// c.unlockTimeout, so it works after ctx has ended. Should an
+// earlier storage call be stuck, unlock waits for it to return first (the
+// lock must be released some day); callers that cannot wait that long call
+// it in a goroutine. Calling it more than once is harmless. Failures go to
+// c.unlockFailed.
 func (c *sharedCache) lock(ctx context.Context) (unlock func(), err error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("locking shared token cache entry %s: %w", c.key, err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- c.storage.Lock(ctx, c.lockName) }()
-	select {
-	case err := <-done:
-		if err != nil {
-			return nil, fmt.Errorf("locking shared token cache entry %s: %w", c.key, err)
+	err = c.call(ctx, "lock", func(ctx context.Context) error {
+		return c.storage.Lock(ctx, c.lockName)
+	}, func(err error) {
+		if err == nil {
+			c.unlockNow() // got it after we gave up
 		}
-		var once sync.Once
-		return func() { once.Do(c.release) }, nil
-	case <-ctx.Done():
-		go func() {
-			if err := <-done; err == nil {
-				c.release() // got it after we gave up
-			}
-		}()
-		return nil, fmt.Errorf("locking shared token cache entry %s: %w", c.key, ctx.Err())
+	})
+	if err != nil {
+		return nil, fmt.Errorf("locking shared token cache entry %s: %w", c.key, err)
+	}
+	var once sync.Once
+	return func() { once.Do(c.release) }, nil
+}
+
+// release releases the lock through the gate, waiting for a stuck call to
+// return first rather than failing.
+func (c *sharedCache) release() {
+	c.gate.slot <- struct{}{}
+	ctx, cancel := context.WithTimeout(context.Background(), c.unlockTimeout)
+	defer cancel()
+	err := c.gate.run(ctx, "unlock", func(ctx context.Context) error {
+		return c.storage.Unlock(ctx, c.lockName)
+	}, func(err error) {
+		if err != nil {
+			c.reportUnlock(err)
+		}
+	})
+	if err != nil {
+		c.reportUnlock(err)
 	}
 }
 
-func (c *sharedCache) release() {
-	ctx, cancel := context.WithTimeout(context.Background(), sharedCacheUnlockTimeout)
+// unlockNow releases the lock directly; only for a call that already holds
+// the gate's slot.
+func (c *sharedCache) unlockNow() {
+	ctx, cancel := context.WithTimeout(context.Background(), c.unlockTimeout)
 	defer cancel()
-	if err := c.storage.Unlock(ctx, c.lockName); err != nil && c.unlockFailed != nil {
+	if err := c.storage.Unlock(ctx, c.lockName); err != nil {
+		c.reportUnlock(err)
+	}
+}
+
+func (c *sharedCache) reportUnlock(err error) {
+	if c.unlockFailed != nil {
 		c.unlockFailed(fmt.Errorf("unlocking shared token cache entry %s: %w", c.key, err))
 	}
+}
+
+// call runs f, one call to the storage, through the gate under ctx (given a
+// deadline of sharedCacheOpTimeout if it has none). late, if not nil, gets
+// f's error should f return after call gave up on it.
+func (c *sharedCache) call(ctx context.Context, op string, f func(context.Context) error, late func(error)) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, sharedCacheOpTimeout)
+		defer cancel()
+	}
+	if err := c.gate.acquire(ctx); err != nil {
+		return err
+	}
+	return c.gate.run(ctx, op, f, late)
+}
+
+// storageGate runs the storage calls of one shared cache entry, one at a
+// time, each in a goroutine of its own, so that a storage that does not
+// honour its context cannot hold up a fetch: certmagic.FileStorage reads
+// with os.ReadFile, which blocks for good on a FIFO or a hung network
+// mount. The caller stops waiting when its context ends; the call is left
+// to finish on its own and is then "stuck". Until it returns, every further
+// call fails at once with errStorageStuck instead of starting another one.
+// So a wedged storage costs at most one goroutine per entry and engine (plus
+// one waiting to release the entry's lock, if this instance held it), and
+// the fetch goes on without the shared cache.
+type storageGate struct {
+	slot  chan struct{} // holds a value while a call runs
+	mu    sync.Mutex
+	stuck string // the call that outlived its caller ("load", "lock"…), "" if none
+}
+
+func newStorageGate() *storageGate { return &storageGate{slot: make(chan struct{}, 1)} }
+
+// acquire takes the slot, waiting for a call in progress to end. It fails at
+// once while a call is stuck, or with ctx.Err() if ctx ends first.
+func (g *storageGate) acquire(ctx context.Context) error {
+	g.mu.Lock()
+	stuck := g.stuck
+	g.mu.Unlock()
+	if stuck != "" {
+		return fmt.Errorf("%w (%s)", errStorageStuck, stuck)
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	select {
+	case g.slot <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// run runs f in a goroutine (the slot must be held; the goroutine frees it
+// when f returns) and waits for it until ctx ends. Should f return later,
+// late gets its error, before the call stops being stuck.
+func (g *storageGate) run(ctx context.Context, op string, f func(context.Context) error, late func(error)) error {
+	start := time.Now()
+	done := make(chan error, 1)
+	var abandoned, finished bool // guarded by g.mu
+	go func() {
+		defer func() { <-g.slot }()
+		err := f(ctx)
+		g.mu.Lock()
+		if !abandoned {
+			finished = true
+			g.mu.Unlock()
+			done <- err
+			return
+		}
+		g.mu.Unlock()
+		if late != nil {
+			late(err)
+		}
+		g.mu.Lock()
+		g.stuck = ""
+		g.mu.Unlock()
+	}()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+	}
+	g.mu.Lock()
+	if finished {
+		g.mu.Unlock()
+		return <-done
+	}
+	abandoned = true
+	g.stuck = op
+	g.mu.Unlock()
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return fmt.Errorf("no answer from the storage within %v: %w", time.Since(start).Round(time.Millisecond), ctx.Err())
+	}
+	return ctx.Err()
+}
+
+// isStuck reports whether a call has outlived its caller and not returned.
+func (g *storageGate) isStuck() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.stuck != ""
 }

@@ -711,6 +711,9 @@ func (s *fakeStorage) List(context.Context, string, bool) ([]string, error) {
 }
 
 func (s *fakeStorage) Stat(_ context.Context, key string) (certmagic.KeyInfo, error) {
+	if s.loadErr != nil {
+		return certmagic.KeyInfo{}, s.loadErr
+	}
 	v := s.get(key)
 	if v == nil {
 		return certmagic.KeyInfo{}, fs.ErrNotExist

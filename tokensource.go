@@ -176,7 +176,7 @@ type Observer interface {
 	// being served, or the zero time when none is.
 	TokenChanged(expiry time.Time)
 	// SharedCache is called with the outcome of each use of the shared
-	// cache: "hit", "miss", "adopted", "lock_timeout" or "error".
+	// cache: "hit", "miss", "adopted", "lock_timeout", "timeout" or "error".
 	SharedCache(result string)
 }
 

@@ -1,0 +1,200 @@
+package deskoauth
+
+import (
+	"encoding/json"
+	"fmt"
+	"io/fs"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	_ "github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+
+	"github.com/deskoproxy/caddy-desko-auth/internal/deskotest"
+)
+
+// Issue 11 point 6: `caddy validate` (and `caddy adapt --validate`)
+// provision the module but never run it: no token request may leave, and
+// nothing may be written to the shared storage. The warm-up waits for the
+// config to run instead.
+
+const validateSecret = "validate-s3cr3t-never-sent"
+
+// countingTokenServer counts the requests it gets and signals the first.
+type countingTokenServer struct {
+	*httptest.Server
+	n   atomic.Int64
+	hit chan struct{}
+}
+
+func newCountingTokenServer(t *testing.T) *countingTokenServer {
+	t.Helper()
+	s := &countingTokenServer{hit: make(chan struct{}, 1)}
+	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.n.Add(1)
+		select {
+		case s.hit <- struct{}{}:
+		default:
+		}
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprint(w, `{"token_type":"Bearer","expires_in":3600,"access_token":"validate-token"}`)
+	}))
+	t.Cleanup(s.Close)
+	return s
+}
+
+// validateCaddyfile is a complete Caddyfile with desko_auth in cluster mode
+// over a file_system storage in sharedDir.
+func validateCaddyfile(storageDir, sharedDir, tokenURL string) string {
+	return fmt.Sprintf(`{
+	admin off
+	auto_https off
+	persist_config off
+	storage file_system %s
+}
+http://127.0.0.1:9 {
+	desko_auth {
+		client_id     validate-client
+		client_secret {env.DESKO_VALIDATE_SECRET}
+		token_url     %s
+		shared_cache {
+			storage file_system %s
+		}
+	}
+	reverse_proxy 127.0.0.1:9
+}
+`, storageDir, tokenURL, sharedDir)
+}
+
+// filesUnder lists the files (not directories) under dir.
+func filesUnder(t *testing.T, dir string) []string {
+	t.Helper()
+	var files []string
+	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if !d.IsDir() {
+			files = append(files, path)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return files
+}
+
+// TestValidateSendsNoTokenRequest runs caddy.Validate, what `caddy
+// validate` does, on a config with desko_auth in cluster mode: no token
+// request reaches the endpoint and nothing is written to the shared
+// storage (before the fix, the warm-up fetched a token and stored it, lock
+// file included).
+func TestValidateSendsNoTokenRequest(t *testing.T) {
+	srv := newCountingTokenServer(t)
+	t.Setenv("DESKO_VALIDATE_SECRET", validateSecret)
+	storageDir, sharedDir := t.TempDir(), t.TempDir()
+	adapter := caddyconfig.GetAdapter("caddyfile")
+	if adapter == nil {
+		t.Fatal("no caddyfile adapter")
+	}
+	cfgJSON, warnings, err := adapter.Adapt([]byte(validateCaddyfile(storageDir, sharedDir, srv.URL+deskotest.TokenPath)), nil)
+	if err != nil {
+		t.Fatalf("adapting: %v (%v)", err, warnings)
+	}
+	var cfg caddy.Config
+	if err := json.Unmarshal(cfgJSON, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	if err := caddy.Validate(&cfg); err != nil {
+		t.Fatalf("Validate: %v", err)
+	}
+
+	// Validation is over and its context cancelled: the warm-up must give
+	// up (bounded wait for its goroutine).
+	for deadline := time.Now().Add(5 * time.Second); warmUpWaiters.Load() != 0; {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d warm-ups still waiting after validation", warmUpWaiters.Load())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	// Nothing is left that could send a request. A regression (a warm-up
+	// started at Provision) sends one within milliseconds: give it a
+	// moment to show up rather than pass by luck.
+	select {
+	case <-srv.hit:
+		t.Errorf("validation sent a token request")
+	case <-time.After(300 * time.Millisecond):
+	}
+	if n := srv.n.Load(); n != 0 {
+		t.Errorf("validation sent %d token requests, want 0", n)
+	}
+	if files := filesUnder(t, sharedDir); len(files) != 0 {
+		t.Errorf("validation wrote to the shared storage: %v", files)
+	}
+}
+
+// TestCaddyValidateCommandSendsNoTokenRequest: the same through the
+// `caddy validate` command of a real Caddy binary. Once it has exited and
+// the token server has finished every request it got, the count is final.
+func TestCaddyValidateCommandSendsNoTokenRequest(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds a Caddy binary")
+	}
+	bin := buildCaddy(t)
+	srv := newCountingTokenServer(t)
+	dir, storageDir, sharedDir := t.TempDir(), t.TempDir(), t.TempDir()
+	cfgFile := filepath.Join(dir, "Caddyfile")
+	if err := os.WriteFile(cfgFile, []byte(validateCaddyfile(storageDir, sharedDir, srv.URL+deskotest.TokenPath)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"validate", "--config", cfgFile, "--adapter", "caddyfile"},
+		{"adapt", "--config", cfgFile, "--adapter", "caddyfile", "--validate"},
+	} {
+		cmd := exec.Command(bin, args...)
+		cmd.Env = append(os.Environ(), "HOME="+dir, "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir, "DESKO_VALIDATE_SECRET="+validateSecret)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("caddy %s: %v\n%s", args[0], err, out)
+		}
+	}
+	srv.Close() // waits for the requests in progress
+	if n := srv.n.Load(); n != 0 {
+		t.Errorf("caddy validate / adapt --validate sent %d token requests, want 0", n)
+	}
+	if files := filesUnder(t, sharedDir); len(files) != 0 {
+		t.Errorf("caddy validate wrote to the shared storage: %v", files)
+	}
+}
+
+// TestE2EWarmUpWithSharedCacheWhenRunning: the same kind of config, run,
+// warms up: one token request, and the entry lands in the shared storage,
+// before any client request.
+func TestE2EWarmUpWithSharedCacheWhenRunning(t *testing.T) {
+	e := newE2E(t, time.Hour)
+	dir := t.TempDir()
+	e.load("shared_cache {\n\t\t\tstorage file_system " + dir + "\n\t\t}")
+	entry := filepath.Join(dir, filepath.FromSlash(sharedCacheKey(e.tokenURL(), testClientID, []string{"booking.show", "organization.show"}, nil)))
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		if _, err := os.Stat(entry); err == nil && e.desko.TokenRequests() == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no warm-up after the config started: %d token requests, entry files %v", e.desko.TokenRequests(), filesUnder(t, dir))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if s, _, body := e.do("GET", "/a", ""); s != 200 {
+		t.Fatalf("status %d: %s", s, body)
+	}
+	if n := e.desko.TokenRequests(); n != 1 {
+		t.Errorf("token requests = %d, want 1: the request should find the warm token", n)
+	}
+}
