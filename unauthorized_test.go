@@ -436,3 +436,44 @@ func TestE2EBrokenBodies(t *testing.T) {
 	assertBudgetReturned(t)
 	e.assertNoLeaks()
 }
+
+// An upstream that rejects every token, under concurrent load: every
+// request is sent at most twice (one replay), and the guard keeps the token
+// requests to a handful (1 s, 2 s, 4 s … between replacements).
+func TestE2EUpstreamRejectingEverything(t *testing.T) {
+	e := newE2E(t, time.Hour)
+	e.load("warm_up off")
+	const workers, perWorker = 8, 40
+	deadline := time.Now().Add(10 * time.Second)
+	var wg sync.WaitGroup
+	var sent, other atomic.Int64
+	for range workers {
+		wg.Go(func() {
+			for i := 0; i < perWorker && time.Now().Before(deadline); i++ {
+				resp, err := http.Get(proxyBase + deskotest.DeniedPrefix + "everything")
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				sent.Add(1)
+				if resp.StatusCode != http.StatusUnauthorized {
+					other.Add(1)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if n := other.Load(); n != 0 {
+		t.Errorf("%d answers other than the upstream's 401", n)
+	}
+	if api, n := e.desko.APIRequests(), sent.Load(); api > 2*n {
+		t.Errorf("%d API requests for %d client requests: more than one replay per request", api, n)
+	}
+	// Within 15 s the guard allows the first fetch, its replacement and
+	// replacements at 1 s, 3 s, 7 s and 15 s.
+	if n := e.desko.TokenRequests(); n > 6 {
+		t.Errorf("%d token requests for %d requests against an upstream that rejects every token, want ≤ 6", n, sent.Load())
+	}
+}
