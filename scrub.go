@@ -7,7 +7,9 @@ import (
 	"html"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
+	"unicode"
 	"unicode/utf16"
 	"unicode/utf8"
 )
@@ -20,14 +22,18 @@ import (
 // JSON with or without "\/", "\uXXXX" for any character (in either case),
 // HTML entities, percent-encoding (in either case), or layers of these. The
 // scrubber looks for each secret form in the text as it is and in every
-// decoding of it up to scrubMaxDepth layers deep, one kind of escape per
-// layer, and redacts the original span of every match.
+// decoding of it up to scrubMaxDepth layers deep (one kind of escape undone
+// per layer: a server that escapes a whole string), and in each of these
+// matches every character of the secret either as itself or as any escape
+// of it (a server that escapes some characters and not others). It redacts
+// the original span of every match.
 
 // redacted replaces every secret found.
 const redacted = "[REDACTED]"
 
-// scrubMaxDepth is how many layers of escaping are undone.
-const scrubMaxDepth = 3
+// scrubMaxDepth is how many whole layers of escaping are undone; the
+// character-by-character match undoes one more.
+const scrubMaxDepth = 2
 
 // scrubMinExtra is the shortest extra secret (a param or token_header value,
 // a token URL key) that is scrubbed: shorter values would redact ordinary
@@ -153,26 +159,75 @@ func (sc *scrubber) Scrub(s string) string {
 
 // find adds the original spans of every needle found in v.
 func (sc *scrubber) find(v view, origLen int, spans [][2]int) [][2]int {
+	escaped := hasEscape(v.text)
 	for _, nd := range sc.needles {
-		for off := 0; off < len(v.text); {
-			i := bytes.Index(v.text[off:], nd)
-			if i < 0 {
-				break
-			}
-			i += off
-			last := i + len(nd) - 1
-			end := origLen
-			for j := last + 1; j < len(v.start); j++ {
-				if v.start[j] > v.start[last] {
-					end = int(v.start[j])
+		var memo map[int]int
+		for p := 0; p < len(v.text); p++ {
+			end := -1
+			if !escaped {
+				i := bytes.Index(v.text[p:], nd)
+				if i < 0 {
 					break
 				}
+				p += i
+				end = p + len(nd)
+			} else if c := v.text[p]; c == nd[0] || c == '\\' || c == '%' || c == '&' {
+				if memo == nil {
+					memo = map[int]int{}
+				}
+				end = flexMatch(v.text, nd, p, 0, memo)
 			}
-			spans = append(spans, [2]int{int(v.start[i]), end})
-			off = i + 1
+			if end < 0 {
+				continue
+			}
+			spans = append(spans, [2]int{int(v.start[p]), origEnd(v, end, origLen)})
+			p = end - 1
 		}
 	}
 	return spans
+}
+
+// origEnd is the end, in the original text, of a match that ends before
+// v.text[end].
+func origEnd(v view, end, origLen int) int {
+	last := v.start[end-1]
+	for j := end; j < len(v.start); j++ {
+		if v.start[j] > last {
+			return int(v.start[j])
+		}
+	}
+	return origLen
+}
+
+// flexMatch returns where a match of nd[k:] starting at text[p] ends, or -1:
+// each byte of nd matches either itself or, with the ones after it, any
+// escape that decodes to them. memo holds the answers for (p, k).
+func flexMatch(text, nd []byte, p, k int, memo map[int]int) int {
+	if k == len(nd) {
+		return p
+	}
+	if p >= len(text) {
+		return -1
+	}
+	key := p*(len(nd)+1) + k
+	if r, ok := memo[key]; ok {
+		return r
+	}
+	r := -1
+	if text[p] == nd[k] {
+		r = flexMatch(text, nd, p+1, k+1, memo)
+	}
+	if c := text[p]; r < 0 && (c == '\\' || c == '%' || c == '&') {
+		for _, dec := range decoders {
+			if d, n := dec(text[p:]); n > 0 && len(d) > 0 && bytes.HasPrefix(nd[k:], d) {
+				if r = flexMatch(text, nd, p+n, k+len(d), memo); r >= 0 {
+					break
+				}
+			}
+		}
+	}
+	memo[key] = r
+	return r
 }
 
 func hasEscape(b []byte) bool { return bytes.ContainsAny(b, `\%&`) }
@@ -294,6 +349,20 @@ func decodeEntity(b []byte) ([]byte, int) {
 	end := bytes.IndexByte(b[:min(len(b), 40)], ';')
 	if end < 0 {
 		return nil, 0
+	}
+	if b[1] == '#' { // numeric: the code point as written (html maps a few)
+		digits, base := b[2:end], 10
+		if len(digits) > 0 && (digits[0] == 'x' || digits[0] == 'X') {
+			digits, base = digits[1:], 16
+		}
+		if len(digits) == 0 || len(digits) > 8 {
+			return nil, 0
+		}
+		n, err := strconv.ParseUint(string(digits), base, 32)
+		if err != nil || n > unicode.MaxRune {
+			return nil, 0
+		}
+		return utf8.AppendRune(nil, rune(n)), end + 1
 	}
 	ent := string(b[:end+1])
 	dec := html.UnescapeString(ent)
