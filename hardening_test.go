@@ -412,7 +412,7 @@ func TestE2EDurationFloors(t *testing.T) {
 	const base = `"handler":"desko_auth","client_id":"x","client_secret":"{env.DESKO_TEST_SECRET}","token_url":"http://127.0.0.1:9/t","warm_up":false`
 	t.Setenv("DESKO_TEST_SECRET", testSecret)
 	assertRefused(t, jsonSite(`{`+base+`,"default_ttl":300}`), "json",
-		`default_ttl: 300ns is below the 1s minimum; durations in JSON config are nanoseconds unless written as a string like "5m"`)
+		`default_ttl: 300ns is below the 1s minimum; durations in JSON config are nanoseconds unless written as a string like \"5m\"`) // quoted in the JSON error
 	assertRefused(t, jsonSite(`{`+base+`,"timeout":5000000}`), "json", `timeout: 5ms is below the 100ms minimum`)
 	assertRefused(t, tlsSite("default_ttl 500ms"), "caddyfile", "default_ttl: 500ms is below the 1s minimum")
 	assertRefused(t, tlsSite("timeout 10ms"), "caddyfile", "timeout: 10ms is below the 100ms minimum")

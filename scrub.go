@@ -35,6 +35,14 @@ const redacted = "[REDACTED]"
 // character-by-character match undoes one more.
 const scrubMaxDepth = 2
 
+// scrubBudget bounds the work of one Scrub call (steps of the
+// character-by-character match). Text that would take more, which only a
+// hostile or broken server sends, is replaced whole: scrubbing fails closed.
+const scrubBudget = 1 << 23
+
+// tooCostly replaces text whose scrubbing ran out of budget.
+const tooCostly = "[REDACTED: text too costly to scrub]"
+
 // scrubMinExtra is the shortest extra secret (a param or token_header value,
 // a token URL key) that is scrubbed: shorter values would redact ordinary
 // words and prove nothing.
@@ -125,9 +133,13 @@ func (sc *scrubber) Scrub(s string) string {
 		root.start[i] = int32(i)
 	}
 	var spans [][2]int
+	budget := scrubBudget
 	var walk func(v view, depth int)
 	walk = func(v view, depth int) {
-		spans = sc.find(v, n, spans)
+		spans = sc.find(v, n, spans, &budget)
+		if budget < 0 {
+			return
+		}
 		if depth == scrubMaxDepth || !hasEscape(v.text) {
 			return
 		}
@@ -138,6 +150,9 @@ func (sc *scrubber) Scrub(s string) string {
 		}
 	}
 	walk(root, 0)
+	if budget < 0 {
+		return tooCostly
+	}
 	if len(spans) == 0 {
 		return s
 	}
@@ -158,11 +173,10 @@ func (sc *scrubber) Scrub(s string) string {
 }
 
 // find adds the original spans of every needle found in v.
-func (sc *scrubber) find(v view, origLen int, spans [][2]int) [][2]int {
+func (sc *scrubber) find(v view, origLen int, spans [][2]int, budget *int) [][2]int {
 	escaped := hasEscape(v.text)
 	for _, nd := range sc.needles {
-		var memo map[int]int
-		for p := 0; p < len(v.text); p++ {
+		for p := 0; p < len(v.text) && *budget >= 0; p++ {
 			end := -1
 			if !escaped {
 				i := bytes.Index(v.text[p:], nd)
@@ -172,10 +186,7 @@ func (sc *scrubber) find(v view, origLen int, spans [][2]int) [][2]int {
 				p += i
 				end = p + len(nd)
 			} else if c := v.text[p]; c == nd[0] || c == '\\' || c == '%' || c == '&' {
-				if memo == nil {
-					memo = map[int]int{}
-				}
-				end = flexMatch(v.text, nd, p, 0, memo)
+				end = flexMatch(v.text, nd, p, 0, budget)
 			}
 			if end < 0 {
 				continue
@@ -201,32 +212,29 @@ func origEnd(v view, end, origLen int) int {
 
 // flexMatch returns where a match of nd[k:] starting at text[p] ends, or -1:
 // each byte of nd matches either itself or, with the ones after it, any
-// escape that decodes to them. memo holds the answers for (p, k).
-func flexMatch(text, nd []byte, p, k int, memo map[int]int) int {
+// escape that decodes to them. Each call costs one step of budget; out of
+// budget, it fails.
+func flexMatch(text, nd []byte, p, k int, budget *int) int {
 	if k == len(nd) {
 		return p
 	}
-	if p >= len(text) {
+	*budget--
+	if p >= len(text) || *budget < 0 {
 		return -1
-	}
-	key := p*(len(nd)+1) + k
-	if r, ok := memo[key]; ok {
-		return r
 	}
 	r := -1
 	if text[p] == nd[k] {
-		r = flexMatch(text, nd, p+1, k+1, memo)
+		r = flexMatch(text, nd, p+1, k+1, budget)
 	}
 	if c := text[p]; r < 0 && (c == '\\' || c == '%' || c == '&') {
 		for _, dec := range decoders {
 			if d, n := dec(text[p:]); n > 0 && len(d) > 0 && bytes.HasPrefix(nd[k:], d) {
-				if r = flexMatch(text, nd, p+n, k+len(d), memo); r >= 0 {
+				if r = flexMatch(text, nd, p+n, k+len(d), budget); r >= 0 {
 					break
 				}
 			}
 		}
 	}
-	memo[key] = r
 	return r
 }
 
