@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"html"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -273,16 +272,9 @@ func utf8Valid(ss ...string) bool {
 // ---------------------------------------------------------------------------
 // 3. No token URL query or userinfo anywhere; no internal detail to clients
 
-func closedPort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	return port
-}
+// closedPort is a port nothing listens on: 1 (tcpmux) on loopback, which
+// no test server can be given, unlike a freed ephemeral port.
+func closedPort(*testing.T) int { return 1 }
 
 func TestE2ETokenURLQueryAndAddressesStayHidden(t *testing.T) {
 	e := newE2E(t, time.Hour)
@@ -305,7 +297,7 @@ func TestE2ETokenURLQueryAndAddressesStayHidden(t *testing.T) {
 	if d.Message != msgUnavailable {
 		t.Errorf("client message %q, want %q", d.Message, msgUnavailable)
 	}
-	for _, bad := range []string{"QUERYKEY", "api_key", "127.0.0.1", strconv.Itoa(port), "dial", "Post", "connect"} {
+	for _, bad := range []string{"QUERYKEY", "api_key", "127.0.0.1", "/token", "dial", "Post", "connect"} {
 		if strings.Contains(body, bad) {
 			t.Errorf("the client's answer holds %q: %s", bad, body)
 		}
