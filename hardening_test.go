@@ -19,6 +19,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddytest"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -627,4 +628,24 @@ func TestEngineScrubsConfigSecrets(t *testing.T) {
 			t.Errorf("log entry holds the secret: %s", line)
 		}
 	}
+}
+
+// Validate, without Caddy: the floors and the header names, with reasons;
+// values at the floors and ordinary names pass.
+func TestValidateFloorsAndHeaders(t *testing.T) {
+	runValidateCases(t, []validateCase{
+		{"timeout at the floor", func(h *Handler) { h.Timeout = caddy.Duration(100 * time.Millisecond) }, ""},
+		{"default_ttl at the floor", func(h *Handler) { h.DefaultTTL = caddy.Duration(time.Second) }, ""},
+		{"default_ttl 300 (ns) in JSON", func(h *Handler) { h.DefaultTTL = 300 }, `default_ttl: 300ns is below the 1s minimum|nanoseconds unless written as a string like "5m"`},
+		{"timeout 10 (ns) in JSON", func(h *Handler) { h.Timeout = 10 }, "timeout: 10ns is below the 100ms minimum"},
+		{"timeout 99ms", func(h *Handler) { h.Timeout = caddy.Duration(99 * time.Millisecond) }, "timeout: 99ms is below the 100ms minimum"},
+		{"default_ttl negative", func(h *Handler) { h.DefaultTTL = caddy.Duration(-time.Second) }, "default_ttl: must be positive"},
+		{"header X-Api-Token", func(h *Handler) { h.Header = "X-Api-Token" }, ""},
+		{"header Proxy-Authorization", func(h *Handler) { h.Header = "Proxy-Authorization" }, "header: Proxy-Authorization never reaches the upstream|hop-by-hop"},
+		{"header keep-alive", func(h *Handler) { h.Header = "keep-alive" }, "header: keep-alive never reaches the upstream"},
+		{"header Host", func(h *Handler) { h.Header = "Host" }, "header: Host never reaches the upstream|request's host"},
+		{"token_header Accept-Encoding", func(h *Handler) { h.TokenHeaders = map[string]string{"Accept-Encoding": "gzip"} }, "token_header: Accept-Encoding cannot be set|decompresses"},
+		{"token_header Connection", func(h *Handler) { h.TokenHeaders = map[string]string{"Connection": "close"} }, "token_header: Connection cannot be set|hop-by-hop"},
+		{"token_header X-Api-Key from a file", func(h *Handler) { h.TokenHeaders = map[string]string{"X-Api-Key": "{file./run/key}"} }, ""},
+	})
 }
