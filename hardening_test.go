@@ -538,6 +538,8 @@ func TestAnswerParserEveryStyle(t *testing.T) {
 		{name: "form-encoded access_token twice", contentType: "application/x-www-form-urlencoded", body: "access_token=a&access_token=b",
 			wantKind: KindInvalidResponse, wantErr: "answer has access_token more than once"},
 		{name: "JSON sent as text/plain", contentType: "text/plain", body: quirkyAnswer, wantToken: "good-token", wantTTL: 3600 * time.Second},
+		{name: "plain text page", contentType: "text/plain; charset=utf-8", body: "Service Unavailable",
+			wantKind: KindInvalidResponse, wantErr: "answer is neither a JSON object nor a form-encoded token"},
 		{name: "OAuth error with 200", contentType: "application/json", body: `{"error":"invalid_client","error_description":"nope"}`,
 			wantKind: KindRejected, wantErr: "token endpoint answered 200: invalid_client: nope"},
 	} {

@@ -1077,6 +1077,9 @@ func parseTokenAnswer(contentType string, body []byte, now time.Time, defaultTTL
 	var err error
 	if isFormAnswer(contentType, body) {
 		f, err = formAnswerFields(body)
+		if err == nil && f.accessToken == nil && !f.hasError {
+			return parsedToken{}, errors.New("answer is neither a JSON object nor a form-encoded token")
+		}
 	} else {
 		f, err = jsonAnswerFields(body)
 	}
