@@ -92,8 +92,8 @@ func newScrubber(clientID, secret string, extra ...string) *scrubber {
 	return sc
 }
 
-// urlSecrets are the parts of a token URL that may hold keys: the values
-// of its query and the password of its user information.
+// urlSecrets are the parts of a token URL that may hold keys: its query
+// (whole, and each value) and its user information.
 func urlSecrets(raw string) []string {
 	u, err := url.Parse(raw)
 	if err != nil {
