@@ -1,16 +1,12 @@
 package deskoauth
 
 import (
+	"bytes"
 	"context"
-	"errors"
 	"fmt"
-	"math"
 	"net/http"
 	"net/url"
-	"time"
-
-	"golang.org/x/oauth2"
-	"golang.org/x/oauth2/clientcredentials"
+	"strings"
 )
 
 // AuthStyle is how the client authenticates to the token endpoint.
@@ -52,57 +48,39 @@ func (a AuthStyle) String() string {
 	return "json"
 }
 
-// roundTripForm gets a token the RFC 6749 way with x/oauth2's
-// clientcredentials, with a fixed AuthStyle (never auto-detection, which
-// would send a second request after a failure), through the engine's own
-// client (redirect policy, TLS, extra headers). Its answers and errors are
-// turned into the engine's, so every style is classified, checked and
-// logged alike.
-func (e *Engine) roundTripForm(ctx context.Context) (*Token, *TokenError) {
-	cc := clientcredentials.Config{
-		ClientID:       e.cfg.ClientID,
-		ClientSecret:   e.cfg.ClientSecret,
-		TokenURL:       e.cfg.TokenURL,
-		Scopes:         e.cfg.Scopes,
-		EndpointParams: url.Values{},
-		AuthStyle:      oauth2.AuthStyleInParams,
+// newTokenRequest builds the token request of the engine's auth style. The
+// form and basic styles send what golang.org/x/oauth2/clientcredentials
+// sends with AuthStyleInParams and AuthStyleInHeader; every style's answer
+// then goes through the one parser, parseTokenAnswer.
+func (e *Engine) newTokenRequest(ctx context.Context) (*http.Request, error) {
+	if e.cfg.AuthStyle == AuthJSON {
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, e.cfg.TokenURL, bytes.NewReader(e.body))
+		if err != nil {
+			return nil, err
+		}
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Accept", "application/json")
+		return req, nil
 	}
-	if e.cfg.AuthStyle == AuthBasic {
-		cc.AuthStyle = oauth2.AuthStyleInHeader
+	form := url.Values{"grant_type": {"client_credentials"}}
+	if len(e.cfg.Scopes) > 0 {
+		form.Set("scope", strings.Join(e.cfg.Scopes, " "))
 	}
 	for k, v := range e.cfg.Params {
-		cc.EndpointParams.Set(k, v)
+		form.Set(k, v)
 	}
-	ctx = context.WithValue(ctx, oauth2.HTTPClient, e.client)
-	ot, err := cc.Token(ctx)
+	if e.cfg.AuthStyle == AuthForm {
+		form.Set("client_id", e.cfg.ClientID)
+		form.Set("client_secret", e.cfg.ClientSecret)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, e.cfg.TokenURL, strings.NewReader(form.Encode()))
 	if err != nil {
-		var re *oauth2.RetrieveError
-		var ue *url.Error
-		switch {
-		case errors.As(err, &re) && re.Response != nil:
-			return nil, e.statusError(re.Response, re.Body)
-		case errors.As(err, &ue) || ctx.Err() != nil:
-			return nil, e.transportError(err)
-		default: // x/oauth2 could not parse a 2xx answer
-			return nil, &TokenError{Kind: KindInvalidResponse, Status: http.StatusOK, Message: "unusable token answer", Err: e.scrubErr(err)}
-		}
+		return nil, err
 	}
-	now := e.clock.Now()
-	var ttl time.Duration
-	ok := false
-	switch {
-	case ot.ExpiresIn > 0 && ot.ExpiresIn < math.MaxInt32 && time.Duration(ot.ExpiresIn)*time.Second <= maxExpiresIn:
-		ttl, ok = time.Duration(ot.ExpiresIn)*time.Second, true
-	case ot.ExpiresIn == 0 && !ot.Expiry.IsZero():
-		// A form-encoded answer: x/oauth2 only gives the expiry.
-		if d := time.Until(ot.Expiry).Round(time.Second); d > 0 && d <= maxExpiresIn {
-			ttl, ok = d, true
-		}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Accept", "application/json")
+	if e.cfg.AuthStyle == AuthBasic {
+		req.SetBasicAuth(url.QueryEscape(e.cfg.ClientID), url.QueryEscape(e.cfg.ClientSecret))
 	}
-	var tokenType *string
-	if ot.TokenType != "" {
-		tokenType = &ot.TokenType
-	}
-	tok, perr := newParsedToken(ot.AccessToken, tokenType, ttl, ok, now, e.cfg.DefaultTTL)
-	return e.accept(tok, perr, http.StatusOK)
+	return req, nil
 }

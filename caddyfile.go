@@ -33,15 +33,15 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    scope         <scope> [<scope>...] # repeatable; sent space-separated
 //	    token_url     <url>                # default https://api.desko.com.br/v1.1/oauth/token
 //	    auth_style    json|form|basic      # client authentication; default json (Desko's format)
-//	    param         <name> <value>       # extra token request parameter; repeatable
-//	    token_header  <name> <value>       # extra token request header; repeatable
+//	    param         <name> <value>       # extra token request parameter; repeatable; {env.*}/{file.*}
+//	    token_header  <name> <value>       # extra token request header; repeatable; {env.*}/{file.*}
 //	    header        <name>               # header that carries the token; default Authorization
 //	    prefix        <text>               # before the token; default "Bearer "
 //	    tls_ca        <file>               # PEM CAs trusted for the token endpoint (instead of the system's)
 //	    tls_client_cert <cert> <key>       # client certificate for mutual TLS
 //	    insecure_http                      # allow http:// to a host that is not loopback
-//	    timeout       <duration>           # one token request; default 10s
-//	    default_ttl   <duration>           # lifetime when the answer gives none; default 5m
+//	    timeout       <duration>           # one token request; default 10s, at least 100ms
+//	    default_ttl   <duration>           # lifetime when the answer gives none; default 5m, at least 1s
 //	    retry_on_unauthorized on|off       # replay once after an upstream 401; default on
 //	    replay_body_limit <size>           # largest body kept for that; default 1MiB, 0 = no replay
 //	    replay_memory <size>               # process-wide budget for kept bodies; default 32MiB

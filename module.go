@@ -5,6 +5,7 @@ package deskoauth
 
 import (
 	"cmp"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -24,6 +25,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
+	"golang.org/x/net/http/httpguts"
 )
 
 func init() {
@@ -183,13 +185,26 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 		h.logger.Warn("insecure_http: the client secret and tokens cross the network in clear text", zap.String("token_url", redactURL(tokenURL)))
 	}
+	params, paramSecrets, err := expandValues("param", h.Params)
+	if err != nil {
+		return err
+	}
+	tokenHeaders, headerSecrets, err := expandValues("token_header", h.TokenHeaders)
+	if err != nil {
+		return err
+	}
+	for k, v := range tokenHeaders {
+		if !httpguts.ValidHeaderFieldValue(v) {
+			return fmt.Errorf("token_header %s: the expanded value holds control characters (a line break in a file?)", k)
+		}
+	}
 	style, _ := ParseAuthStyle(h.AuthStyle)
 	client, tlsFingerprint, err := h.tokenTransport()
 	if err != nil {
 		return err
 	}
 	h.header = http.CanonicalHeaderKey(cmp.Or(h.Header, "Authorization"))
-	if h.header != "Authorization" && h.header != "Proxy-Authorization" {
+	if h.header != "Authorization" {
 		h.logger.Warn("header: Caddy redacts only Authorization and cookies in its logs; with reverse_proxy logging at DEBUG, "+
 			"the token in this header would be logged: keep such logs at INFO or above", zap.String("header", h.header))
 	}
@@ -222,8 +237,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		Timeout:      cmp.Or(time.Duration(h.Timeout), DefaultTimeout),
 		DefaultTTL:   cmp.Or(time.Duration(h.DefaultTTL), DefaultTTL),
 		AuthStyle:    style,
-		Params:       h.Params,
-		Headers:      h.TokenHeaders,
+		Params:       params,
+		Headers:      tokenHeaders,
+		Secrets:      append(paramSecrets, headerSecrets...),
 		HTTPClient:   client,
 	}
 	var store certmagic.Storage
@@ -381,11 +397,45 @@ func expand(field, raw string) (string, error) {
 	return "", fmt.Errorf("%s: placeholder %s expanded to an empty value (unset variable or unreadable file)", field, strings.Join(empty, ", "))
 }
 
+// expandValues expands the {env.*} and {file.*} placeholders of the values
+// of a param or token_header map, like expand does for the secret. It
+// returns the expanded map (the handler's own stays as written, so that
+// /config/ shows placeholders, never values) and the values that came from
+// placeholders, which are scrubbed from errors like the secret. A literal
+// empty value stays empty.
+func expandValues(field string, m map[string]string) (map[string]string, []string, error) {
+	if m == nil {
+		return nil, nil, nil
+	}
+	out := make(map[string]string, len(m))
+	var secrets []string
+	for k, v := range m {
+		if v == "" {
+			out[k] = v
+			continue
+		}
+		x, err := expand(field+" "+k, v)
+		if err != nil {
+			return nil, nil, err
+		}
+		out[k] = x
+		if x != v {
+			secrets = append(secrets, x)
+		}
+	}
+	return out, secrets, nil
+}
+
 // checkTokenURL accepts absolute http and https URLs only.
 func checkTokenURL(raw string) error {
 	u, err := url.Parse(raw)
 	if err != nil {
-		return fmt.Errorf("token_url: not a valid URL: %w", err)
+		// Not %w: url.Error's text holds the whole URL, keys and all.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return fmt.Errorf("token_url: not a valid URL: %v", err)
 	}
 	if u.Scheme != "http" && u.Scheme != "https" {
 		return fmt.Errorf("token_url: scheme must be http or https, got %q", u.Scheme)
@@ -450,11 +500,11 @@ func (h *Handler) Validate() error {
 			return err
 		}
 	}
-	if h.Timeout < 0 {
-		return errors.New("timeout: must be positive")
+	if err := checkDurationFloor("timeout", h.Timeout, MinTimeout); err != nil {
+		return err
 	}
-	if h.DefaultTTL < 0 {
-		return errors.New("default_ttl: must be positive")
+	if err := checkDurationFloor("default_ttl", h.DefaultTTL, MinDefaultTTL); err != nil {
+		return err
 	}
 	if err := h.checkHeaderOptions(); err != nil {
 		return err
@@ -471,6 +521,27 @@ func (h *Handler) Validate() error {
 		}
 	}
 	return nil
+}
+
+// The smallest timeout and default_ttl accepted. Below them a value is
+// almost surely a unit mistake (a bare JSON number is nanoseconds), and
+// would make every token request time out or every token expire at once.
+const (
+	MinTimeout    = 100 * time.Millisecond
+	MinDefaultTTL = time.Second
+)
+
+// checkDurationFloor rejects a duration option set below its floor (0
+// means the default), with a message that shows the unit mistake.
+func checkDurationFloor(field string, d caddy.Duration, floor time.Duration) error {
+	if d == 0 || time.Duration(d) >= floor {
+		return nil
+	}
+	if d < 0 {
+		return fmt.Errorf("%s: must be positive, got %s", field, time.Duration(d))
+	}
+	return fmt.Errorf("%s: %s is below the %s minimum; durations in JSON config are nanoseconds unless written as a string like \"5m\"",
+		field, time.Duration(d), floor)
 }
 
 // Cleanup releases this handler's hold on its token engine; the engine is
@@ -701,15 +772,25 @@ func (s *headerSnapshot) restoreInto(h http.Header) {
 	}
 }
 
+// The fixed messages of the answers to clients that no token could be had
+// for. They never hold what the token endpoint said, its address, or Go's
+// error text: those go to the operator's log under the correlation ID.
+const (
+	msgRejected    = "could not obtain a Desko access token: the token endpoint refused this proxy's credentials"
+	msgUnavailable = "could not obtain a Desko access token: the token endpoint is unavailable; try again later"
+)
+
 // unavailable answers a request that could not get a token, in Desko's
 // error shape: 502 when the credentials were rejected, 503 with Retry-After
-// when the failure is transient.
+// when the failure is transient. The client gets a fixed message and a
+// correlation ID; the log line with the same ID has the (scrubbed) detail.
 func (h *Handler) unavailable(w http.ResponseWriter, r *http.Request, err error) error {
 	status := http.StatusServiceUnavailable
+	msg := msgUnavailable
 	var te *TokenError
 	if errors.As(err, &te) {
 		if te.Kind == KindRejected {
-			status = http.StatusBadGateway
+			status, msg = http.StatusBadGateway, msgRejected
 		} else {
 			secs := int((te.RetryAfter + time.Second - 1) / time.Second)
 			w.Header().Set("Retry-After", strconv.Itoa(max(secs, 1)))
@@ -718,16 +799,37 @@ func (h *Handler) unavailable(w http.ResponseWriter, r *http.Request, err error)
 		// The client went away while waiting; nobody reads this answer.
 		return caddyhttp.Error(499, err)
 	}
+	ref := correlationID(r)
+	h.logger.Warn("request answered without a token",
+		zap.String("correlation_id", ref),
+		zap.Int("status", status),
+		zap.String("error", err.Error()),
+		zap.String("method", r.Method),
+		zap.String("uri", r.URL.Path))
 	body, _ := json.Marshal(struct {
-		Error   int    `json:"error"`
-		ID      string `json:"id"`
-		Message string `json:"message"`
-	}{status, "desko_auth", "could not obtain a Desko access token: " + err.Error()})
+		Error         int    `json:"error"`
+		ID            string `json:"id"`
+		Message       string `json:"message"`
+		CorrelationID string `json:"correlation_id"`
+	}{status, "desko_auth", msg, ref})
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(status)
 	_, werr := w.Write(append(body, '\n'))
 	return werr
+}
+
+// correlationID is the request's Caddy UUID ({http.request.uuid}, which
+// access logs can show too), or a random ID outside Caddy.
+func correlationID(r *http.Request) string {
+	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
+		if id, ok := repl.GetString("http.request.uuid"); ok && id != "" {
+			return id
+		}
+	}
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }
 
 // Interface guards

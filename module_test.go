@@ -172,9 +172,36 @@ func decodeAPI(t *testing.T, body string) apiAnswer {
 }
 
 type deskoErr struct {
-	Error   int    `json:"error"`
-	ID      string `json:"id"`
-	Message string `json:"message"`
+	Error         int    `json:"error"`
+	ID            string `json:"id"`
+	Message       string `json:"message"`
+	CorrelationID string `json:"correlation_id"`
+}
+
+// detail returns the error logged under a client answer's correlation ID:
+// what the operator sees of a failure that the client saw only as a fixed
+// message.
+func (e *e2e) detail(d deskoErr) string {
+	e.t.Helper()
+	if d.CorrelationID == "" {
+		e.t.Fatalf("error answer %+v has no correlation_id", d)
+	}
+	logs, err := os.ReadFile(e.logFile)
+	if err != nil {
+		e.t.Fatalf("reading Caddy's log: %v", err)
+	}
+	for _, line := range strings.Split(string(logs), "\n") {
+		var entry struct {
+			Msg   string `json:"msg"`
+			ID    string `json:"correlation_id"`
+			Error string `json:"error"`
+		}
+		if json.Unmarshal([]byte(line), &entry) == nil && entry.ID == d.CorrelationID {
+			return entry.Error
+		}
+	}
+	e.t.Fatalf("no log line with correlation_id %s", d.CorrelationID)
+	return ""
 }
 
 func decodeErr(t *testing.T, body string) deskoErr {
@@ -243,9 +270,11 @@ func TestE2ERejectedCredentialsAnswer502AndForwardNothing(t *testing.T) {
 			t.Errorf("Content-Type = %q", ct)
 		}
 		d := decodeErr(t, body)
-		wantMsg := "could not obtain a Desko access token: token endpoint answered 401: Client authentication failed"
-		if d.Error != 502 || d.ID != "desko_auth" || d.Message != wantMsg {
+		if d.Error != 502 || d.ID != "desko_auth" || d.Message != msgRejected {
 			t.Fatalf("error body = %+v", d)
+		}
+		if got, want := e.detail(d), "token endpoint answered 401: Client authentication failed"; got != want {
+			t.Fatalf("logged detail %q, want %q", got, want)
 		}
 		bodies = append(bodies, body)
 		time.Sleep(20 * time.Millisecond) // pace the traffic; nothing is asserted on timing
@@ -506,7 +535,7 @@ func TestE2ETokenEndpointDown(t *testing.T) {
 			if s != 503 || hdr.Get("Retry-After") == "" {
 				t.Fatalf("status %d Retry-After %q", s, hdr.Get("Retry-After"))
 			}
-			if d := decodeErr(t, body); d.Error != 503 || !strings.Contains(d.Message, "token endpoint answered 500") {
+			if d := decodeErr(t, body); d.Error != 503 || d.Message != msgUnavailable || !strings.Contains(e.detail(d), "token endpoint answered 500") {
 				t.Fatalf("body %+v", d)
 			}
 		}
@@ -527,7 +556,7 @@ func TestE2EHTMLAnswerThenRecovery(t *testing.T) {
 	if s != 503 || hdr.Get("Retry-After") == "" {
 		t.Fatalf("status %d, want 503 with Retry-After", s)
 	}
-	if d := decodeErr(t, body); !strings.Contains(d.Message, "unusable token answer") {
+	if d := decodeErr(t, body); d.Message != msgUnavailable || !strings.Contains(e.detail(d), "unusable token answer") {
 		t.Errorf("message %q", d.Message)
 	}
 	e.desko.SetMode(deskotest.ModeOK)
@@ -585,7 +614,8 @@ func TestE2ERFCErrorShape(t *testing.T) {
 	if s != 502 {
 		t.Fatalf("status %d", s)
 	}
-	if d := decodeErr(t, body); !strings.Contains(d.Message, "token endpoint answered 400: invalid_client: Client authentication failed") {
+	if d := decodeErr(t, body); d.Message != msgRejected ||
+		!strings.Contains(e.detail(d), "token endpoint answered 400: invalid_client: Client authentication failed") {
 		t.Errorf("message %q", d.Message)
 	}
 }

@@ -373,8 +373,8 @@ func TestTLSE2EMutualTLSTokenEndpoint(t *testing.T) {
 			t.Errorf("%s: no Retry-After on a transient failure", tc.path)
 		}
 		d := decodeErr(t, body)
-		if d.ID != "desko_auth" || !strings.Contains(d.Message, tc.want) {
-			t.Errorf("%s: error %+v, want a message mentioning %q", tc.path, d, tc.want)
+		if d.ID != "desko_auth" || !strings.Contains(e.detail(d), tc.want) {
+			t.Errorf("%s: error %+v, want a logged detail mentioning %q", tc.path, d, tc.want)
 		}
 	}
 	if after, _ := tokenSrv.snapshot(); len(after) != 1 {

@@ -12,9 +12,9 @@ import (
 	"io"
 	"math"
 	"math/rand/v2"
+	"mime"
 	"net/http"
 	"net/url"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -45,6 +45,13 @@ const (
 	maxExpiresIn = 366 * 24 * time.Hour
 	// excerptLen is how much of a non-JSON error body goes into an error.
 	excerptLen = 120
+	// minTokenLifetime is the shortest time a token is used, whatever its
+	// answer says, and minRefreshInterval the shortest time between the
+	// start of a token request and a proactive refresh: together they
+	// bound a source to about one token request a second even against an
+	// endpoint that hands out tokens that expire at once.
+	minTokenLifetime   = time.Second
+	minRefreshInterval = time.Second
 
 	transientBackoffMin = 1 * time.Second
 	transientBackoffMax = 60 * time.Second
@@ -200,6 +207,10 @@ type Config struct {
 	Params map[string]string
 	// Headers are extra headers of the token request.
 	Headers map[string]string
+	// Secrets are other values scrubbed from every error and log, like
+	// the client secret: param and token_header values that came from
+	// placeholders. Keys in the token URL's query are scrubbed anyway.
+	Secrets []string
 
 	// HTTPClient sends the token requests. Nil means a client of the
 	// engine's own; its redirect policy is replaced in either case so that
@@ -288,8 +299,8 @@ type call struct {
 type Engine struct {
 	cfg  Config
 	body []byte // the JSON token request body (holds the secret)
-	// secretForms are the secret's encodings that scrub removes.
-	secretForms []string
+	// secretScrub removes the secrets from text that came from elsewhere.
+	secretScrub *scrubber
 	client      *http.Client
 	clock       Clock
 	log         *zap.Logger
@@ -327,6 +338,10 @@ type Engine struct {
 	everOK    bool
 	loggedTTL bool
 	closed    bool
+
+	// lastRequestAt is when the last token request started (monotonic):
+	// no proactive refresh starts within minRefreshInterval of it.
+	lastRequestAt time.Time
 
 	kick   chan struct{} // wakes the refresher after a state change
 	stop   chan struct{}
@@ -390,7 +405,7 @@ func NewEngine(cfg Config) (*Engine, error) {
 	e := &Engine{
 		cfg:         cfg,
 		body:        body,
-		secretForms: secretForms(cfg.ClientID, cfg.ClientSecret),
+		secretScrub: newScrubber(cfg.ClientID, cfg.ClientSecret, append(urlSecrets(cfg.TokenURL), cfg.Secrets...)...),
 		client:      sameHostClient(cfg.HTTPClient, cfg.Headers),
 		clock:       cfg.Clock,
 		log:         cfg.Logger,
@@ -809,7 +824,16 @@ func (e *Engine) nextWake() (time.Duration, bool) {
 	if t == nil {
 		return 0, false
 	}
-	return max(t.refreshAt.Sub(now), 0), true
+	return max(e.refreshAtLocked(t).Sub(now), 0), true
+}
+
+// refreshAtLocked is when t is refreshed: at its refresh point, but never
+// within minRefreshInterval of the last token request.
+func (e *Engine) refreshAtLocked(t *Token) time.Time {
+	if floor := e.lastRequestAt.Add(minRefreshInterval); t.refreshAt.Before(floor) {
+		return floor
+	}
+	return t.refreshAt
 }
 
 // dueLocked reports whether a fetch should start now.
@@ -819,7 +843,7 @@ func (e *Engine) dueLocked() bool {
 		return !now.Before(e.nextAttempt)
 	}
 	t := e.cur.Load()
-	return t != nil && !now.Before(t.refreshAt)
+	return t != nil && !now.Before(e.refreshAtLocked(t))
 }
 
 // Status returns a snapshot for operators.
@@ -882,6 +906,9 @@ func (e *Engine) Close() error {
 // Observer, and returns the parsed token.
 func (e *Engine) request(ctx context.Context) (*Token, *TokenError) {
 	start := e.clock.Now()
+	e.mu.Lock()
+	e.lastRequestAt = start
+	e.mu.Unlock()
 	tok, terr := e.roundTrip(ctx)
 	took := e.clock.Now().Sub(start)
 	e.mu.Lock()
@@ -900,15 +927,10 @@ func (e *Engine) request(ctx context.Context) (*Token, *TokenError) {
 
 // roundTrip sends the token request and parses its answer.
 func (e *Engine) roundTrip(ctx context.Context) (*Token, *TokenError) {
-	if e.cfg.AuthStyle != AuthJSON {
-		return e.roundTripForm(ctx)
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, e.cfg.TokenURL, bytes.NewReader(e.body))
+	req, err := e.newTokenRequest(ctx)
 	if err != nil {
-		return nil, &TokenError{Kind: KindRejected, Message: "building the token request", Err: err}
+		return nil, &TokenError{Kind: KindRejected, Message: "building the token request", Err: e.scrubErr(redactURLError(err))}
 	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Accept", "application/json")
 	resp, err := e.client.Do(req)
 	if err != nil {
 		return nil, e.transportError(err)
@@ -916,7 +938,7 @@ func (e *Engine) roundTrip(ctx context.Context) (*Token, *TokenError) {
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxBodyBytes+1))
 	if err != nil {
-		return nil, &TokenError{Kind: KindTransient, Status: resp.StatusCode, Message: "reading the answer", Err: e.scrubErr(err)}
+		return nil, &TokenError{Kind: KindTransient, Status: resp.StatusCode, Message: "reading the answer", Err: e.scrubErr(redactURLError(err))}
 	}
 	if len(body) > maxBodyBytes {
 		return nil, &TokenError{Kind: KindInvalidResponse, Status: resp.StatusCode, Message: "answer larger than 1 MiB"}
@@ -924,7 +946,10 @@ func (e *Engine) roundTrip(ctx context.Context) (*Token, *TokenError) {
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		return nil, e.statusError(resp, body)
 	}
-	tok, perr := ParseTokenResponse(body, e.clock.Now(), e.cfg.DefaultTTL)
+	tok, perr := parseTokenAnswer(resp.Header.Get("Content-Type"), body, e.clock.Now(), e.cfg.DefaultTTL)
+	if errors.Is(perr, errOAuthErrorAnswer) {
+		return nil, e.statusError(resp, body)
+	}
 	return e.accept(tok, perr, resp.StatusCode)
 }
 
@@ -941,7 +966,7 @@ func (e *Engine) transportError(err error) *TokenError {
 		errors.As(err, &hostErr) || errors.As(err, &invalid) {
 		kind = KindRejected
 	}
-	return &TokenError{Kind: kind, Message: "token request failed", Err: e.scrubErr(err)}
+	return &TokenError{Kind: kind, Message: "token request failed", Err: e.scrubErr(redactURLError(err))}
 }
 
 // accept finishes a 2xx answer's parse, whatever the auth style.
@@ -986,16 +1011,9 @@ func (e *Engine) statusError(resp *http.Response, body []byte) *TokenError {
 	return te
 }
 
-// scrub removes the client secret from text that came from elsewhere.
-// It knows the forms a token request may carry it in, which a server may
-// echo: as written, JSON-escaped, form-encoded, and inside Basic
-// credentials.
-func (e *Engine) scrub(s string) string {
-	for _, form := range e.secretForms {
-		s = strings.ReplaceAll(s, form, "[REDACTED]")
-	}
-	return s
-}
+// scrub removes the secrets from text that came from elsewhere, in any
+// common escaping (see scrub.go).
+func (e *Engine) scrub(s string) string { return e.secretScrub.Scrub(s) }
 
 func (e *Engine) scrubErr(err error) error {
 	msg := err.Error()
@@ -1005,19 +1023,20 @@ func (e *Engine) scrubErr(err error) error {
 	return err
 }
 
-// secretForms lists the encodings of the secret that scrub removes,
-// longest first (an encoding may contain the raw secret).
-func secretForms(id, secret string) []string {
-	quoted, _ := json.Marshal(secret)
-	forms := []string{
-		base64.StdEncoding.EncodeToString([]byte(url.QueryEscape(id) + ":" + url.QueryEscape(secret))),
-		base64.StdEncoding.EncodeToString([]byte(id + ":" + secret)),
-		string(quoted[1 : len(quoted)-1]),
-		url.QueryEscape(secret),
-		secret,
+// redactURLError replaces the URL of a *url.Error, which Go puts in its
+// text whole, by the URL without its query, fragment and user information.
+func redactURLError(err error) error {
+	var ue *url.Error
+	if !errors.As(err, &ue) {
+		return err
 	}
-	slices.SortStableFunc(forms, func(a, b string) int { return len(b) - len(a) })
-	return slices.Compact(forms)
+	r := *ue
+	r.URL = redactURL(ue.URL)
+	if error(ue) == err {
+		return &r
+	}
+	// Wrapped: the wrapping layers repeat the URL in their text.
+	return errors.New(strings.ReplaceAll(err.Error(), ue.URL, r.URL))
 }
 
 // parseRetryAfter reads a Retry-After header (seconds or an HTTP date).
@@ -1107,35 +1126,170 @@ type parsedToken struct {
 	usedDefaultTTL bool
 }
 
-// ParseTokenResponse parses a 2xx token endpoint answer received at now.
-// The expiry comes from expires_in (a number or numeric string of seconds;
-// fractions are truncated) and the JWT exp claim, whichever is earlier;
-// missing, non-positive or absurd values are ignored; if neither is usable,
-// defaultTTL applies.
+// errOAuthErrorAnswer is a 2xx answer that holds an OAuth error and no
+// token (some servers answer errors with 200): it is reported like a
+// non-2xx answer.
+var errOAuthErrorAnswer = errors.New("answer is an OAuth error")
+
+// answerFields are the fields of a token answer the engine reads, by their
+// exact names.
+type answerFields struct {
+	accessToken *string
+	tokenType   *string
+	expiresIn   json.RawMessage // a JSON number or string, or absent
+	hasError    bool            // an "error" field is present
+}
+
+// ParseTokenResponse parses a 2xx JSON token endpoint answer received at
+// now. See parseTokenAnswer.
 func ParseTokenResponse(body []byte, now time.Time, defaultTTL time.Duration) (parsedToken, error) {
-	var v struct {
-		AccessToken *string         `json:"access_token"`
-		TokenType   *string         `json:"token_type"`
-		ExpiresIn   json.RawMessage `json:"expires_in"`
+	f, err := jsonAnswerFields(body)
+	if err != nil {
+		return parsedToken{}, err
 	}
+	return f.token(now, defaultTTL)
+}
+
+// parseTokenAnswer is the one parser of 2xx token answers, whatever the
+// auth style: JSON, or RFC 6749-style form encoding when the Content-Type
+// says so (application/x-www-form-urlencoded, or text/plain that is not
+// a JSON object). Field names are exact (ACCESS_TOKEN is not
+// access_token), and an answer that holds one of the fields read twice is
+// refused. The expiry comes from expires_in (a number or numeric string of
+// seconds; fractions are truncated) and the JWT exp claim, whichever is
+// earlier; missing, non-positive or absurd values are ignored; if neither
+// is usable, defaultTTL applies. No token lives less than minTokenLifetime.
+func parseTokenAnswer(contentType string, body []byte, now time.Time, defaultTTL time.Duration) (parsedToken, error) {
+	var f answerFields
+	var err error
+	if isFormAnswer(contentType, body) {
+		f, err = formAnswerFields(body)
+		if err == nil && f.accessToken == nil && !f.hasError {
+			return parsedToken{}, errors.New("answer is neither a JSON object nor a form-encoded token")
+		}
+	} else {
+		f, err = jsonAnswerFields(body)
+	}
+	if err != nil {
+		return parsedToken{}, err
+	}
+	return f.token(now, defaultTTL)
+}
+
+// isFormAnswer tells a form-encoded answer from a JSON one.
+func isFormAnswer(contentType string, body []byte) bool {
+	mt, _, _ := mime.ParseMediaType(contentType)
+	switch mt {
+	case "application/x-www-form-urlencoded":
+		return true
+	case "text/plain":
+		return !bytes.HasPrefix(bytes.TrimSpace(body), []byte("{"))
+	}
+	return false
+}
+
+// jsonAnswerFields reads the fields of a JSON object answer.
+func jsonAnswerFields(body []byte) (answerFields, error) {
+	var f answerFields
 	dec := json.NewDecoder(bytes.NewReader(body))
-	if err := dec.Decode(&v); err != nil {
-		return parsedToken{}, errors.New("answer is not a JSON object")
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return f, errors.New("answer is not a JSON object")
+	}
+	seen := map[string]bool{}
+	for dec.More() {
+		t, err := dec.Token()
+		if err != nil {
+			return f, errors.New("answer is not valid JSON")
+		}
+		key, _ := t.(string)
+		var raw json.RawMessage
+		if err := dec.Decode(&raw); err != nil {
+			return f, errors.New("answer is not valid JSON")
+		}
+		switch key {
+		case "access_token", "token_type", "expires_in":
+			if seen[key] {
+				return f, fmt.Errorf("answer has %s more than once", key)
+			}
+			seen[key] = true
+		case "error":
+			f.hasError = string(raw) != "null"
+			continue
+		default:
+			continue
+		}
+		if string(raw) == "null" {
+			continue
+		}
+		switch key {
+		case "access_token", "token_type":
+			var v string
+			if err := json.Unmarshal(raw, &v); err != nil {
+				return f, fmt.Errorf("%s is not a string", key)
+			}
+			if key == "access_token" {
+				f.accessToken = &v
+			} else {
+				f.tokenType = &v
+			}
+		default:
+			f.expiresIn = raw
+		}
+	}
+	if _, err := dec.Token(); err != nil { // the closing brace
+		return f, errors.New("answer is not valid JSON")
 	}
 	// Only whitespace may follow (dec.More misses a stray '}' or ']').
 	if _, err := dec.Token(); err != io.EOF {
-		return parsedToken{}, errors.New("answer has data after the JSON object")
+		return f, errors.New("answer has data after the JSON object")
 	}
-	if v.AccessToken == nil {
-		return parsedToken{}, errors.New("answer has no access_token")
-	}
-	ttl, ok := parseExpiresIn(v.ExpiresIn)
-	return newParsedToken(*v.AccessToken, v.TokenType, ttl, ok, now, defaultTTL)
+	return f, nil
 }
 
-// newParsedToken checks an access token and decides its expiry, whatever
-// the answer's format: ttl (ok) is what expires_in said; the JWT exp claim
-// wins when it is earlier; defaultTTL applies when neither is usable.
+// formAnswerFields reads the fields of a form-encoded answer.
+func formAnswerFields(body []byte) (answerFields, error) {
+	var f answerFields
+	vals, err := url.ParseQuery(string(bytes.TrimSpace(body)))
+	if err != nil {
+		return f, errors.New("answer is neither JSON nor a valid form")
+	}
+	for _, key := range []string{"access_token", "token_type", "expires_in"} {
+		vs := vals[key]
+		if len(vs) > 1 {
+			return f, fmt.Errorf("answer has %s more than once", key)
+		}
+		if len(vs) == 0 {
+			continue
+		}
+		v := vs[0]
+		switch key {
+		case "access_token":
+			f.accessToken = &v
+		case "token_type":
+			f.tokenType = &v
+		default:
+			f.expiresIn, _ = json.Marshal(v)
+		}
+	}
+	f.hasError = vals.Has("error")
+	return f, nil
+}
+
+// token checks the fields and builds the token.
+func (f answerFields) token(now time.Time, defaultTTL time.Duration) (parsedToken, error) {
+	if f.accessToken == nil || *f.accessToken == "" {
+		if f.hasError {
+			return parsedToken{}, errOAuthErrorAnswer
+		}
+		return parsedToken{}, errors.New("answer has no access_token")
+	}
+	ttl, ok := parseExpiresIn(f.expiresIn)
+	return newParsedToken(*f.accessToken, f.tokenType, ttl, ok, now, defaultTTL)
+}
+
+// newParsedToken checks an access token and decides its expiry: ttl (ok)
+// is what expires_in said; the JWT exp claim wins when it is earlier;
+// defaultTTL applies when neither is usable; minTokenLifetime is the floor.
 func newParsedToken(at string, tokenType *string, ttl time.Duration, ok bool, now time.Time, defaultTTL time.Duration) (parsedToken, error) {
 	if at == "" {
 		return parsedToken{}, errors.New("answer has no access_token")
@@ -1143,8 +1297,8 @@ func newParsedToken(at string, tokenType *string, ttl time.Duration, ok bool, no
 	if !validTokenChars(at) {
 		return parsedToken{}, errors.New("access_token contains characters not allowed in an HTTP header")
 	}
-	if tokenType != nil && !strings.EqualFold(*tokenType, "bearer") {
-		return parsedToken{}, fmt.Errorf("token_type is %q, not Bearer", sanitize(*tokenType))
+	if tokenType != nil && !strings.EqualFold(strings.TrimSpace(*tokenType), "bearer") {
+		return parsedToken{}, fmt.Errorf("token_type is %s; only Bearer tokens are supported", quoteExcerpt(*tokenType))
 	}
 	if jwtExp, jok := JWTExpiry(at); jok {
 		if d := jwtExp.Sub(now.Round(0)); d > 0 && d <= maxExpiresIn {
@@ -1159,6 +1313,9 @@ func newParsedToken(at string, tokenType *string, ttl time.Duration, ok bool, no
 	if !ok {
 		ttl, p.usedDefaultTTL = defaultTTL, true
 	}
+	// Whatever the answer says (expires_in 1, a JWT exp a moment away, a
+	// tiny default_ttl), a token is used for a while: no fetch loop.
+	ttl = max(ttl, minTokenLifetime)
 	p.expiry = now.Add(ttl)
 	p.wallExpiry = now.Round(0).Add(ttl)
 	return p, nil

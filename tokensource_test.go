@@ -370,7 +370,7 @@ func TestParseTokenResponse(t *testing.T) {
 		{name: "access_token missing", body: `{"token_type":"Bearer","expires_in":60}`, wantErr: "no access_token"},
 		{name: "access_token empty", body: tok("", `"expires_in":60`), wantErr: "no access_token"},
 		{name: "access_token null", body: `{"access_token":null,"expires_in":60}`, wantErr: "no access_token"},
-		{name: "access_token number", body: `{"access_token":12345,"expires_in":60}`, wantErr: "JSON"},
+		{name: "access_token number", body: `{"access_token":12345,"expires_in":60}`, wantErr: "access_token is not a string"},
 		{name: "access_token CRLF", body: tok("abc\r\nX-Injected: 1", `"expires_in":60`), wantErr: "characters"},
 		{name: "access_token LF", body: tok("abc\ndef", `"expires_in":60`), wantErr: "characters"},
 		{name: "access_token CR", body: tok("abc\rdef", `"expires_in":60`), wantErr: "characters"},
@@ -386,7 +386,7 @@ func TestParseTokenResponse(t *testing.T) {
 		{name: "empty body", body: "", wantErr: "JSON"},
 		{name: "JSON array", body: `[{"access_token":"abc"}]`, wantErr: "JSON"},
 		{name: "JSON string", body: `"abc"`, wantErr: "JSON"},
-		{name: "JSON null", body: `null`, wantErr: "no access_token"},
+		{name: "JSON null", body: `null`, wantErr: "not a JSON object"},
 		{name: "truncated object", body: `{"access_token":"abc"`, wantErr: "JSON"},
 		{name: "HTML", body: "<html><body>Maintenance</body></html>", wantErr: "JSON"},
 
