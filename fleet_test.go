@@ -27,43 +27,58 @@ import (
 const (
 	fleetClientID = "fleet-client"
 	fleetSecret   = "fleet-s3cr3t-never-in-logs"
-	fleetTTL      = 3 * time.Second
+	// fleetTTL is the lifetime of the stand-in's tokens: short, so that a
+	// load of a few seconds spans two refreshes.
+	fleetTTL = 3 * time.Second
+	// fleetDefaultSeconds is how long the main load runs by default: the
+	// shortest for which checkFleetBounds holds. The fleet tests run in
+	// parallel with each other, so the whole takes about this long.
+	fleetDefaultSeconds = 6
 )
 
-// fleetDuration is how long each load runs: 20 s by default, shorter
-// with DESKO_FLEET_SECONDS for a quick local run.
+// fleetDuration is how long each load runs: fleetDefaultSeconds, or
+// DESKO_FLEET_SECONDS (e.g. 20 for a longer soak).
 func fleetDuration(t *testing.T) time.Duration {
+	s := fleetDefaultSeconds
 	if v := os.Getenv("DESKO_FLEET_SECONDS"); v != "" {
-		var s int
-		if _, err := fmt.Sscan(v, &s); err != nil || s < 5 {
-			t.Fatalf("DESKO_FLEET_SECONDS=%q: want a whole number ≥ 5", v)
+		if _, err := fmt.Sscan(v, &s); err != nil || s < fleetDefaultSeconds {
+			t.Fatalf("DESKO_FLEET_SECONDS=%q: want a whole number ≥ %d", v, fleetDefaultSeconds)
 		}
-		return time.Duration(s) * time.Second
 	}
-	return 20 * time.Second
+	return time.Duration(s) * time.Second
 }
 
 var (
 	caddyBinOnce sync.Once
+	caddyBinDone = make(chan struct{})
 	caddyBin     string
 	caddyBinErr  error
 )
 
-// buildCaddy builds the Caddy binary once per test binary.
+// caddyBinTests are the tests that run the Caddy binary: TestMain starts
+// building it early when the run may include them.
+var caddyBinTests = []string{"TestFleetSharesOneTokenPerLifetime", "TestFleetRevokingServer", "TestRotationThroughCaddyReload"}
+
+// startCaddyBuild starts building the Caddy binary, once per test binary,
+// into the folder TestMain removes when the test binary ends.
+func startCaddyBuild() {
+	caddyBinOnce.Do(func() {
+		caddyBin = filepath.Join(testTmp, "caddy")
+		go func() {
+			defer close(caddyBinDone)
+			out, err := exec.Command("go", "build", "-o", caddyBin, "./internal/caddycmd").CombinedOutput()
+			if err != nil {
+				caddyBinErr = fmt.Errorf("go build ./internal/caddycmd: %v\n%s", err, out)
+			}
+		}()
+	})
+}
+
+// buildCaddy returns the Caddy binary, waiting for its build.
 func buildCaddy(t *testing.T) string {
 	t.Helper()
-	caddyBinOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "desko-caddy-bin")
-		if err != nil {
-			caddyBinErr = err
-			return
-		}
-		caddyBin = filepath.Join(dir, "caddy")
-		out, err := exec.Command("go", "build", "-o", caddyBin, "./internal/caddycmd").CombinedOutput()
-		if err != nil {
-			caddyBinErr = fmt.Errorf("go build ./internal/caddycmd: %v\n%s", err, out)
-		}
-	})
+	startCaddyBuild()
+	<-caddyBinDone
 	if caddyBinErr != nil {
 		t.Fatal(caddyBinErr)
 	}
@@ -246,11 +261,27 @@ func maxFleetFetches(d time.Duration) int64 {
 	return int64(d/(fleetTTL*3/4)) + 3
 }
 
+// checkFleetBounds fails the test when d is too short for the bounds to
+// tell a shared token from two instances that each fetch their own (one
+// per 80% of a lifetime each, plus the first).
+func checkFleetBounds(t *testing.T, d time.Duration) {
+	t.Helper()
+	unshared := 2 * (int64(d/(fleetTTL*4/5)) + 1)
+	if max := maxFleetFetches(d); max >= unshared {
+		t.Fatalf("a %v load with %v tokens allows %d token requests, as many as two unshared instances make (%d): load longer", d, fleetTTL, max, unshared)
+	}
+	if d/fleetTTL < 2 {
+		t.Fatalf("a %v load with %v tokens spans fewer than two lifetimes", d, fleetTTL)
+	}
+}
+
 func TestFleetSharesOneTokenPerLifetime(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs two Caddy processes under load")
 	}
+	t.Parallel()
 	d := fleetDuration(t)
+	checkFleetBounds(t, d)
 	res, n, logs := fleetRun(t, "shared_cache", false, d)
 	if res.ok.Load() != res.requests.Load() || res.requests.Load() == 0 {
 		t.Errorf("client-visible errors: %s", res)
@@ -277,8 +308,13 @@ func TestFleetRevokingServer(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs two Caddy processes under load")
 	}
+	t.Parallel()
 	d := fleetDuration(t) * 3 / 4
+	if d < fleetTTL {
+		t.Fatalf("a %v load is shorter than a token's lifetime: the bounds below would prove nothing", d)
+	}
 	t.Run("shared_cache", func(t *testing.T) {
+		t.Parallel()
 		res, n, _ := fleetRun(t, "shared_cache", true, d)
 		if res.ok.Load() != res.requests.Load() || res.requests.Load() == 0 {
 			t.Errorf("with shared_cache no 401 may reach clients: %s", res)
@@ -288,15 +324,25 @@ func TestFleetRevokingServer(t *testing.T) {
 		}
 	})
 	t.Run("per-process cache", func(t *testing.T) {
+		t.Parallel()
 		// No assertion on the churn itself (that is what shared_cache is
 		// for); the numbers go to the README. Only: the proxy stays sane
-		// (no 5xx) and the invalidation guard bounds the token requests.
+		// (no 5xx) and the invalidation guard and the budget of 401-driven
+		// token requests bound the token requests, while without them
+		// every one of the hundreds of 401s would cost one.
 		res, n, _ := fleetRun(t, "", true, d)
 		if res.other.Load() != 0 {
 			t.Errorf("errors other than 401: %s", res)
 		}
-		if max := int64(d/time.Second)*2 + 4; n > max {
-			t.Errorf("%d token requests in %v: the invalidation guard should keep it ≤ %d", n, d, max)
+		// Per instance: the first token, the proactive refreshes (one
+		// more for rounding, one for the other instance's start-up), and
+		// the 401-driven ones the budget allows.
+		perInstance := 1 + int64(d/(fleetTTL*3/4)) + 2 + rejectBurst + int64(d/rejectRefill) + 1
+		if max := 2 * perInstance; n > max {
+			t.Errorf("%d token requests in %v: the invalidation guard and the 401 budget should keep it ≤ %d", n, d, max)
+		}
+		if n < 2 {
+			t.Errorf("%d token requests: each instance should have fetched its own", n)
 		}
 	})
 }

@@ -106,7 +106,7 @@ func TestE2EEchoedSecretNeverReachesClients(t *testing.T) {
 	t.Cleanup(echo.Close)
 	e := newE2E(t, time.Hour)
 	t.Setenv("DESKO_TEST_SECRET", phpSecret)
-	e.loadRaw(fmt.Sprintf(`http://localhost:9080 {
+	e.loadRaw(fmt.Sprintf(proxyBase+` {
 	desko_auth {
 		client_id     %s
 		client_secret {env.DESKO_TEST_SECRET}
@@ -280,7 +280,7 @@ func closedPort(*testing.T) int { return 1 }
 func TestE2ETokenURLQueryAndAddressesStayHidden(t *testing.T) {
 	e := newE2E(t, time.Hour)
 	port := closedPort(t)
-	e.loadRaw(fmt.Sprintf(`http://localhost:9080 {
+	e.loadRaw(fmt.Sprintf(proxyBase+` {
 	desko_auth {
 		client_id     %s
 		client_secret {env.DESKO_TEST_SECRET}
@@ -395,7 +395,7 @@ func assertRefused(t *testing.T, cfg, adapter, want string) {
 func jsonSite(handler string) string {
 	return `{
 	"admin": {"listen": "localhost:2999"},
-	"apps": {"http": {"http_port": 9080, "servers": {"s": {"listen": [":9080"], "routes": [{"handle": [` + handler + `]}]}}},
+	"apps": {"http": {"http_port": ` + httpPort + `, "servers": {"s": {"listen": [":` + httpPort + `"], "routes": [{"handle": [` + handler + `]}]}}},
 		"pki": {"certificate_authorities": {"local": {"install_trust": false}}}}
 }`
 }
@@ -447,7 +447,7 @@ func TestE2EParamAndTokenHeaderPlaceholders(t *testing.T) {
 	capture, reqs := newCaptureServer(t)
 	e := newE2E(t, time.Hour)
 	site := func(tokenURL, audienceVar string) string {
-		return fmt.Sprintf(`http://localhost:9080 {
+		return fmt.Sprintf(proxyBase+` {
 	desko_auth {
 		client_id     %s
 		client_secret {env.DESKO_TEST_SECRET}
@@ -503,7 +503,7 @@ func TestE2EParamAndTokenHeaderPlaceholders(t *testing.T) {
 	assertRefused(t, `{
 	skip_install_trust
 	admin localhost:2999
-	http_port 9080
+	http_port ` + httpPort + `
 }
 `+site(capture.URL+"/token", "DESKO_SURELY_UNSET_AUDIENCE"), "caddyfile",
 		"param audience: placeholder {env.DESKO_SURELY_UNSET_AUDIENCE} expanded to an empty value")
@@ -595,7 +595,7 @@ func TestE2EAnswerQuirksEveryStyle(t *testing.T) {
 		reverse_proxy %[4]s
 	}`, style, testClientID, srv.tokenURL(), upstream.Listener.Addr())
 	}
-	e.loadRaw("http://localhost:9080 {" + blocks.String() + "\n}")
+	e.loadRaw(proxyBase + " {" + blocks.String() + "\n}")
 	for _, style := range []string{"json", "form", "basic"} {
 		if s, _, body := e.do("GET", "/"+style+"/x", ""); s != 200 {
 			t.Errorf("%s: status %d: %s", style, s, body)

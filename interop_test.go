@@ -507,7 +507,7 @@ func TestInteropE2EParamAndTokenHeaderInEveryStyle(t *testing.T) {
 		reverse_proxy %[4]s
 	}`, style, interopClientID, capture.URL, upstream.Listener.Addr())
 	}
-	e.loadRaw("http://localhost:9080 {" + blocks.String() + "\n}")
+	e.loadRaw(proxyBase + " {" + blocks.String() + "\n}")
 
 	for _, style := range []AuthStyle{AuthJSON, AuthForm, AuthBasic} {
 		status, _, body := e.do("GET", "/"+style.String()+"/resource", "")
@@ -588,7 +588,7 @@ func TestInteropE2EGoOAuth2ThroughCaddy(t *testing.T) {
 		reverse_proxy %[4]s
 	}`, s.style, interopClientID, s.as.tokenURL(), s.upstream.Listener.Addr())
 	}
-	e.loadRaw("http://localhost:9080 {" + blocks.String() + "\n}")
+	e.loadRaw(proxyBase + " {" + blocks.String() + "\n}")
 
 	var bodies []string
 	for _, s := range sites {

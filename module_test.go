@@ -27,7 +27,6 @@ import (
 const (
 	testClientID = "e2e-client"
 	testSecret   = "s3cr3t-Value-That-Must-Never-Leak"
-	proxyBase    = "http://localhost:9080"
 )
 
 // e2e is one test's world: a stand-in Desko and a Caddy log file.
@@ -75,7 +74,7 @@ func (e *e2e) loadUpstream(extra string, up http.Handler) {
 func (e *e2e) loadTo(extra, upstream string) {
 	e.t.Helper()
 	e.loadRaw(fmt.Sprintf(`
-http://localhost:9080 {
+` + proxyBase + ` {
 	desko_auth {
 		client_id     %s
 		client_secret {env.DESKO_TEST_SECRET}
@@ -93,8 +92,8 @@ func (e *e2e) loadRaw(sites string) {
 	e.tester.InitServer(fmt.Sprintf(`{
 	skip_install_trust
 	admin localhost:2999
-	http_port 9080
-	https_port 9443
+	http_port ` + httpPort + `
+	https_port ` + httpsPort + `
 	grace_period 1ns
 	log {
 		output file %s
@@ -357,9 +356,9 @@ func TestE2ESitesWithTheSameCredentialsShareOneToken(t *testing.T) {
 		warm_up       off
 	}
 	reverse_proxy %s`, testClientID, e.tokenURL(), e.srv.Listener.Addr())
-	e.loadRaw(fmt.Sprintf("http://localhost:9080 {\n\t%s\n}\nhttp://127.0.0.1:9080 {\n\t%s\n}\n", block, block))
+	e.loadRaw(fmt.Sprintf(proxyBase+" {\n\t%s\n}\nhttp://127.0.0.1:"+httpPort+" {\n\t%s\n}\n", block, block))
 	for _, host := range []string{"localhost", "127.0.0.1", "localhost"} {
-		resp, err := e.tester.Client.Get("http://" + host + ":9080/x")
+		resp, err := e.tester.Client.Get("http://" + host + ":" + httpPort + "/x")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -631,9 +630,9 @@ func TestE2EProvisionErrorsNameTheField(t *testing.T) {
 			caddytest.AssertLoadError(t, fmt.Sprintf(`{
 	skip_install_trust
 	admin localhost:2999
-	http_port 9080
+	http_port ` + httpPort + `
 }
-http://localhost:9080 {
+` + proxyBase + ` {
 	desko_auth {
 		%s
 	}

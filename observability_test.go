@@ -215,7 +215,7 @@ func TestE2ESeveralCredentialSets(t *testing.T) {
 		reverse_proxy %s`, testClientID, scope, e.tokenURL(), e.srv.Listener.Addr())
 	}
 	e.loadRaw(fmt.Sprintf(`
-http://localhost:9080 {
+` + proxyBase + ` {
 	handle /bookings/* {
 		%s
 	}

@@ -254,7 +254,7 @@ func TestOptionE2EHeaderAndPrefix(t *testing.T) {
 	tokens := newTokenServer(t, okToken(3600))
 	up := newHeaderRecorder(t)
 	e := newE2E(t, time.Hour)
-	e.loadRaw(fmt.Sprintf(`http://localhost:9080 {
+	e.loadRaw(fmt.Sprintf(proxyBase+` {
 	handle /custom/* {
 		desko_auth {
 			client_id     %[1]s
@@ -319,7 +319,7 @@ func TestOptionE2EHeaderAndPrefix(t *testing.T) {
 func TestOptionE2EInsecureHTTP(t *testing.T) {
 	e := newE2E(t, time.Hour)
 	site := func(extra string) string {
-		return fmt.Sprintf(`http://localhost:9080 {
+		return fmt.Sprintf(proxyBase+` {
 	desko_auth {
 		client_id     %s
 		client_secret {env.DESKO_TEST_SECRET}
@@ -333,8 +333,8 @@ func TestOptionE2EInsecureHTTP(t *testing.T) {
 	globals := `{
 	skip_install_trust
 	admin localhost:2999
-	http_port 9080
-	https_port 9443
+	http_port ` + httpPort + `
+	https_port ` + httpsPort + `
 }
 `
 	assertLoadError(t, globals+site(""), "token_url: http:// to 192.0.2.1", "insecure_http")

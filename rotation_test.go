@@ -25,6 +25,7 @@ func TestRotationThroughCaddyReload(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs a Caddy process")
 	}
+	t.Parallel() // with the fleet tests: it uses no in-process Caddy
 	bin := buildCaddy(t)
 	const oldSecret, newSecret = "rotation-old-s3cr3t", "rotation-new-s3cr3t"
 	desko := deskotest.New("rotation-client", oldSecret, time.Hour)
@@ -87,8 +88,12 @@ http://127.0.0.1:%d {
 		s, b := get(deskotest.SlowPrefix + "in-flight")
 		inflight <- result{s, b}
 	}()
-	for desko.APIRequests() == before { // it has reached the upstream
-		time.Sleep(5 * time.Millisecond)
+	// Wait (boundedly) until it has reached the upstream, which then holds
+	// it for SlowDelay.
+	for deadline := time.Now().Add(10 * time.Second); desko.APIRequests() == before; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the slow request did not reach the upstream within 10 s")
+		}
 	}
 
 	// Rotate: the server now accepts only the new secret; tokens already

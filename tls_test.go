@@ -336,7 +336,7 @@ func TestTLSE2EMutualTLSTokenEndpoint(t *testing.T) {
 		reverse_proxy %s
 	}`, path, testClientID, tokenSrv.tokenURL(), tlsLines, upstream.Listener.Addr())
 	}
-	e.loadRaw("http://localhost:9080 {" +
+	e.loadRaw(proxyBase + " {" +
 		block("mtls", fmt.Sprintf("tls_ca %s\n\t\t\ttls_client_cert %s %s", pki.caFile, pki.clientCertFile, pki.clientKeyFile)) +
 		block("nocert", "tls_ca "+pki.caFile) +
 		block("noca", fmt.Sprintf("tls_client_cert %s %s", pki.clientCertFile, pki.clientKeyFile)) +
@@ -419,10 +419,10 @@ func tlsSite(lines string) string {
 	return fmt.Sprintf(`{
 	skip_install_trust
 	admin localhost:2999
-	http_port 9080
-	https_port 9443
+	http_port ` + httpPort + `
+	https_port ` + httpsPort + `
 }
-http://localhost:9080 {
+` + proxyBase + ` {
 	desko_auth {
 		client_id     %s
 		client_secret {env.DESKO_TEST_SECRET}

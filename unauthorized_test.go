@@ -143,7 +143,7 @@ func TestE2ETokenHeaderCannotBeStrippedByTheClient(t *testing.T) {
 	}
 
 	e.loadRaw(fmt.Sprintf(`
-http://localhost:9080 {
+` + proxyBase + ` {
 	route {
 		desko_auth {
 			client_id     %s
@@ -379,7 +379,7 @@ func TestE2EBrokenBodies(t *testing.T) {
 	}
 	raw := func(req string, closeWrite bool) string {
 		t.Helper()
-		c, err := net.Dial("tcp", "localhost:9080")
+		c, err := net.Dial("tcp", "localhost:"+httpPort)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -392,7 +392,7 @@ func TestE2EBrokenBodies(t *testing.T) {
 		status, _ := bufio.NewReader(c).ReadString('\n')
 		return status
 	}
-	head := "POST /lie HTTP/1.1\r\nHost: localhost:9080\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s"
+	head := "POST /lie HTTP/1.1\r\nHost: localhost:" + httpPort + "\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s"
 
 	// Longer than its Content-Length: the upstream gets exactly the
 	// declared bytes.
@@ -418,7 +418,7 @@ func TestE2EBrokenBodies(t *testing.T) {
 		}
 	}
 	// A client that disconnects mid-body.
-	c, err := net.Dial("tcp", "localhost:9080")
+	c, err := net.Dial("tcp", "localhost:"+httpPort)
 	if err != nil {
 		t.Fatal(err)
 	}

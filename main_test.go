@@ -1,0 +1,89 @@
+package deskoauth
+
+import (
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// What every test in the package shares, set once per test binary by
+// TestMain.
+var (
+	// httpPort and httpsPort are the in-process Caddy's http_port and
+	// https_port: loopback ports that were free when the test binary
+	// started, so that two test binaries (or a real server) do not clash.
+	// The admin address stays localhost:2999, which caddytest requires.
+	httpPort, httpsPort string
+	// proxyBase is the base URL of the test site on httpPort.
+	proxyBase string
+	// testTmp is a folder removed when the test binary ends, for what
+	// outlives one test (the Caddy binary the fleet tests build).
+	testTmp string
+)
+
+func TestMain(m *testing.M) {
+	os.Exit(runTests(m))
+}
+
+func runTests(m *testing.M) int {
+	dir, err := os.MkdirTemp("", "desko-auth-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "TestMain:", err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	testTmp = dir
+	ports, err := freeLoopbackPorts(2)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "TestMain:", err)
+		return 1
+	}
+	httpPort, httpsPort = strconv.Itoa(ports[0]), strconv.Itoa(ports[1])
+	proxyBase = "http://localhost:" + httpPort
+
+	// Build the Caddy binary while the in-process tests run, when the run
+	// includes a test that needs it; wait for the build before the folder
+	// is removed.
+	flag.Parse()
+	if !testing.Short() && runMayInclude(caddyBinTests...) {
+		startCaddyBuild()
+		defer func() { <-caddyBinDone }()
+	}
+	return m.Run()
+}
+
+// runMayInclude reports whether -test.run may select one of the top-level
+// tests named.
+func runMayInclude(names ...string) bool {
+	f := flag.Lookup("test.run")
+	if f == nil || f.Value.String() == "" {
+		return true
+	}
+	top, _, _ := strings.Cut(f.Value.String(), "/")
+	re, err := regexp.Compile(top)
+	if err != nil {
+		return false
+	}
+	return slices.ContainsFunc(names, re.MatchString)
+}
+
+// freeLoopbackPorts returns n distinct loopback ports that were free a
+// moment ago (all listened on at once, so they differ).
+func freeLoopbackPorts(n int) ([]int, error) {
+	var ports []int
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		defer l.Close()
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
+}
