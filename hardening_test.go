@@ -500,7 +500,7 @@ func TestE2EParamAndTokenHeaderPlaceholders(t *testing.T) {
 	assertRefused(t, `{
 	skip_install_trust
 	admin localhost:2999
-	http_port ` + httpPort + `
+	http_port `+httpPort+`
 }
 `+site(capture.URL+"/token", "DESKO_SURELY_UNSET_AUDIENCE"), "caddyfile",
 		"param audience: placeholder {env.DESKO_SURELY_UNSET_AUDIENCE} expanded to an empty value")

@@ -74,7 +74,7 @@ func (e *e2e) loadUpstream(extra string, up http.Handler) {
 func (e *e2e) loadTo(extra, upstream string) {
 	e.t.Helper()
 	e.loadRaw(fmt.Sprintf(`
-` + proxyBase + ` {
+`+proxyBase+` {
 	desko_auth {
 		client_id     %s
 		client_secret {env.DESKO_TEST_SECRET}
@@ -92,8 +92,8 @@ func (e *e2e) loadRaw(sites string) {
 	e.tester.InitServer(fmt.Sprintf(`{
 	skip_install_trust
 	admin localhost:2999
-	http_port ` + httpPort + `
-	https_port ` + httpsPort + `
+	http_port `+httpPort+`
+	https_port `+httpsPort+`
 	grace_period 1ns
 	log {
 		output file %s
@@ -632,9 +632,9 @@ func TestE2EProvisionErrorsNameTheField(t *testing.T) {
 			caddytest.AssertLoadError(t, fmt.Sprintf(`{
 	skip_install_trust
 	admin localhost:2999
-	http_port ` + httpPort + `
+	http_port `+httpPort+`
 }
-` + proxyBase + ` {
+`+proxyBase+` {
 	desko_auth {
 		%s
 	}

@@ -203,7 +203,7 @@ func TestE2ESeveralCredentialSets(t *testing.T) {
 		reverse_proxy %s`, testClientID, scope, e.tokenURL(), e.srv.Listener.Addr())
 	}
 	e.loadRaw(fmt.Sprintf(`
-` + proxyBase + ` {
+`+proxyBase+` {
 	handle /bookings/* {
 		%s
 	}

@@ -418,10 +418,10 @@ func tlsSite(lines string) string {
 	return fmt.Sprintf(`{
 	skip_install_trust
 	admin localhost:2999
-	http_port ` + httpPort + `
-	https_port ` + httpsPort + `
+	http_port `+httpPort+`
+	https_port `+httpsPort+`
 }
-` + proxyBase + ` {
+`+proxyBase+` {
 	desko_auth {
 		client_id     %s
 		client_secret {env.DESKO_TEST_SECRET}

@@ -143,7 +143,7 @@ func TestE2ETokenHeaderCannotBeStrippedByTheClient(t *testing.T) {
 	}
 
 	e.loadRaw(fmt.Sprintf(`
-` + proxyBase + ` {
+`+proxyBase+` {
 	route {
 		desko_auth {
 			client_id     %s
