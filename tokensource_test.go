@@ -38,9 +38,13 @@ const (
 // String form then ends with "m=±<seconds>", as documented by package time).
 func hasMonotonic(t time.Time) bool { return strings.Contains(t.String(), " m=") }
 
-// leaksSecret reports whether s holds the client secret or any 6-character
-// piece of it (a secret cut in half by a truncation is still a leak).
+// leaksSecret reports whether s holds the client secret in any form the
+// leak check finds, or any 6-character piece of it (a secret cut in half
+// by a truncation is still a leak).
 func leaksSecret(s string) bool {
+	if lc := newLeakCheck(tsClientID, tsSecret); lc.sc.Scrub(s) != s {
+		return true
+	}
 	const piece = 6
 	for i := 0; i+piece <= len(tsSecret); i++ {
 		if strings.Contains(s, tsSecret[i:i+piece]) {
