@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"regexp"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -55,7 +56,21 @@ func runTests(m *testing.M) int {
 		startCaddyBuild()
 		defer func() { <-caddyBinDone }()
 	}
+	// The only parallel tests are the ones with Caddy processes, which
+	// mostly wait: run them all at once (four loads: the two fleet tests'
+	// three and the rotation) rather than GOMAXPROCS at a time, unless
+	// -parallel says otherwise.
+	if !flagSet("test.parallel") {
+		_ = flag.Set("test.parallel", strconv.Itoa(max(runtime.GOMAXPROCS(0), 4)))
+	}
 	return m.Run()
+}
+
+// flagSet reports whether the flag name was set on the command line.
+func flagSet(name string) bool {
+	set := false
+	flag.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
 }
 
 // runMayInclude reports whether -test.run may select one of the top-level

@@ -258,8 +258,15 @@ func TestE2ERejectedCredentialsAnswer502AndForwardNothing(t *testing.T) {
 	e.desko.SetClientSecret("the-real-one-is-different")
 	e.load("warm_up off")
 
+	// Rejections back off from rejectedBackoffMin (5 s, less 20% jitter):
+	// traffic for less than that may cause one more token request, never
+	// one per client request.
+	const traffic = 1500 * time.Millisecond
+	if traffic >= rejectedBackoffMin*4/5 {
+		t.Fatalf("traffic of %v outlasts the shortest rejection backoff", traffic)
+	}
 	var bodies []string
-	deadline := time.Now().Add(3 * time.Second)
+	deadline := time.Now().Add(traffic)
 	n := 0
 	for time.Now().Before(deadline) {
 		status, hdr, body := e.do("GET", "/v1.1/organizations", "")
@@ -283,10 +290,8 @@ func TestE2ERejectedCredentialsAnswer502AndForwardNothing(t *testing.T) {
 	if got := e.desko.APIRequests(); got != 0 {
 		t.Errorf("%d requests reached the API without a token", got)
 	}
-	// Rejections back off from ~5 s: 3 s of traffic may cause one
-	// request, never one per client request.
-	if got := e.desko.TokenRequests(); got < 1 || got > 2 {
-		t.Errorf("token requests = %d for %d client requests over 3s, want 1–2", got, n)
+	if got := e.desko.TokenRequests(); got < 1 || got > 2 || n < 10 {
+		t.Errorf("token requests = %d for %d client requests over %v, want 1–2 for at least 10", got, n, traffic)
 	}
 	e.assertNoLeaks(bodies...)
 	logs, _ := os.ReadFile(e.logFile)
