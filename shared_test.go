@@ -103,6 +103,27 @@ func newCMMember(t *testing.T, tokenURL string, clk Clock, storage certmagic.Sto
 // cmStorage is one instance's view of the fleet's storage directory.
 func cmStorage(dir string) *certmagic.FileStorage { return &certmagic.FileStorage{Path: dir} }
 
+// cmFleet is the usual two-member fleet: A and B share one storage folder
+// and one token server that issues tokens of expiresIn seconds, on one
+// fake clock.
+type cmFleet struct {
+	srv  *tokenServer
+	clk  *fakeClock
+	a, b *cmMember
+}
+
+// newCMFleet starts it; aOpts and bOpts configure each member after
+// newCMMember's defaults.
+func newCMFleet(t *testing.T, expiresIn int, aOpts, bOpts []func(*Config)) cmFleet {
+	t.Helper()
+	srv := newTokenServer(t, okToken(expiresIn))
+	clk := newFakeClock(t)
+	dir := t.TempDir()
+	a := newCMMember(t, srv.tokenURL(), clk, cmStorage(dir), aOpts...)
+	b := newCMMember(t, srv.tokenURL(), clk, cmStorage(dir), bOpts...)
+	return cmFleet{srv: srv, clk: clk, a: a, b: b}
+}
+
 func cmRand(v float64) func(*Config)          { return func(c *Config) { c.Rand = fixedRand(v) } }
 func cmLogger(l *zap.Logger) func(*Config)    { return func(c *Config) { c.Logger = l } }
 func cmTimeout(d time.Duration) func(*Config) { return func(c *Config) { c.Timeout = d } }
@@ -194,11 +215,8 @@ func assertCMLogsClean(t *testing.T, logs *observer.ObservedLogs, tokens ...stri
 // TestSharedFleetAdopts: the second instance of a fleet adopts the token the
 // first one fetched and stored, without a token request of its own.
 func TestSharedFleetAdopts(t *testing.T) {
-	srv := newTokenServer(t, okToken(3600))
-	clk := newFakeClock(t)
-	dir := t.TempDir()
-	a := newCMMember(t, srv.tokenURL(), clk, cmStorage(dir))
-	b := newCMMember(t, srv.tokenURL(), clk, cmStorage(dir))
+	f := newCMFleet(t, 3600, nil, nil)
+	srv, clk, a, b := f.srv, f.clk, f.a, f.b
 
 	ta := mustGet(t, a.Engine)
 	if n := srv.count(); n != 1 {
@@ -242,12 +260,9 @@ func TestSharedFleetAdopts(t *testing.T) {
 // refresh at different points of a token's life make the requests of one:
 // the earlier one refreshes and stores, the later one adopts.
 func TestSharedFleetRefresh(t *testing.T) {
-	srv := newTokenServer(t, okToken(3))
-	clk := newFakeClock(t)
-	dir := t.TempDir()
 	// A refreshes at 77.5% of a token's life, B at 79.5%: 60 ms later.
-	a := newCMMember(t, srv.tokenURL(), clk, cmStorage(dir), cmRand(0.5))
-	b := newCMMember(t, srv.tokenURL(), clk, cmStorage(dir), cmRand(0.9))
+	f := newCMFleet(t, 3, []func(*Config){cmRand(0.5)}, []func(*Config){cmRand(0.9)})
+	srv, clk, a, b := f.srv, f.clk, f.a, f.b
 
 	t1 := mustGet(t, a.Engine)
 	if got := mustGet(t, b.Engine); got.Value != t1.Value {
@@ -312,11 +327,8 @@ func TestSharedFleetRefresh(t *testing.T) {
 // instance that starts then fetches and stores a new one, which the
 // instance that held the old token adopts at its own refresh.
 func TestSharedFleetOldEntryNotAdopted(t *testing.T) {
-	srv := newTokenServer(t, okToken(100))
-	clk := newFakeClock(t)
-	dir := t.TempDir()
-	a := newCMMember(t, srv.tokenURL(), clk, cmStorage(dir))
-	b := newCMMember(t, srv.tokenURL(), clk, cmStorage(dir))
+	f := newCMFleet(t, 100, nil, nil)
+	srv, clk, a, b := f.srv, f.clk, f.a, f.b
 
 	ta1 := mustGet(t, a.Engine)
 	clk.BlockUntilTimers(1)
@@ -350,11 +362,8 @@ func TestSharedFleetOldEntryNotAdopted(t *testing.T) {
 // even though the stored one is the instance's own, fresh token; another
 // instance's Refresh then adopts that new token.
 func TestSharedFleetForcedRefresh(t *testing.T) {
-	srv := newTokenServer(t, okToken(3600))
-	clk := newFakeClock(t)
-	dir := t.TempDir()
-	a := newCMMember(t, srv.tokenURL(), clk, cmStorage(dir))
-	b := newCMMember(t, srv.tokenURL(), clk, cmStorage(dir))
+	f := newCMFleet(t, 3600, nil, nil)
+	srv, a, b := f.srv, f.a, f.b
 	t1 := mustGet(t, a.Engine)
 	mustGet(t, b.Engine)
 
@@ -380,11 +389,8 @@ func TestSharedFleetForcedRefresh(t *testing.T) {
 // the first instance to hear of it fetches and stores a new one; the next
 // instance told of the same rejection adopts that one.
 func TestSharedFleetInvalidate(t *testing.T) {
-	srv := newTokenServer(t, okToken(3600))
-	clk := newFakeClock(t)
-	dir := t.TempDir()
-	a := newCMMember(t, srv.tokenURL(), clk, cmStorage(dir))
-	b := newCMMember(t, srv.tokenURL(), clk, cmStorage(dir))
+	f := newCMFleet(t, 3600, nil, nil)
+	srv, clk, a, b := f.srv, f.clk, f.a, f.b
 
 	ta1, tb1 := mustGet(t, a.Engine), mustGet(t, b.Engine)
 	if ta1.Value != tb1.Value || srv.count() != 1 {
@@ -707,11 +713,8 @@ func TestSharedFleetRetryAfterFailedReplacement(t *testing.T) {
 // token costs no token request, so Invalidate's guard against 401 storms
 // must not hold B back: every rejection is answered by adoption at once.
 func TestSharedFleetRepeatedPeerRevocations(t *testing.T) {
-	srv := newTokenServer(t, okToken(3600))
-	clk := newFakeClock(t)
-	dir := t.TempDir()
-	a := newCMMember(t, srv.tokenURL(), clk, cmStorage(dir))
-	b := newCMMember(t, srv.tokenURL(), clk, cmStorage(dir))
+	f := newCMFleet(t, 3600, nil, nil)
+	clk, a, b := f.clk, f.a, f.b
 	mustGet(t, a.Engine)
 	tb := mustGet(t, b.Engine)
 	for i := range 5 {
