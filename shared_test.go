@@ -129,27 +129,13 @@ func cmLogger(l *zap.Logger) func(*Config)    { return func(c *Config) { c.Logge
 func cmTimeout(d time.Duration) func(*Config) { return func(c *Config) { c.Timeout = d } }
 func cmSecret(secret string) func(*Config)    { return func(c *Config) { c.ClientSecret = secret } }
 
-// cmDownStorage is a certmagic.Storage that is unreachable: every method
-// fails.
-type cmDownStorage struct{}
-
 var errCMStorageDown = errors.New("storage backend unreachable")
 
-func (cmDownStorage) Lock(context.Context, string) error   { return errCMStorageDown }
-func (cmDownStorage) Unlock(context.Context, string) error { return errCMStorageDown }
-func (cmDownStorage) Store(context.Context, string, []byte) error {
-	return errCMStorageDown
-}
-func (cmDownStorage) Load(context.Context, string) ([]byte, error) {
-	return nil, errCMStorageDown
-}
-func (cmDownStorage) Delete(context.Context, string) error { return errCMStorageDown }
-func (cmDownStorage) Exists(context.Context, string) bool  { return false }
-func (cmDownStorage) List(context.Context, string, bool) ([]string, error) {
-	return nil, errCMStorageDown
-}
-func (cmDownStorage) Stat(context.Context, string) (certmagic.KeyInfo, error) {
-	return certmagic.KeyInfo{}, errCMStorageDown
+// cmDownStorage is a storage that is unreachable: every call the shared
+// cache makes fails.
+func cmDownStorage() *fakeStorage {
+	e := errCMStorageDown
+	return &fakeStorage{loadErr: e, storeErr: e, lockErr: e, unlockErr: e}
 }
 
 // cmTrapStorage counts its calls (which all fail) and, once armed,
@@ -189,7 +175,6 @@ func (s *cmTrapStorage) Stat(context.Context, string) (certmagic.KeyInfo, error)
 }
 
 var (
-	_ certmagic.Storage = cmDownStorage{}
 	_ certmagic.Storage = (*cmTrapStorage)(nil)
 )
 
@@ -506,7 +491,7 @@ func TestSharedFleetStorageDown(t *testing.T) {
 	srv := newTokenServer(t, okToken(3600))
 	clk := newFakeClock(t)
 	core, logs := observer.New(zapcore.DebugLevel)
-	a := newCMMember(t, srv.tokenURL(), clk, cmDownStorage{}, cmLogger(zap.New(core)))
+	a := newCMMember(t, srv.tokenURL(), clk, cmDownStorage(), cmLogger(zap.New(core)))
 
 	tok1 := mustGet(t, a.Engine)
 	if n := srv.count(); n != 1 {
