@@ -57,7 +57,10 @@ var (
 
 // caddyBinTests are the tests that run the Caddy binary: TestMain starts
 // building it early when the run may include them.
-var caddyBinTests = []string{"TestFleetSharesOneTokenPerLifetime", "TestFleetRevokingServer", "TestRotationThroughCaddyReload"}
+var caddyBinTests = []string{
+	"TestFleetSharesOneTokenPerLifetime", "TestFleetRevokingServer", "TestRotationThroughCaddyReload",
+	"TestCaddyValidateCommandSendsNoTokenRequest",
+}
 
 // startCaddyBuild starts building the Caddy binary, once per test binary,
 // into the folder TestMain removes when the test binary ends.

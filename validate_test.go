@@ -4,20 +4,15 @@ import (
 	"encoding/json"
 	"fmt"
 	"io/fs"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	_ "github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
-
-	"github.com/deskoproxy/caddy-desko-auth/internal/deskotest"
 )
 
 // Issue 11 point 6: `caddy validate` (and `caddy adapt --validate`)
@@ -26,29 +21,6 @@ import (
 // config to run instead.
 
 const validateSecret = "validate-s3cr3t-never-sent"
-
-// countingTokenServer counts the requests it gets and signals the first.
-type countingTokenServer struct {
-	*httptest.Server
-	n   atomic.Int64
-	hit chan struct{}
-}
-
-func newCountingTokenServer(t *testing.T) *countingTokenServer {
-	t.Helper()
-	s := &countingTokenServer{hit: make(chan struct{}, 1)}
-	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		s.n.Add(1)
-		select {
-		case s.hit <- struct{}{}:
-		default:
-		}
-		w.Header().Set("Content-Type", "application/json")
-		fmt.Fprint(w, `{"token_type":"Bearer","expires_in":3600,"access_token":"validate-token"}`)
-	}))
-	t.Cleanup(s.Close)
-	return s
-}
 
 // validateCaddyfile is a complete Caddyfile with desko_auth in cluster mode
 // over a file_system storage in sharedDir.
@@ -98,14 +70,14 @@ func filesUnder(t *testing.T, dir string) []string {
 // storage (before the fix, the warm-up fetched a token and stored it, lock
 // file included).
 func TestValidateSendsNoTokenRequest(t *testing.T) {
-	srv := newCountingTokenServer(t)
+	srv := newTokenServer(t, okToken(3600))
 	t.Setenv("DESKO_VALIDATE_SECRET", validateSecret)
 	storageDir, sharedDir := t.TempDir(), t.TempDir()
 	adapter := caddyconfig.GetAdapter("caddyfile")
 	if adapter == nil {
 		t.Fatal("no caddyfile adapter")
 	}
-	cfgJSON, warnings, err := adapter.Adapt([]byte(validateCaddyfile(storageDir, sharedDir, srv.URL+deskotest.TokenPath)), nil)
+	cfgJSON, warnings, err := adapter.Adapt([]byte(validateCaddyfile(storageDir, sharedDir, srv.tokenURL())), nil)
 	if err != nil {
 		t.Fatalf("adapting: %v (%v)", err, warnings)
 	}
@@ -129,11 +101,11 @@ func TestValidateSendsNoTokenRequest(t *testing.T) {
 	// started at Provision) sends one within milliseconds: give it a
 	// moment to show up rather than pass by luck.
 	select {
-	case <-srv.hit:
+	case <-srv.arrived:
 		t.Errorf("validation sent a token request")
 	case <-time.After(300 * time.Millisecond):
 	}
-	if n := srv.n.Load(); n != 0 {
+	if n := srv.count(); n != 0 {
 		t.Errorf("validation sent %d token requests, want 0", n)
 	}
 	if files := filesUnder(t, sharedDir); len(files) != 0 {
@@ -149,10 +121,10 @@ func TestCaddyValidateCommandSendsNoTokenRequest(t *testing.T) {
 		t.Skip("builds a Caddy binary")
 	}
 	bin := buildCaddy(t)
-	srv := newCountingTokenServer(t)
+	srv := newTokenServer(t, okToken(3600))
 	dir, storageDir, sharedDir := t.TempDir(), t.TempDir(), t.TempDir()
 	cfgFile := filepath.Join(dir, "Caddyfile")
-	if err := os.WriteFile(cfgFile, []byte(validateCaddyfile(storageDir, sharedDir, srv.URL+deskotest.TokenPath)), 0o600); err != nil {
+	if err := os.WriteFile(cfgFile, []byte(validateCaddyfile(storageDir, sharedDir, srv.tokenURL())), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	for _, args := range [][]string{
@@ -166,7 +138,7 @@ func TestCaddyValidateCommandSendsNoTokenRequest(t *testing.T) {
 		}
 	}
 	srv.Close() // waits for the requests in progress
-	if n := srv.n.Load(); n != 0 {
+	if n := srv.count(); n != 0 {
 		t.Errorf("caddy validate / adapt --validate sent %d token requests, want 0", n)
 	}
 	if files := filesUnder(t, sharedDir); len(files) != 0 {
