@@ -46,6 +46,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    replay_body_limit <size>           # largest body kept for that; default 1MiB, 0 = no replay
 //	    replay_memory <size>               # process-wide budget for kept bodies; default 32MiB
 //	    warm_up       on|off               # fetch the first token at startup; default on
+//	    errors        desko|caddy          # no token: answer 502/503 here (desko) or via handle_errors (caddy)
 //	    shared_cache  [{                   # cluster mode: one token per fleet; default off
 //	        storage <module> [<args...>]   # default: the config's storage (global option)
 //	    }]
@@ -61,6 +62,15 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	for d.NextBlock(0) {
 		sub := d.Val()
 		switch sub {
+		case "errors":
+			v, err := oneArg(d)
+			if err != nil {
+				return err
+			}
+			if v != ErrorsDesko && v != ErrorsCaddy {
+				return d.Errf("errors: expected desko or caddy, got %q", v)
+			}
+			h.Errors = v
 		case "client_id", "client_secret", "token_url", "auth_style", "header", "prefix", "tls_ca":
 			v, err := oneArg(d)
 			if err != nil {

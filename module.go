@@ -5,7 +5,6 @@ package deskoauth
 
 import (
 	"cmp"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -16,7 +15,6 @@ import (
 	"net/http"
 	"net/url"
 	"regexp"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -98,6 +96,11 @@ type Handler struct {
 	// InsecureHTTP allows an http:// token URL to a host that is not
 	// loopback: the secret then crosses the network in clear text.
 	InsecureHTTP bool `json:"insecure_http,omitempty"`
+	// Errors says how a request that could not get a token is answered:
+	// "desko" (default) answers 502/503 here in Desko's error shape;
+	// "caddy" returns the error to Caddy, so that handle_errors routes
+	// answer it (with {http.desko_auth.error} and {http.error.status_code}).
+	Errors string `json:"errors,omitempty"`
 	// SharedCache, when present, shares tokens with every Caddy instance
 	// that uses the same storage (cluster mode).
 	SharedCache *SharedCache `json:"shared_cache,omitempty"`
@@ -133,6 +136,7 @@ type headerValue struct {
 type source struct {
 	key      string
 	engine   *Engine
+	obs      *sourceObserver
 	label    string
 	clientID string
 	tokenURL string
@@ -260,19 +264,24 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	// depend on the Provision ctx, and never uses ctx for its requests.
 	engineLog := sourceLogger(h.logger, label, clientID, tokenURL)
 	val, _, err := sources.LoadOrNew(h.key, func() (caddy.Destructor, error) {
+		obs := &sourceObserver{sourceMetrics: h.metrics, label: label}
 		cfg.Logger = engineLog
-		cfg.Observer = h.metrics
+		cfg.Observer = obs
 		e, err := NewEngine(cfg)
 		if err != nil {
 			return nil, err
 		}
-		return &source{key: h.key, engine: e, label: label, clientID: clientID, tokenURL: redactURL(tokenURL), scopes: h.Scopes}, nil
+		return &source{key: h.key, engine: e, obs: obs, label: label, clientID: clientID, tokenURL: redactURL(tokenURL), scopes: h.Scopes}, nil
 	})
 	if err != nil {
 		return fmt.Errorf("starting the token engine: %w", err)
 	}
 	h.src = val.(*source)
 	h.logger = engineLog
+	if err := h.src.obs.useEvents(ctx); err != nil {
+		_ = h.Cleanup()
+		return fmt.Errorf("loading the events app: %w", err)
+	}
 	if store != nil {
 		sc, err := newSharedCache(store, tokenURL, clientID, h.Scopes, sharedIdentity(cfg), secret)
 		if err != nil {
@@ -512,6 +521,9 @@ func (h *Handler) Validate() error {
 	if h.ReplayBodyLimit != nil && *h.ReplayBodyLimit < 0 {
 		return errors.New("replay_body_limit: must not be negative")
 	}
+	if h.Errors != "" && h.Errors != ErrorsDesko && h.Errors != ErrorsCaddy {
+		return fmt.Errorf("errors: %q is not desko or caddy", h.Errors)
+	}
 	if h.ReplayMemory != nil && *h.ReplayMemory < 0 {
 		return errors.New("replay_memory: must not be negative")
 	}
@@ -564,6 +576,9 @@ func (h *Handler) Cleanup() error {
 // carried was rejected, and, where the request can be sent again, it is
 // replayed once with a new token.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
+		repl.Set(phSource, h.src.label)
+	}
 	tok, err := h.src.engine.Get(r.Context())
 	if err != nil {
 		h.metrics.request("unavailable")
@@ -770,66 +785,6 @@ func (s *headerSnapshot) restoreInto(h http.Header) {
 	for i := range s.n {
 		h[s.keys[i]] = s.vals[i]
 	}
-}
-
-// The fixed messages of the answers to clients that no token could be had
-// for. They never hold what the token endpoint said, its address, or Go's
-// error text: those go to the operator's log under the correlation ID.
-const (
-	msgRejected    = "could not obtain a Desko access token: the token endpoint refused this proxy's credentials"
-	msgUnavailable = "could not obtain a Desko access token: the token endpoint is unavailable; try again later"
-)
-
-// unavailable answers a request that could not get a token, in Desko's
-// error shape: 502 when the credentials were rejected, 503 with Retry-After
-// when the failure is transient. The client gets a fixed message and a
-// correlation ID; the log line with the same ID has the (scrubbed) detail.
-func (h *Handler) unavailable(w http.ResponseWriter, r *http.Request, err error) error {
-	status := http.StatusServiceUnavailable
-	msg := msgUnavailable
-	var te *TokenError
-	if errors.As(err, &te) {
-		if te.Kind == KindRejected {
-			status, msg = http.StatusBadGateway, msgRejected
-		} else {
-			secs := int((te.RetryAfter + time.Second - 1) / time.Second)
-			w.Header().Set("Retry-After", strconv.Itoa(max(secs, 1)))
-		}
-	} else if r.Context().Err() != nil {
-		// The client went away while waiting; nobody reads this answer.
-		return caddyhttp.Error(499, err)
-	}
-	ref := correlationID(r)
-	h.logger.Warn("request answered without a token",
-		zap.String("correlation_id", ref),
-		zap.Int("status", status),
-		zap.String("error", err.Error()),
-		zap.String("method", r.Method),
-		zap.String("uri", r.URL.Path))
-	body, _ := json.Marshal(struct {
-		Error         int    `json:"error"`
-		ID            string `json:"id"`
-		Message       string `json:"message"`
-		CorrelationID string `json:"correlation_id"`
-	}{status, "desko_auth", msg, ref})
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
-	w.WriteHeader(status)
-	_, werr := w.Write(append(body, '\n'))
-	return werr
-}
-
-// correlationID is the request's Caddy UUID ({http.request.uuid}, which
-// access logs can show too), or a random ID outside Caddy.
-func correlationID(r *http.Request) string {
-	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
-		if id, ok := repl.GetString("http.request.uuid"); ok && id != "" {
-			return id
-		}
-	}
-	var b [16]byte
-	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
 }
 
 // Interface guards
