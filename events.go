@@ -1,6 +1,7 @@
 package deskoauth
 
 import (
+	"errors"
 	"sync/atomic"
 	"time"
 
@@ -38,10 +39,14 @@ type sourceObserver struct {
 	emit  atomic.Pointer[emitter]
 }
 
-// useEvents makes the observer emit through ctx's events app: each
-// Provision calls it, so the newest config's app is used.
+// useEvents makes the observer emit through ctx's events app (which the
+// http app loads): each Provision calls it, so the newest config's app is
+// used. Without an events app (a bare context) there are no events.
 func (o *sourceObserver) useEvents(ctx caddy.Context) error {
-	app, err := ctx.App("events")
+	app, err := ctx.AppIfConfigured("events")
+	if errors.Is(err, caddy.ErrNotConfigured) {
+		return nil
+	}
 	if err != nil {
 		return err
 	}
