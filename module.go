@@ -105,15 +105,16 @@ type Handler struct {
 	// that uses the same storage (cluster mode).
 	SharedCache *SharedCache `json:"shared_cache,omitempty"`
 
-	key      string
-	header   string // canonical name of the header that carries the token
-	prefix   string
-	src      *source
-	logger   *zap.Logger
-	metrics  *sourceMetrics
-	replay   bool
-	limit    int64
-	hdrCache *atomic.Pointer[headerValue]
+	key          string
+	transportKey string // the transports entry this handler holds
+	header       string // canonical name of the header that carries the token
+	prefix       string
+	src          *source
+	logger       *zap.Logger
+	metrics      *sourceMetrics
+	replay       bool
+	limit        int64
+	hdrCache     *atomic.Pointer[headerValue]
 }
 
 // SharedCache configures cluster mode: the token of a credential set is
@@ -203,7 +204,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 	}
 	style, _ := ParseAuthStyle(h.AuthStyle)
-	client, tlsFingerprint, err := h.tokenTransport()
+	client, tlsFingerprint, err := h.acquireTransport()
 	if err != nil {
 		return err
 	}
@@ -561,6 +562,10 @@ func checkDurationFloor(field string, d caddy.Duration, floor time.Duration) err
 func (h *Handler) Cleanup() error {
 	if h.ReplayMemory != nil {
 		setReplayMemory(h, -1)
+	}
+	if h.transportKey != "" {
+		_, _ = transports.Delete(h.transportKey)
+		h.transportKey = ""
 	}
 	if h.key == "" {
 		return nil

@@ -213,8 +213,10 @@ type Config struct {
 	Secrets []string
 
 	// HTTPClient sends the token requests. Nil means a client of the
-	// engine's own; its redirect policy is replaced in either case so that
-	// the secret is never sent to another host.
+	// engine's own, whose idle connections Close closes; a given client's
+	// transport may be shared with other engines and is left alone. Its
+	// redirect policy is replaced in either case so that the secret is
+	// never sent to another host.
 	HTTPClient *http.Client
 	// Clock defaults to the real clock.
 	Clock Clock
@@ -898,7 +900,9 @@ func (e *Engine) Close() error {
 	e.mu.Unlock()
 	close(e.stop)
 	<-e.exited
-	e.client.CloseIdleConnections()
+	if e.cfg.HTTPClient == nil {
+		e.client.CloseIdleConnections()
+	}
 	return nil
 }
 

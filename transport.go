@@ -13,21 +13,57 @@ import (
 	"os"
 	"strings"
 
+	"github.com/caddyserver/caddy/v2"
 	"golang.org/x/net/http/httpguts"
 )
 
 // This file is the network side of the token endpoint: TLS (custom CA,
 // client certificate) and the plain-http policy.
 
-// tokenTransport builds the HTTP client for the token endpoint. It returns
-// nil (the engine's default client: system roots, HTTPS_PROXY/NO_PROXY
-// honoured) when nothing is customised, and a fingerprint of the files it
-// read, so that a reload with changed files gets a new engine.
-func (h *Handler) tokenTransport() (*http.Client, string, error) {
-	if h.TLSCA == "" && len(h.TLSClientCert) == 0 {
-		return nil, "", nil
+// transports holds one *http.Transport per token-endpoint TLS
+// configuration (the default one, or a tls_ca / tls_client_cert set),
+// shared by every source that uses it: 200 credential sets toward one
+// endpoint share its keep-alive connections instead of holding 200. A
+// handler holds its transport from Provision to Cleanup; the last Cleanup
+// closes its idle connections (the transport stays usable for requests
+// still in flight).
+var transports = caddy.NewUsagePool()
+
+// sharedTransport is a transports entry.
+type sharedTransport struct{ *http.Transport }
+
+// Destruct closes the idle connections when no handler uses the transport.
+func (t sharedTransport) Destruct() error {
+	t.CloseIdleConnections()
+	return nil
+}
+
+// acquireTransport returns the shared client for the handler's TLS
+// configuration and the fingerprint of the files it read (part of a
+// source's identity, so that a reload with changed files gets a new
+// engine). Cleanup releases it.
+func (h *Handler) acquireTransport() (*http.Client, string, error) {
+	t, fp, err := h.tokenTransport()
+	if err != nil {
+		return nil, "", err
 	}
+	key := "tls:" + fp
+	val, _, err := transports.LoadOrNew(key, func() (caddy.Destructor, error) { return sharedTransport{t}, nil })
+	if err != nil {
+		return nil, "", fmt.Errorf("token endpoint transport: %w", err)
+	}
+	h.transportKey = key
+	return &http.Client{Transport: val.(sharedTransport).Transport}, fp, nil
+}
+
+// tokenTransport builds a transport for the token endpoint: the system's
+// roots and HTTPS_PROXY/NO_PROXY, or the configured CA and client
+// certificate; and a fingerprint of the files it read ("" for none).
+func (h *Handler) tokenTransport() (*http.Transport, string, error) {
 	t := http.DefaultTransport.(*http.Transport).Clone() // keeps ProxyFromEnvironment
+	if h.TLSCA == "" && len(h.TLSClientCert) == 0 {
+		return t, "", nil
+	}
 	t.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
 	fp := sha256.New()
 	if h.TLSCA != "" {
@@ -63,7 +99,7 @@ func (h *Handler) tokenTransport() (*http.Client, string, error) {
 		fp.Write(certPEM)
 		fp.Write(keyPEM)
 	}
-	return &http.Client{Transport: t}, hex.EncodeToString(fp.Sum(nil)), nil
+	return t, hex.EncodeToString(fp.Sum(nil)), nil
 }
 
 // isLoopbackHost reports whether the URL's host is localhost or a loopback
