@@ -14,7 +14,6 @@ import (
 	"strings"
 
 	"github.com/caddyserver/caddy/v2"
-	"golang.org/x/net/http/httpguts"
 )
 
 // This file is the network side of the token endpoint: TLS (custom CA,
@@ -111,87 +110,4 @@ func isLoopbackHost(u *url.URL) bool {
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
-}
-
-// lostHeaders are the header names that a token set in them never carries
-// to the upstream, with the reason.
-var lostHeaders = func() map[string]string {
-	m := map[string]string{
-		"Host":           "Go sends the request's host, never a Host header field",
-		"Content-Length": "Go sends the body's length, never a Content-Length header field",
-	}
-	// Caddy's reverse_proxy removes the hop-by-hop headers
-	// (modules/caddyhttp/reverseproxy hopHeaders).
-	for _, k := range []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
-		"Te", "Trailer", "Transfer-Encoding", "Upgrade"} {
-		m[k] = "it is a hop-by-hop header, which reverse_proxy removes"
-	}
-	return m
-}()
-
-// controlledHeaders are the token request headers that the module or Go's
-// HTTP client must control, with the reason.
-var controlledHeaders = func() map[string]string {
-	m := map[string]string{
-		"Authorization":    "it is set by the module for auth_style basic, and no other style may send one",
-		"Content-Type":     "the module sets it for the auth_style's body",
-		"Content-Length":   "Go's HTTP client sets it from the body",
-		"Host":             "Go's HTTP client sets it from token_url",
-		"Accept-Encoding":  "Go's HTTP client decompresses answers only when it chose the encoding itself; with this header set, gzip answers would not parse",
-		"Content-Encoding": "the module sends an unencoded body",
-		"Expect":           "Go's HTTP client handles 100-continue itself",
-	}
-	for _, k := range []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
-		"Te", "Trailer", "Transfer-Encoding", "Upgrade"} {
-		m[k] = "it is a hop-by-hop header, which Go's HTTP client manages"
-	}
-	return m
-}()
-
-// checkHeaderOptions validates the header, prefix and token_header options.
-func (h *Handler) checkHeaderOptions() error {
-	if h.Header != "" && !httpguts.ValidHeaderFieldName(h.Header) {
-		return fmt.Errorf("header: %q is not a valid header name", h.Header)
-	}
-	if why, ok := lostHeaders[http.CanonicalHeaderKey(h.Header)]; ok && h.Header != "" {
-		return fmt.Errorf("header: %s never reaches the upstream: %s", h.Header, why)
-	}
-	if h.Prefix != nil && !httpguts.ValidHeaderFieldValue(*h.Prefix) {
-		return errors.New("prefix: must not contain control characters")
-	}
-	canonical := make(map[string]bool, len(h.TokenHeaders))
-	for k, v := range h.TokenHeaders {
-		if !httpguts.ValidHeaderFieldName(k) {
-			return fmt.Errorf("token_header: %q is not a valid header name", k)
-		}
-		if why, ok := controlledHeaders[http.CanonicalHeaderKey(k)]; ok {
-			return fmt.Errorf("token_header: %s cannot be set: %s", k, why)
-		}
-		if !httpguts.ValidHeaderFieldValue(v) {
-			return fmt.Errorf("token_header %s: the value must not contain control characters", k)
-		}
-		// Header names are case-insensitive: two spellings of one name
-		// would each be Set, in map order, and either value could win.
-		ck := http.CanonicalHeaderKey(k)
-		if canonical[ck] {
-			return fmt.Errorf("token_header: %s given twice (header names are case-insensitive)", ck)
-		}
-		canonical[ck] = true
-	}
-	for k := range h.Params {
-		if k == "" {
-			return errors.New("param: empty name")
-		}
-		switch k {
-		case "grant_type", "client_id", "client_secret", "scope":
-			return fmt.Errorf("param: %s is set by the module itself", k)
-		}
-	}
-	if _, err := ParseAuthStyle(h.AuthStyle); err != nil {
-		return fmt.Errorf("auth_style: %w", err)
-	}
-	if len(h.TLSClientCert) != 0 && len(h.TLSClientCert) != 2 {
-		return errors.New("tls_client_cert: needs a certificate file and a key file")
-	}
-	return nil
 }
