@@ -173,7 +173,6 @@ func (h *Handler) engineConfig() (Config, string, error) {
 	if cfg.ClientSecret, err = expand("client_secret", h.ClientSecret); err != nil {
 		return cfg, "", err
 	}
-	cfg.TokenURL = DefaultTokenURL
 	if h.TokenURL != "" {
 		if cfg.TokenURL, err = expand("token_url", h.TokenURL); err != nil {
 			return cfg, "", err
@@ -202,9 +201,12 @@ func (h *Handler) engineConfig() (Config, string, error) {
 	}
 	cfg.Secrets = append(paramSecrets, headerSecrets...)
 	cfg.Scopes = h.Scopes
-	cfg.Timeout = cmp.Or(time.Duration(h.Timeout), DefaultTimeout)
-	cfg.DefaultTTL = cmp.Or(time.Duration(h.DefaultTTL), DefaultTTL)
+	cfg.Timeout = time.Duration(h.Timeout)
+	cfg.DefaultTTL = time.Duration(h.DefaultTTL)
 	cfg.AuthStyle, _ = ParseAuthStyle(h.AuthStyle) // Validate checked it
+	// Defaults now, so that a source's identity (sourceKey) is the same
+	// whether a default is written out or not.
+	cfg = cfg.withDefaults()
 	client, tlsFingerprint, err := h.acquireTransport()
 	if err != nil {
 		return cfg, "", err

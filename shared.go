@@ -189,7 +189,7 @@ func (e *Engine) adopt(ctx context.Context, s sharedStore, replacing *Token, avo
 		if st.AccessToken == replacing.Value {
 			return nil, nil
 		}
-	} else if cur := e.cur.Load(); (cur != nil && st.AccessToken == cur.Value) || wallNow.Sub(st.Obtained) >= life*3/4 {
+	} else if cur := e.cur.Load(); (cur != nil && st.AccessToken == cur.Value) || float64(wallNow.Sub(st.Obtained)) >= float64(life)*refreshPoint {
 		return nil, nil
 	}
 	e.sharedResult(result)

@@ -1,13 +1,13 @@
 package deskoauth
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/http"
-	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -29,6 +29,12 @@ const (
 	// DefaultTTL is the lifetime assumed for a token whose answer says
 	// nothing usable about its expiry.
 	DefaultTTL = 5 * time.Minute
+
+	// refreshPoint is the fraction of a token's lifetime at which the
+	// earliest refresh happens; each source adds up to refreshJitter more,
+	// so that a fleet does not refresh in lockstep.
+	refreshPoint  = 0.75
+	refreshJitter = 0.05
 
 	// maxBodyBytes caps how much of a token endpoint answer is read.
 	maxBodyBytes = 1 << 20
@@ -173,55 +179,45 @@ type Engine struct {
 	exited chan struct{}
 }
 
-// NewEngine validates cfg and starts an engine. The engine's background
-// refresher runs until Close.
+// reservedParams are the token request parameters the engine sets itself;
+// Config.Params must not hold them (the handler's Validate checks that).
+var reservedParams = []string{"grant_type", "client_id", "client_secret", "scope"}
+
+// withDefaults returns c with the defaults applied; it is the one place
+// they are.
+func (c Config) withDefaults() Config {
+	c.TokenURL = cmp.Or(c.TokenURL, DefaultTokenURL)
+	c.Timeout = cmp.Or(c.Timeout, DefaultTimeout)
+	c.DefaultTTL = cmp.Or(c.DefaultTTL, DefaultTTL)
+	if c.Clock == nil {
+		c.Clock = realClock{}
+	}
+	if c.Logger == nil {
+		c.Logger = zap.NewNop()
+	}
+	if c.Rand == nil {
+		c.Rand = rand.Float64
+	}
+	return c
+}
+
+// NewEngine starts an engine for cfg, with the defaults applied. It trusts
+// cfg: the handler's Validate checked the written configuration. The
+// engine's background refresher runs until Close.
 func NewEngine(cfg Config) (*Engine, error) {
-	if cfg.TokenURL == "" {
-		cfg.TokenURL = DefaultTokenURL
-	}
-	u, err := url.Parse(cfg.TokenURL)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, errors.New("token_url must be an absolute http:// or https:// URL")
-	}
-	if cfg.ClientID == "" {
-		return nil, errors.New("client_id is required")
-	}
-	if cfg.ClientSecret == "" {
-		return nil, errors.New("client_secret is required")
-	}
-	if cfg.Timeout < 0 || cfg.DefaultTTL < 0 {
-		return nil, errors.New("timeout and default_ttl must be positive")
-	}
-	if cfg.Timeout == 0 {
-		cfg.Timeout = DefaultTimeout
-	}
-	if cfg.DefaultTTL == 0 {
-		cfg.DefaultTTL = DefaultTTL
-	}
-	if cfg.Clock == nil {
-		cfg.Clock = realClock{}
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = zap.NewNop()
-	}
-	if cfg.Rand == nil {
-		cfg.Rand = rand.Float64
-	}
-	fields := map[string]string{}
-	for k, v := range cfg.Params {
-		fields[k] = v
-	}
-	for k, v := range map[string]string{"grant_type": "client_credentials", "client_id": cfg.ClientID, "client_secret": cfg.ClientSecret} {
-		if _, dup := fields[k]; dup {
-			return nil, fmt.Errorf("param %s: is set by the module itself", k)
-		}
-		fields[k] = v
+	cfg = cfg.withDefaults()
+	fields := map[string]string{
+		"grant_type":    "client_credentials",
+		"client_id":     cfg.ClientID,
+		"client_secret": cfg.ClientSecret,
 	}
 	if len(cfg.Scopes) > 0 {
-		if _, dup := fields["scope"]; dup {
-			return nil, errors.New("param scope: use scope instead")
-		}
 		fields["scope"] = strings.Join(cfg.Scopes, " ")
+	}
+	for k, v := range cfg.Params {
+		if !slices.Contains(reservedParams, k) {
+			fields[k] = v
+		}
 	}
 	body, err := json.Marshal(fields)
 	if err != nil {
@@ -362,7 +358,7 @@ func (e *Engine) fetch(c *call) {
 	e.mu.Lock()
 	attempt := e.failures + 1
 	if terr == nil {
-		tok.refreshAt = tok.obtained.Add(time.Duration(float64(tok.expiry.Sub(tok.obtained)) * (0.75 + 0.05*e.rand())))
+		tok.refreshAt = tok.obtained.Add(time.Duration(float64(tok.expiry.Sub(tok.obtained)) * (refreshPoint + refreshJitter*e.rand())))
 		recovered := e.lastErr != nil
 		first := !e.everOK
 		e.lastErr, e.failures, e.nextAttempt, e.everOK = nil, 0, time.Time{}, true

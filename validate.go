@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -127,9 +128,8 @@ func (h *Handler) checkHeaderOptions() error {
 		if k == "" {
 			return errors.New("param: empty name")
 		}
-		switch k {
-		case "grant_type", "client_id", "client_secret", "scope":
-			return fmt.Errorf("param: %s is set by the module itself", k)
+		if slices.Contains(reservedParams, k) {
+			return fmt.Errorf("param: %s is set by the module itself (scopes go in scope)", k)
 		}
 	}
 	if _, err := ParseAuthStyle(h.AuthStyle); err != nil {
