@@ -101,6 +101,8 @@ func (e *Engine) obtain(ctx context.Context, replacing *Token, avoid string) (to
 			defer close(released)
 			unlock()
 		}()
+		// A real timer on purpose: this bounds a wait on real storage I/O,
+		// which the engine's (possibly fake) clock does not drive.
 		t := time.NewTimer(wait)
 		defer t.Stop()
 		select {

@@ -121,7 +121,7 @@ func (e *Engine) statusError(resp *http.Response, body []byte) *TokenError {
 	switch {
 	case resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusRequestTimeout || resp.StatusCode >= 500:
 		te.Kind = KindTransient
-		te.RetryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
+		te.RetryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), e.clock.Now().Round(0))
 	case resp.StatusCode >= 300 && resp.StatusCode < 400:
 		te.Kind = KindRejected
 		te.Message = "redirect not followed (check token_url)"
