@@ -59,40 +59,37 @@ func checkDurationFloor(field string, d caddy.Duration, floor time.Duration) err
 		field, time.Duration(d), floor)
 }
 
-// lostHeaders are the header names that a token set in them never carries
-// to the upstream, with the reason.
-var lostHeaders = func() map[string]string {
-	m := map[string]string{
-		"Host":           "Go sends the request's host, never a Host header field",
-		"Content-Length": "Go sends the body's length, never a Content-Length header field",
-	}
-	// Caddy's reverse_proxy removes the hop-by-hop headers
-	// (modules/caddyhttp/reverseproxy hopHeaders).
-	for _, k := range []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
-		"Te", "Trailer", "Transfer-Encoding", "Upgrade"} {
-		m[k] = "it is a hop-by-hop header, which reverse_proxy removes"
+// hopByHopHeaders are the headers that every proxy and Go's HTTP client
+// manage per connection (Caddy's reverse_proxy hopHeaders).
+var hopByHopHeaders = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
+	"Te", "Trailer", "Transfer-Encoding", "Upgrade"}
+
+// withHopByHop adds the hop-by-hop headers to m, with the reason why.
+func withHopByHop(m map[string]string, why string) map[string]string {
+	for _, k := range hopByHopHeaders {
+		m[k] = why
 	}
 	return m
-}()
+}
+
+// lostHeaders are the header names that a token set in them never carries
+// to the upstream, with the reason.
+var lostHeaders = withHopByHop(map[string]string{
+	"Host":           "Go sends the request's host, never a Host header field",
+	"Content-Length": "Go sends the body's length, never a Content-Length header field",
+}, "it is a hop-by-hop header, which reverse_proxy removes")
 
 // controlledHeaders are the token request headers that the module or Go's
 // HTTP client must control, with the reason.
-var controlledHeaders = func() map[string]string {
-	m := map[string]string{
-		"Authorization":    "it is set by the module for auth_style basic, and no other style may send one",
-		"Content-Type":     "the module sets it for the auth_style's body",
-		"Content-Length":   "Go's HTTP client sets it from the body",
-		"Host":             "Go's HTTP client sets it from token_url",
-		"Accept-Encoding":  "Go's HTTP client decompresses answers only when it chose the encoding itself; with this header set, gzip answers would not parse",
-		"Content-Encoding": "the module sends an unencoded body",
-		"Expect":           "Go's HTTP client handles 100-continue itself",
-	}
-	for _, k := range []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
-		"Te", "Trailer", "Transfer-Encoding", "Upgrade"} {
-		m[k] = "it is a hop-by-hop header, which Go's HTTP client manages"
-	}
-	return m
-}()
+var controlledHeaders = withHopByHop(map[string]string{
+	"Authorization":    "it is set by the module for auth_style basic, and no other style may send one",
+	"Content-Type":     "the module sets it for the auth_style's body",
+	"Content-Length":   "Go's HTTP client sets it from the body",
+	"Host":             "Go's HTTP client sets it from token_url",
+	"Accept-Encoding":  "Go's HTTP client decompresses answers only when it chose the encoding itself; with this header set, gzip answers would not parse",
+	"Content-Encoding": "the module sends an unencoded body",
+	"Expect":           "Go's HTTP client handles 100-continue itself",
+}, "it is a hop-by-hop header, which Go's HTTP client manages")
 
 // checkHeaderOptions validates the header, prefix and token_header options.
 func (h *Handler) checkHeaderOptions() error {
