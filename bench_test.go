@@ -4,7 +4,7 @@ package deskoauth
 //
 //	go test -run XXX -bench . -benchmem -count 5 .
 //
-// and see BENCHMARKS.md for results and the end-to-end load comparison
+// and see bench/BENCHMARKS.md for results and the end-to-end load comparison
 // (bench/run.sh).
 
 import (

@@ -46,6 +46,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    replay_body_limit <size>           # largest body kept for that; default 1MiB, 0 = no replay
 //	    replay_memory <size>               # process-wide budget for kept bodies; default 32MiB
 //	    warm_up       on|off               # fetch the first token at startup; default on
+//	    errors        desko|caddy          # no token: answer 502/503 here (desko) or via handle_errors (caddy)
 //	    shared_cache  [{                   # cluster mode: one token per fleet; default off
 //	        storage <module> [<args...>]   # default: the config's storage (global option)
 //	    }]
@@ -59,129 +60,167 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		return d.Errf("desko_auth: unexpected argument %q; the directive takes only an optional matcher and a block", d.Val())
 	}
 	for d.NextBlock(0) {
-		sub := d.Val()
-		switch sub {
-		case "client_id", "client_secret", "token_url", "auth_style", "header", "prefix", "tls_ca":
-			v, err := oneArg(d)
-			if err != nil {
-				return err
-			}
-			switch sub {
-			case "client_id":
-				h.ClientID = v
-			case "client_secret":
-				h.ClientSecret = v
-			case "token_url":
-				h.TokenURL = v
-			case "auth_style":
-				if _, err := ParseAuthStyle(v); err != nil {
-					return d.Errf("auth_style: %v", err)
-				}
-				h.AuthStyle = v
-			case "header":
-				h.Header = v
-			case "prefix":
-				h.Prefix = &v
-			default:
-				h.TLSCA = v
-			}
-		case "param", "token_header":
-			args := d.RemainingArgs()
-			if len(args) != 2 {
-				return d.Errf("%s: takes a name and a value", sub)
-			}
-			m := &h.Params
-			if sub == "token_header" {
-				m = &h.TokenHeaders
-			}
-			if *m == nil {
-				*m = map[string]string{}
-			}
-			if _, dup := (*m)[args[0]]; dup {
-				return d.Errf("%s: %s given twice", sub, args[0])
-			}
-			(*m)[args[0]] = args[1]
-		case "tls_client_cert":
-			args := d.RemainingArgs()
-			if len(args) != 2 {
-				return d.Errf("tls_client_cert: takes a certificate file and a key file")
-			}
-			h.TLSClientCert = args
-		case "insecure_http":
-			if d.NextArg() {
-				return d.Errf("insecure_http: takes no arguments")
-			}
-			h.InsecureHTTP = true
-		case "scope":
-			args := d.RemainingArgs()
-			if len(args) == 0 {
-				return d.Errf("scope: needs at least one scope")
-			}
-			n := len(h.Scopes)
-			for _, a := range args {
-				h.Scopes = append(h.Scopes, strings.Fields(a)...)
-			}
-			if len(h.Scopes) == n { // only blank arguments, e.g. scope ""
-				return d.Errf("scope: needs at least one scope")
-			}
-		case "timeout", "default_ttl":
-			v, err := oneArg(d)
-			if err != nil {
-				return err
-			}
-			dur, err := caddy.ParseDuration(v)
-			if err != nil {
-				return d.Errf("%s: invalid duration %q: %v", sub, v, err)
-			}
-			if dur <= 0 {
-				return d.Errf("%s: must be positive, got %s", sub, v)
-			}
-			if sub == "timeout" {
-				h.Timeout = caddy.Duration(dur)
-			} else {
-				h.DefaultTTL = caddy.Duration(dur)
-			}
-		case "retry_on_unauthorized", "warm_up":
-			v, err := oneArg(d)
-			if err != nil {
-				return err
-			}
-			var on bool
-			switch v {
-			case "on":
-				on = true
-			case "off":
-			default:
-				return d.Errf("%s: expected on or off, got %q", sub, v)
-			}
-			if sub == "warm_up" {
-				h.WarmUp = &on
-			} else {
-				h.RetryOnUnauthorized = &on
-			}
-		case "shared_cache":
-			if err := h.unmarshalSharedCache(d); err != nil {
-				return err
-			}
-		case "replay_body_limit", "replay_memory":
-			v, err := oneArg(d)
-			if err != nil {
-				return err
-			}
-			n, err := parseSize(v)
-			if err != nil {
-				return d.Errf("%s: invalid size %q (e.g. 64KiB, 1MB, 0)", sub, v)
-			}
-			if sub == "replay_memory" {
-				h.ReplayMemory = &n
-			} else {
-				h.ReplayBodyLimit = &n
-			}
-		default:
-			return d.Errf("unknown subdirective %q", sub)
+		parse, ok := subdirectives[d.Val()]
+		if !ok {
+			return d.Errf("unknown subdirective %q", d.Val())
+		}
+		if err := parse(h, d); err != nil {
+			return err
 		}
 	}
 	return nil
+}
+
+// subdirectives parse each subdirective of desko_auth into the handler.
+var subdirectives = map[string]func(h *Handler, d *caddyfile.Dispenser) error{
+	"client_id":     stringArg(func(h *Handler) *string { return &h.ClientID }),
+	"client_secret": stringArg(func(h *Handler) *string { return &h.ClientSecret }),
+	"token_url":     stringArg(func(h *Handler) *string { return &h.TokenURL }),
+	"header":        stringArg(func(h *Handler) *string { return &h.Header }),
+	"tls_ca":        stringArg(func(h *Handler) *string { return &h.TLSCA }),
+	"prefix": func(h *Handler, d *caddyfile.Dispenser) error {
+		v, err := oneArg(d)
+		h.Prefix = &v
+		return err
+	},
+	"auth_style": func(h *Handler, d *caddyfile.Dispenser) error {
+		v, err := oneArg(d)
+		if err != nil {
+			return err
+		}
+		if _, err := ParseAuthStyle(v); err != nil {
+			return d.Errf("auth_style: %v", err)
+		}
+		h.AuthStyle = v
+		return nil
+	},
+	"errors": func(h *Handler, d *caddyfile.Dispenser) error {
+		v, err := oneArg(d)
+		if err != nil {
+			return err
+		}
+		if v != ErrorsDesko && v != ErrorsCaddy {
+			return d.Errf("errors: expected desko or caddy, got %q", v)
+		}
+		h.Errors = v
+		return nil
+	},
+	"param":        pairArg(func(h *Handler) *map[string]string { return &h.Params }),
+	"token_header": pairArg(func(h *Handler) *map[string]string { return &h.TokenHeaders }),
+	"tls_client_cert": func(h *Handler, d *caddyfile.Dispenser) error {
+		args := d.RemainingArgs()
+		if len(args) != 2 {
+			return d.Errf("tls_client_cert: takes a certificate file and a key file")
+		}
+		h.TLSClientCert = args
+		return nil
+	},
+	"insecure_http": func(h *Handler, d *caddyfile.Dispenser) error {
+		if d.NextArg() {
+			return d.Errf("insecure_http: takes no arguments")
+		}
+		h.InsecureHTTP = true
+		return nil
+	},
+	"scope": func(h *Handler, d *caddyfile.Dispenser) error {
+		n := len(h.Scopes)
+		for _, a := range d.RemainingArgs() {
+			h.Scopes = append(h.Scopes, strings.Fields(a)...)
+		}
+		if len(h.Scopes) == n { // no argument, or only blank ones (scope "")
+			return d.Errf("scope: needs at least one scope")
+		}
+		return nil
+	},
+	"timeout":               durationArg(func(h *Handler) *caddy.Duration { return &h.Timeout }),
+	"default_ttl":           durationArg(func(h *Handler) *caddy.Duration { return &h.DefaultTTL }),
+	"retry_on_unauthorized": onOffArg(func(h *Handler) **bool { return &h.RetryOnUnauthorized }),
+	"warm_up":               onOffArg(func(h *Handler) **bool { return &h.WarmUp }),
+	"replay_body_limit":     sizeArg(func(h *Handler) **int64 { return &h.ReplayBodyLimit }),
+	"replay_memory":         sizeArg(func(h *Handler) **int64 { return &h.ReplayMemory }),
+	"shared_cache":          (*Handler).unmarshalSharedCache,
+}
+
+// stringArg parses a subdirective of one argument into a string field.
+func stringArg(field func(*Handler) *string) func(*Handler, *caddyfile.Dispenser) error {
+	return func(h *Handler, d *caddyfile.Dispenser) error {
+		v, err := oneArg(d)
+		*field(h) = v
+		return err
+	}
+}
+
+// pairArg parses a repeatable `<name> <value>` subdirective into a map.
+func pairArg(field func(*Handler) *map[string]string) func(*Handler, *caddyfile.Dispenser) error {
+	return func(h *Handler, d *caddyfile.Dispenser) error {
+		sub, args := d.Val(), d.RemainingArgs()
+		if len(args) != 2 {
+			return d.Errf("%s: takes a name and a value", sub)
+		}
+		m := field(h)
+		if *m == nil {
+			*m = map[string]string{}
+		}
+		if _, dup := (*m)[args[0]]; dup {
+			return d.Errf("%s: %s given twice", sub, args[0])
+		}
+		(*m)[args[0]] = args[1]
+		return nil
+	}
+}
+
+// durationArg parses a positive duration such as 10s or 5m.
+func durationArg(field func(*Handler) *caddy.Duration) func(*Handler, *caddyfile.Dispenser) error {
+	return func(h *Handler, d *caddyfile.Dispenser) error {
+		sub := d.Val()
+		v, err := oneArg(d)
+		if err != nil {
+			return err
+		}
+		dur, err := caddy.ParseDuration(v)
+		if err != nil {
+			return d.Errf("%s: invalid duration %q: %v", sub, v, err)
+		}
+		if dur <= 0 {
+			return d.Errf("%s: must be positive, got %s", sub, v)
+		}
+		*field(h) = caddy.Duration(dur)
+		return nil
+	}
+}
+
+// onOffArg parses on or off.
+func onOffArg(field func(*Handler) **bool) func(*Handler, *caddyfile.Dispenser) error {
+	return func(h *Handler, d *caddyfile.Dispenser) error {
+		sub := d.Val()
+		v, err := oneArg(d)
+		if err != nil {
+			return err
+		}
+		if v != "on" && v != "off" {
+			return d.Errf("%s: expected on or off, got %q", sub, v)
+		}
+		on := v == "on"
+		*field(h) = &on
+		return nil
+	}
+}
+
+// sizeArg parses a byte size such as 0, 4096, 64KiB or 1MB.
+func sizeArg(field func(*Handler) **int64) func(*Handler, *caddyfile.Dispenser) error {
+	return func(h *Handler, d *caddyfile.Dispenser) error {
+		sub := d.Val()
+		v, err := oneArg(d)
+		if err != nil {
+			return err
+		}
+		n, err := parseSize(v)
+		if err != nil {
+			return d.Errf("%s: invalid size %q (e.g. 64KiB, 1MB, 0)", sub, v)
+		}
+		*field(h) = &n
+		return nil
+	}
 }
 
 // unmarshalSharedCache parses `shared_cache` or

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/hex"
+	"errors"
 	"html"
 	"net/url"
 	"slices"
@@ -378,4 +379,16 @@ func decodeEntity(b []byte) ([]byte, int) {
 		return nil, 0
 	}
 	return []byte(dec), end + 1
+}
+
+// scrub removes the secrets from text that came from elsewhere, in any
+// common escaping (see scrub.go).
+func (e *Engine) scrub(s string) string { return e.secretScrub.Scrub(s) }
+
+func (e *Engine) scrubErr(err error) error {
+	msg := err.Error()
+	if scrubbed := e.scrub(msg); scrubbed != msg {
+		return errors.New(scrubbed)
+	}
+	return err
 }

@@ -18,6 +18,10 @@ type sharedStore interface {
 	load(ctx context.Context) (*storedToken, error)
 	store(ctx context.Context, t *storedToken) error
 	lock(ctx context.Context) (unlock func(), err error)
+	// succeed is called when the store replaces prev as the engine's
+	// store after a reload: it may take over prev's state (the gate of
+	// a call stuck in a wedged storage).
+	succeed(prev sharedStore)
 }
 
 type sharedHolder struct{ s sharedStore }
@@ -44,15 +48,8 @@ func (e *Engine) setShared(s sharedStore) {
 		e.shared.Store(nil)
 		return
 	}
-	// The storage calls of one engine go through one gate, across reloads:
-	// a call stuck in a wedged storage is not joined by a new one each time
-	// a config is loaded.
-	if sc, ok := s.(*sharedCache); ok {
-		if old := e.shared.Load(); old != nil {
-			if prev, ok := old.s.(*sharedCache); ok && prev.key == sc.key {
-				sc.gate = prev.gate
-			}
-		}
+	if old := e.shared.Load(); old != nil {
+		s.succeed(old.s)
 	}
 	e.shared.Store(&sharedHolder{s})
 }
@@ -104,6 +101,8 @@ func (e *Engine) obtain(ctx context.Context, replacing *Token, avoid string) (to
 			defer close(released)
 			unlock()
 		}()
+		// A real timer on purpose: this bounds a wait on real storage I/O,
+		// which the engine's (possibly fake) clock does not drive.
 		t := time.NewTimer(wait)
 		defer t.Stop()
 		select {
@@ -192,7 +191,7 @@ func (e *Engine) adopt(ctx context.Context, s sharedStore, replacing *Token, avo
 		if st.AccessToken == replacing.Value {
 			return nil, nil
 		}
-	} else if cur := e.cur.Load(); (cur != nil && st.AccessToken == cur.Value) || wallNow.Sub(st.Obtained) >= life*3/4 {
+	} else if cur := e.cur.Load(); (cur != nil && st.AccessToken == cur.Value) || float64(wallNow.Sub(st.Obtained)) >= float64(life)*refreshPoint {
 		return nil, nil
 	}
 	e.sharedResult(result)
@@ -226,4 +225,14 @@ func (e *Engine) sharedOK() {
 	}
 }
 
-var _ sharedStore = (*sharedCache)(nil)
+// errStorageStuck is returned (wrapped) by the sharedCache methods when an
+// earlier storage call of the same entry has outlived its deadline and not
+// returned yet: the storage is not called again until it does.
+var errStorageStuck = errors.New("an earlier call to the storage has not returned yet; not calling it again")
+
+// storedToken is what the fleet shares: the token and its wall-clock times.
+type storedToken struct {
+	AccessToken string    `json:"access_token"`
+	Obtained    time.Time `json:"obtained"`
+	Expiry      time.Time `json:"expiry"`
+}

@@ -72,18 +72,6 @@ const (
 // plugin writes ever looks like that.
 var errCacheCorrupt = errors.New("shared token cache entry is corrupt")
 
-// errStorageStuck is returned (wrapped) by the sharedCache methods when an
-// earlier storage call of the same entry has outlived its deadline and not
-// returned yet: the storage is not called again until it does.
-var errStorageStuck = errors.New("an earlier call to the storage has not returned yet; not calling it again")
-
-// storedToken is what the fleet shares: the token and its wall-clock times.
-type storedToken struct {
-	AccessToken string    `json:"access_token"`
-	Obtained    time.Time `json:"obtained"`
-	Expiry      time.Time `json:"expiry"`
-}
-
 // sharedEnvelope is the stored form of an entry. Nonce and Ciphertext are
 // base64 (standard encoding, as encoding/json does for []byte).
 type sharedEnvelope struct {
@@ -361,6 +349,16 @@ func (c *sharedCache) store(ctx context.Context, t *storedToken) error {
 	return nil
 }
 
+// succeed takes over the gate of the entry this one replaces after a
+// reload: the storage calls of one engine go through one gate, so a call
+// stuck in a wedged storage is not joined by a new one each time a config
+// is loaded.
+func (c *sharedCache) succeed(prev sharedStore) {
+	if p, ok := prev.(*sharedCache); ok && p.key == c.key {
+		c.gate = p.gate
+	}
+}
+
 // lock takes the storage's lock for this entry (named
 // desko_auth_token_<hash>; with certmagic.FileStorage, the file
 // <storage path>/locks/desko_auth_token_<hash>.lock).
@@ -538,3 +536,5 @@ func (g *storageGate) isStuck() bool {
 	defer g.mu.Unlock()
 	return g.stuck != ""
 }
+
+var _ sharedStore = (*sharedCache)(nil)

@@ -193,10 +193,10 @@ func TestTLSEngineMutualTLS(t *testing.T) {
 			t.Fatalf("tokenTransport: %v", err)
 		}
 		if client == nil || fp == "" {
-			t.Fatalf("tokenTransport returned client %v, fingerprint %q: want a custom client", client, fp)
+			t.Fatalf("tokenTransport returned transport %v, fingerprint %q: want a custom one", client, fp)
 		}
 		return newTestEngine(t, srv.tokenURL(), newFakeClock(t), func(c *Config) {
-			c.ClientID, c.ClientSecret, c.HTTPClient = testClientID, testSecret, client
+			c.ClientID, c.ClientSecret, c.HTTPClient = testClientID, testSecret, &http.Client{Transport: client}
 		})
 	}
 
@@ -279,8 +279,8 @@ func TestTLSTokenTransportFiles(t *testing.T) {
 	}
 
 	t.Run("fingerprint", func(t *testing.T) {
-		if c, fp, err := (&Handler{}).tokenTransport(); c != nil || fp != "" || err != nil {
-			t.Errorf("nothing customised: %v %q %v, want the engine's default client", c, fp, err)
+		if c, fp, err := (&Handler{}).tokenTransport(); c == nil || (c.TLSClientConfig != nil && (c.TLSClientConfig.RootCAs != nil || len(c.TLSClientConfig.Certificates) > 0)) || c.Proxy == nil || fp != "" || err != nil {
+			t.Errorf("nothing customised: %v %q %v, want a default transport (system roots, proxy from the environment) and no fingerprint", c, fp, err)
 		}
 		h := Handler{TLSCA: pki.caFile, TLSClientCert: []string{pki.clientCertFile, pki.clientKeyFile}}
 		_, fp1, err := h.tokenTransport()

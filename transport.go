@@ -13,21 +13,56 @@ import (
 	"os"
 	"strings"
 
-	"golang.org/x/net/http/httpguts"
+	"github.com/caddyserver/caddy/v2"
 )
 
 // This file is the network side of the token endpoint: TLS (custom CA,
 // client certificate) and the plain-http policy.
 
-// tokenTransport builds the HTTP client for the token endpoint. It returns
-// nil (the engine's default client: system roots, HTTPS_PROXY/NO_PROXY
-// honoured) when nothing is customised, and a fingerprint of the files it
-// read, so that a reload with changed files gets a new engine.
-func (h *Handler) tokenTransport() (*http.Client, string, error) {
-	if h.TLSCA == "" && len(h.TLSClientCert) == 0 {
-		return nil, "", nil
+// transports holds one *http.Transport per token-endpoint TLS
+// configuration (the default one, or a tls_ca / tls_client_cert set),
+// shared by every source that uses it: 200 credential sets toward one
+// endpoint share its keep-alive connections instead of holding 200. A
+// handler holds its transport from Provision to Cleanup; the last Cleanup
+// closes its idle connections (the transport stays usable for requests
+// still in flight).
+var transports = caddy.NewUsagePool()
+
+// sharedTransport is a transports entry.
+type sharedTransport struct{ *http.Transport }
+
+// Destruct closes the idle connections when no handler uses the transport.
+func (t sharedTransport) Destruct() error {
+	t.CloseIdleConnections()
+	return nil
+}
+
+// acquireTransport returns the shared client for the handler's TLS
+// configuration and the fingerprint of the files it read (part of a
+// source's identity, so that a reload with changed files gets a new
+// engine). Cleanup releases it.
+func (h *Handler) acquireTransport() (*http.Client, string, error) {
+	t, fp, err := h.tokenTransport()
+	if err != nil {
+		return nil, "", err
 	}
+	key := "tls:" + fp
+	val, _, err := transports.LoadOrNew(key, func() (caddy.Destructor, error) { return sharedTransport{t}, nil })
+	if err != nil {
+		return nil, "", fmt.Errorf("token endpoint transport: %w", err)
+	}
+	h.transportKey = key
+	return &http.Client{Transport: val.(sharedTransport).Transport}, fp, nil
+}
+
+// tokenTransport builds a transport for the token endpoint: the system's
+// roots and HTTPS_PROXY/NO_PROXY, or the configured CA and client
+// certificate; and a fingerprint of the files it read ("" for none).
+func (h *Handler) tokenTransport() (*http.Transport, string, error) {
 	t := http.DefaultTransport.(*http.Transport).Clone() // keeps ProxyFromEnvironment
+	if h.TLSCA == "" && len(h.TLSClientCert) == 0 {
+		return t, "", nil
+	}
 	t.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
 	fp := sha256.New()
 	if h.TLSCA != "" {
@@ -63,7 +98,7 @@ func (h *Handler) tokenTransport() (*http.Client, string, error) {
 		fp.Write(certPEM)
 		fp.Write(keyPEM)
 	}
-	return &http.Client{Transport: t}, hex.EncodeToString(fp.Sum(nil)), nil
+	return t, hex.EncodeToString(fp.Sum(nil)), nil
 }
 
 // isLoopbackHost reports whether the URL's host is localhost or a loopback
@@ -75,87 +110,4 @@ func isLoopbackHost(u *url.URL) bool {
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
-}
-
-// lostHeaders are the header names that a token set in them never carries
-// to the upstream, with the reason.
-var lostHeaders = func() map[string]string {
-	m := map[string]string{
-		"Host":           "Go sends the request's host, never a Host header field",
-		"Content-Length": "Go sends the body's length, never a Content-Length header field",
-	}
-	// Caddy's reverse_proxy removes the hop-by-hop headers
-	// (modules/caddyhttp/reverseproxy hopHeaders).
-	for _, k := range []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
-		"Te", "Trailer", "Transfer-Encoding", "Upgrade"} {
-		m[k] = "it is a hop-by-hop header, which reverse_proxy removes"
-	}
-	return m
-}()
-
-// controlledHeaders are the token request headers that the module or Go's
-// HTTP client must control, with the reason.
-var controlledHeaders = func() map[string]string {
-	m := map[string]string{
-		"Authorization":    "it is set by the module for auth_style basic, and no other style may send one",
-		"Content-Type":     "the module sets it for the auth_style's body",
-		"Content-Length":   "Go's HTTP client sets it from the body",
-		"Host":             "Go's HTTP client sets it from token_url",
-		"Accept-Encoding":  "Go's HTTP client decompresses answers only when it chose the encoding itself; with this header set, gzip answers would not parse",
-		"Content-Encoding": "the module sends an unencoded body",
-		"Expect":           "Go's HTTP client handles 100-continue itself",
-	}
-	for _, k := range []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
-		"Te", "Trailer", "Transfer-Encoding", "Upgrade"} {
-		m[k] = "it is a hop-by-hop header, which Go's HTTP client manages"
-	}
-	return m
-}()
-
-// checkHeaderOptions validates the header, prefix and token_header options.
-func (h *Handler) checkHeaderOptions() error {
-	if h.Header != "" && !httpguts.ValidHeaderFieldName(h.Header) {
-		return fmt.Errorf("header: %q is not a valid header name", h.Header)
-	}
-	if why, ok := lostHeaders[http.CanonicalHeaderKey(h.Header)]; ok && h.Header != "" {
-		return fmt.Errorf("header: %s never reaches the upstream: %s", h.Header, why)
-	}
-	if h.Prefix != nil && !httpguts.ValidHeaderFieldValue(*h.Prefix) {
-		return errors.New("prefix: must not contain control characters")
-	}
-	canonical := make(map[string]bool, len(h.TokenHeaders))
-	for k, v := range h.TokenHeaders {
-		if !httpguts.ValidHeaderFieldName(k) {
-			return fmt.Errorf("token_header: %q is not a valid header name", k)
-		}
-		if why, ok := controlledHeaders[http.CanonicalHeaderKey(k)]; ok {
-			return fmt.Errorf("token_header: %s cannot be set: %s", k, why)
-		}
-		if !httpguts.ValidHeaderFieldValue(v) {
-			return fmt.Errorf("token_header %s: the value must not contain control characters", k)
-		}
-		// Header names are case-insensitive: two spellings of one name
-		// would each be Set, in map order, and either value could win.
-		ck := http.CanonicalHeaderKey(k)
-		if canonical[ck] {
-			return fmt.Errorf("token_header: %s given twice (header names are case-insensitive)", ck)
-		}
-		canonical[ck] = true
-	}
-	for k := range h.Params {
-		if k == "" {
-			return errors.New("param: empty name")
-		}
-		switch k {
-		case "grant_type", "client_id", "client_secret", "scope":
-			return fmt.Errorf("param: %s is set by the module itself", k)
-		}
-	}
-	if _, err := ParseAuthStyle(h.AuthStyle); err != nil {
-		return fmt.Errorf("auth_style: %w", err)
-	}
-	if len(h.TLSClientCert) != 0 && len(h.TLSClientCert) != 2 {
-		return errors.New("tls_client_cert: needs a certificate file and a key file")
-	}
-	return nil
 }

@@ -33,32 +33,13 @@ die() { echo "profile.sh: $*" >&2; exit 1; }
 [[ $SECS =~ ^[0-9]+$ ]] && [ "$SECS" -ge 1 ] && [ "$SECS" -le 60 ] || die "SECONDS_ must be 1..60"
 command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 
-WORK=$(mktemp -d /tmp/desko-profile.XXXXXX)
-PIDS=()
-cleanup() {
-	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-	for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-	rm -rf "$WORK"
-}
-trap cleanup EXIT
-mkdir -p "$BIN"
-go build -o "$BIN/upstream" ./bench/upstream
-go build -o "$BIN/desko-standin" ./internal/deskotest/cmd/desko-standin
-[ -x "$CADDY" ] || CADDY_BIN=$CADDY ./xcaddy.sh build >"$WORK/build.log" 2>&1 || die "building Caddy failed"
-wait_http() {
-	for _ in $(seq 1 100); do
-		curl -fsS --max-time 2 "$1" >/dev/null 2>&1 && return 0
-		sleep 0.1
-	done
-	die "$1 did not answer"
-}
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
+bench_init profile
+bench_build
 
-"$BIN/desko-standin" -addr "$HOST:$P_DESKO" -client-id bench-client -client-secret bench-secret -ttl 1h >"$WORK/desko.log" 2>&1 &
-PIDS+=($!)
-wait_http "http://$HOST:$P_DESKO/_standin/stats"
-"$BIN/upstream" -addr "$HOST:$P_UP" -client-id bench-client -static-token unused >"$WORK/upstream.log" 2>&1 &
-PIDS+=($!)
-wait_http "http://$HOST:$P_UP/_upstream/stats"
+bench_standin "$P_DESKO"
+bench_upstream "$P_UP"
 cat >"$WORK/Caddyfile" <<CF
 {
 	admin $HOST:$P_ADMIN

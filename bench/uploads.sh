@@ -36,37 +36,14 @@ die() { echo "uploads.sh: $*" >&2; exit 1; }
 [[ $UPLOADS =~ ^[0-9]+$ ]] && [ "$UPLOADS" -ge 1 ] && [ "$UPLOADS" -le 500 ] || die "UPLOADS must be 1..500"
 [[ $SIZE =~ ^[0-9]+$ ]] || die "SIZE must be a number of bytes"
 
-WORK=$(mktemp -d /tmp/desko-uploads.XXXXXX)
-PIDS=()
-cleanup() {
-	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-	for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-	rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-mkdir -p "$BIN"
-go build -o "$BIN/upstream" ./bench/upstream
-go build -o "$BIN/desko-standin" ./internal/deskotest/cmd/desko-standin
-if [ ! -x "$CADDY" ]; then
-	CADDY_BIN=$CADDY ./xcaddy.sh build >"$WORK/build.log" 2>&1 || { cat "$WORK/build.log" >&2; die "building Caddy failed"; }
-fi
-
-wait_http() {
-	for _ in $(seq 1 100); do
-		curl -fsS --max-time 2 "$1" >/dev/null 2>&1 && return 0
-		sleep 0.1
-	done
-	die "$1 did not answer"
-}
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
+bench_init uploads
+bench_build
 kb() { awk -v k="$2" '$1 == k":" { print $2 }' "/proc/$1/status"; }
 
-"$BIN/desko-standin" -addr "$HOST:$P_DESKO" -client-id bench-client -client-secret bench-secret -ttl 1h >"$WORK/desko.log" 2>&1 &
-PIDS+=($!)
-wait_http "http://$HOST:$P_DESKO/_standin/stats"
-"$BIN/upstream" -addr "$HOST:$P_UP" -client-id bench-client -static-token unused -upload-wait "$UPLOAD_WAIT" >"$WORK/upstream.log" 2>&1 &
-PIDS+=($!)
-wait_http "http://$HOST:$P_UP/_upstream/stats"
+bench_standin "$P_DESKO"
+bench_upstream "$P_UP" -upload-wait "$UPLOAD_WAIT"
 head -c "$SIZE" /dev/zero | tr '\0' 'u' >"$WORK/body"
 
 echo "# Caddy peak RSS under $UPLOADS concurrent uploads of $SIZE bytes (upstream waits $UPLOAD_WAIT before reading)"

@@ -1,0 +1,106 @@
+package deskoauth
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+)
+
+// This file answers the requests for which no token could be had.
+
+// The fixed messages of the answers to clients that no token could be had
+// for. They never hold what the token endpoint said, its address, or Go's
+// error text: those go to the operator's log under the correlation ID.
+const (
+	msgRejected    = "could not obtain a Desko access token: the token endpoint refused this proxy's credentials"
+	msgUnavailable = "could not obtain a Desko access token: the token endpoint is unavailable; try again later"
+)
+
+// The values of the errors option.
+const (
+	// ErrorsDesko answers 502/503 in Desko's error shape (the default).
+	ErrorsDesko = "desko"
+	// ErrorsCaddy returns the error to Caddy, so that handle_errors routes
+	// answer it.
+	ErrorsCaddy = "caddy"
+)
+
+// The placeholders the handler sets, for access logs and error routes.
+const (
+	// phSource is the source label of the request's credential set.
+	phSource = "http.desko_auth.source"
+	// phError is why no token could be had: rejected, transient,
+	// invalid_response or canceled.
+	phError = "http.desko_auth.error"
+)
+
+// unavailable answers a request that could not get a token: 502 when the
+// credentials were rejected, 503 with Retry-After when the failure is
+// transient; in Desko's error shape, or through Caddy's handle_errors.
+func (h *Handler) unavailable(w http.ResponseWriter, r *http.Request, err error) error {
+	status := http.StatusServiceUnavailable
+	msg, why := msgUnavailable, "transient"
+	var te *TokenError
+	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	if errors.As(err, &te) {
+		why = te.Kind.String()
+		if te.Kind == KindRejected {
+			status, msg = http.StatusBadGateway, msgRejected
+		} else {
+			secs := int((te.RetryAfter + time.Second - 1) / time.Second)
+			w.Header().Set("Retry-After", strconv.Itoa(max(secs, 1)))
+		}
+	} else if r.Context().Err() != nil {
+		// The client went away while waiting; nobody reads this answer.
+		if repl != nil {
+			repl.Set(phError, "canceled")
+		}
+		return caddyhttp.Error(499, err)
+	}
+	if repl != nil {
+		repl.Set(phError, why)
+	}
+	ref := correlationID(repl)
+	h.logger.Warn("request answered without a token",
+		zap.String("correlation_id", ref),
+		zap.Int("status", status),
+		zap.String("error", err.Error()),
+		zap.String("method", r.Method),
+		zap.String("uri", r.URL.Path))
+	if h.Errors == ErrorsCaddy {
+		// Only the fixed message: {http.error.message} may reach clients.
+		return caddyhttp.Error(status, errors.New(msg+" (correlation_id "+ref+")"))
+	}
+	body, _ := json.Marshal(struct {
+		Error         int    `json:"error"`
+		ID            string `json:"id"`
+		Message       string `json:"message"`
+		CorrelationID string `json:"correlation_id"`
+	}{status, "desko_auth", msg, ref})
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_, werr := w.Write(append(body, '\n'))
+	return werr
+}
+
+// correlationID is the request's Caddy UUID ({http.request.uuid}, which
+// access logs can show too), or a random ID outside Caddy.
+func correlationID(repl *caddy.Replacer) string {
+	if repl != nil {
+		if id, ok := repl.GetString("http.request.uuid"); ok && id != "" {
+			return id
+		}
+	}
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
