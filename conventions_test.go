@@ -22,7 +22,7 @@ import (
 func TestE2EErrorsThroughHandleErrors(t *testing.T) {
 	e := newE2E(t, time.Hour)
 	e.loadRaw(fmt.Sprintf(`
-http://localhost:9080 {
+`+proxyBase+` {
 	desko_auth {
 		client_id     %s
 		client_secret {env.DESKO_TEST_SECRET}
@@ -47,7 +47,7 @@ http://localhost:9080 {
 	}
 
 	e.loadRaw(fmt.Sprintf(`
-http://localhost:9080 {
+`+proxyBase+` {
 	desko_auth {
 		client_id     %s
 		client_secret wrong-{env.DESKO_TEST_SECRET}
@@ -81,7 +81,7 @@ http://localhost:9080 {
 func TestE2ESourcePlaceholder(t *testing.T) {
 	e := newE2E(t, time.Hour)
 	e.loadRaw(fmt.Sprintf(`
-http://localhost:9080 {
+`+proxyBase+` {
 	route {
 		desko_auth {
 			client_id     %s
@@ -149,15 +149,15 @@ func TestE2EEvents(t *testing.T) {
 		cf := fmt.Sprintf(`{
 	skip_install_trust
 	admin localhost:2999
-	http_port 9080
-	https_port 9443
+	http_port `+httpPort+`
+	https_port `+httpsPort+`
 	grace_period 1ns
 	log {
 		output file %s
 		level DEBUG
 	}
 }
-http://localhost:9080 {
+`+proxyBase+` {
 	desko_auth {
 		client_id     %s
 		client_secret %s

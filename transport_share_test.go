@@ -14,7 +14,7 @@ func TestE2ECredentialSetsShareOneTransport(t *testing.T) {
 	var sites string
 	for i := range 20 {
 		sites += fmt.Sprintf(`
-http://localhost:9080/s%d/* {
+`+proxyBase+`/s%d/* {
 	desko_auth {
 		client_id     %s
 		client_secret {env.DESKO_TEST_SECRET}
