@@ -1,6 +1,7 @@
 package deskoauth
 
 import (
+	"context"
 	"io"
 	"maps"
 	"net/http"
@@ -17,6 +18,13 @@ import (
 func (h *Handler) replayWith(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, fresh *Token, body io.ReadCloser, saved *headerSnapshot) error {
 	// Undo what the first attempt wrote into the shared header map.
 	saved.restoreInto(w.Header())
+	// The first attempt's transport may still be dialing in the background,
+	// reading the request's vars (reverse_proxy's dial hints); the replay's
+	// reverse_proxy writes them. So the replay gets a copy of the vars: a
+	// map read and written at once would crash the process.
+	if vars, ok := r.Context().Value(caddyhttp.VarsCtxKey).(map[string]any); ok {
+		r = r.WithContext(context.WithValue(r.Context(), caddyhttp.VarsCtxKey, maps.Clone(vars)))
+	}
 	if body != nil {
 		r.Body = body
 	}
