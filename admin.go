@@ -45,7 +45,7 @@ type SourceStatus struct {
 	ClientID string   `json:"client_id"`
 	TokenURL string   `json:"token_url"`
 	Scopes   []string `json:"scopes"`
-	Status
+	engineStatus
 	// Sites is how many handlers share the source.
 	Sites int `json:"sites"`
 	// RefreshError is set by POST /desko_auth/refresh when that refresh
@@ -71,12 +71,12 @@ func describe(s *source) SourceStatus {
 		scopes = []string{}
 	}
 	return SourceStatus{
-		Source:   s.label,
-		ClientID: s.clientID,
-		TokenURL: s.tokenURL,
-		Scopes:   scopes,
-		Status:   s.engine.Status(),
-		Sites:    sites,
+		Source:       s.label,
+		ClientID:     s.clientID,
+		TokenURL:     s.tokenURL,
+		Scopes:       scopes,
+		engineStatus: s.engine.Status(),
+		Sites:        sites,
 	}
 }
 

@@ -22,10 +22,10 @@ import (
 // claim.
 
 // accept finishes a 2xx answer's parse, whatever the auth style.
-func (e *Engine) accept(tok parsedToken, perr error, status int) (*Token, *TokenError) {
+func (e *tokenEngine) accept(tok parsedToken, perr error, status int) (*accessToken, *tokenError) {
 	if perr != nil {
 		// perr may quote the answer (token_type), so it is scrubbed too.
-		return nil, &TokenError{Kind: KindInvalidResponse, Status: status, Message: "unusable token answer", Err: e.scrubErr(perr)}
+		return nil, &tokenError{Kind: kindInvalidResponse, Status: status, Message: "unusable token answer", Err: e.scrubErr(perr)}
 	}
 	if tok.usedDefaultTTL {
 		e.mu.Lock()
@@ -37,12 +37,12 @@ func (e *Engine) accept(tok parsedToken, perr error, status int) (*Token, *Token
 				zap.Duration("default_ttl", e.cfg.DefaultTTL))
 		}
 	}
-	return tok.Token, nil
+	return tok.accessToken, nil
 }
 
 // parsedToken is a token with how its expiry was decided.
 type parsedToken struct {
-	*Token
+	*accessToken
 	usedDefaultTTL bool
 }
 
@@ -60,9 +60,9 @@ type answerFields struct {
 	hasError    bool            // an "error" field is present
 }
 
-// ParseTokenResponse parses a 2xx JSON token endpoint answer received at
+// parseTokenResponse parses a 2xx JSON token endpoint answer received at
 // now. See parseTokenAnswer.
-func ParseTokenResponse(body []byte, now time.Time, defaultTTL time.Duration) (parsedToken, error) {
+func parseTokenResponse(body []byte, now time.Time, defaultTTL time.Duration) (parsedToken, error) {
 	f, err := jsonAnswerFields(body)
 	if err != nil {
 		return parsedToken{}, err
@@ -220,7 +220,7 @@ func newParsedToken(at string, tokenType *string, ttl time.Duration, ok bool, no
 	if tokenType != nil && !strings.EqualFold(strings.TrimSpace(*tokenType), "bearer") {
 		return parsedToken{}, fmt.Errorf("token_type is %s; only Bearer tokens are supported", quoteExcerpt(*tokenType))
 	}
-	if jwtExp, jok := JWTExpiry(at); jok {
+	if jwtExp, jok := jwtExpiry(at); jok {
 		if d := jwtExp.Sub(now.Round(0)); d > 0 && d <= maxExpiresIn {
 			if !ok || d < ttl {
 				ttl, ok = d, true
@@ -229,7 +229,7 @@ func newParsedToken(at string, tokenType *string, ttl time.Duration, ok bool, no
 			return parsedToken{}, errors.New("access_token's exp claim is in the past and there is no expires_in")
 		}
 	}
-	p := parsedToken{Token: &Token{Value: at, obtained: now}}
+	p := parsedToken{accessToken: &accessToken{Value: at, obtained: now}}
 	if !ok {
 		ttl, p.usedDefaultTTL = defaultTTL, true
 	}
@@ -274,9 +274,9 @@ func validTokenChars(s string) bool {
 	return true
 }
 
-// JWTExpiry returns the exp claim of a JWT, decoding the payload only (no
+// jwtExpiry returns the exp claim of a JWT, decoding the payload only (no
 // signature check: the token is opaque to us and only its expiry matters).
-func JWTExpiry(tok string) (time.Time, bool) {
+func jwtExpiry(tok string) (time.Time, bool) {
 	parts := strings.Split(tok, ".")
 	if len(parts) != 3 || len(parts[1]) > maxBodyBytes {
 		return time.Time{}, false

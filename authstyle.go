@@ -9,40 +9,40 @@ import (
 	"strings"
 )
 
-// AuthStyle is how the client authenticates to the token endpoint.
-type AuthStyle int
+// authStyle is how the client authenticates to the token endpoint.
+type authStyle int
 
 // The client authentication styles.
 const (
-	// AuthJSON sends grant_type, client_id, client_secret and scope in a
+	// authJSON sends grant_type, client_id, client_secret and scope in a
 	// JSON body: Desko's documented format.
-	AuthJSON AuthStyle = iota
-	// AuthForm is RFC 6749 client_secret_post: the credentials in an
+	authJSON authStyle = iota
+	// authForm is RFC 6749 client_secret_post: the credentials in an
 	// application/x-www-form-urlencoded body.
-	AuthForm
-	// AuthBasic is RFC 6749 client_secret_basic: the credentials, each
+	authForm
+	// authBasic is RFC 6749 client_secret_basic: the credentials, each
 	// form-encoded first (§2.3.1), in an Authorization: Basic header.
-	AuthBasic
+	authBasic
 )
 
-// ParseAuthStyle reads "json", "form" or "basic"; "" is json.
-func ParseAuthStyle(s string) (AuthStyle, error) {
+// parseAuthStyle reads "json", "form" or "basic"; "" is json.
+func parseAuthStyle(s string) (authStyle, error) {
 	switch s {
 	case "", "json":
-		return AuthJSON, nil
+		return authJSON, nil
 	case "form":
-		return AuthForm, nil
+		return authForm, nil
 	case "basic":
-		return AuthBasic, nil
+		return authBasic, nil
 	}
 	return 0, fmt.Errorf("unknown auth style %q (want json, form or basic)", s)
 }
 
-func (a AuthStyle) String() string {
+func (a authStyle) String() string {
 	switch a {
-	case AuthForm:
+	case authForm:
 		return "form"
-	case AuthBasic:
+	case authBasic:
 		return "basic"
 	}
 	return "json"
@@ -52,8 +52,8 @@ func (a AuthStyle) String() string {
 // form and basic styles send what golang.org/x/oauth2/clientcredentials
 // sends with AuthStyleInParams and AuthStyleInHeader; every style's answer
 // then goes through the one parser, parseTokenAnswer.
-func (e *Engine) newTokenRequest(ctx context.Context) (*http.Request, error) {
-	if e.cfg.AuthStyle == AuthJSON {
+func (e *tokenEngine) newTokenRequest(ctx context.Context) (*http.Request, error) {
+	if e.cfg.AuthStyle == authJSON {
 		req, err := http.NewRequestWithContext(ctx, http.MethodPost, e.cfg.TokenURL, bytes.NewReader(e.body))
 		if err != nil {
 			return nil, err
@@ -69,7 +69,7 @@ func (e *Engine) newTokenRequest(ctx context.Context) (*http.Request, error) {
 	for k, v := range e.cfg.Params {
 		form.Set(k, v)
 	}
-	if e.cfg.AuthStyle == AuthForm {
+	if e.cfg.AuthStyle == authForm {
 		form.Set("client_id", e.cfg.ClientID)
 		form.Set("client_secret", e.cfg.ClientSecret)
 	}
@@ -79,7 +79,7 @@ func (e *Engine) newTokenRequest(ctx context.Context) (*http.Request, error) {
 	}
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	req.Header.Set("Accept", "application/json")
-	if e.cfg.AuthStyle == AuthBasic {
+	if e.cfg.AuthStyle == authBasic {
 		req.SetBasicAuth(url.QueryEscape(e.cfg.ClientID), url.QueryEscape(e.cfg.ClientSecret))
 	}
 	return req, nil

@@ -212,7 +212,7 @@ func BenchmarkTokenCold(b *testing.B) {
 	desko := deskotest.New(benchClientID, benchClientSecret, time.Hour)
 	srv := httptest.NewServer(desko)
 	defer srv.Close()
-	cfg := Config{
+	cfg := engineConfig{
 		TokenURL:     srv.URL + deskotest.TokenPath,
 		ClientID:     benchClientID,
 		ClientSecret: benchClientSecret,
@@ -222,7 +222,7 @@ func BenchmarkTokenCold(b *testing.B) {
 		b.Run(fmt.Sprintf("goroutines=%d", n), func(b *testing.B) {
 			ctx := context.Background()
 			before := desko.TokenRequests()
-			toks := make([]*Token, n)
+			toks := make([]*accessToken, n)
 			errs := make([]error, n)
 			b.ReportAllocs()
 			b.ResetTimer()
@@ -230,7 +230,7 @@ func BenchmarkTokenCold(b *testing.B) {
 			for b.Loop() {
 				ops++
 				b.StopTimer()
-				e, err := NewEngine(cfg)
+				e, err := newTokenEngine(cfg)
 				if err != nil {
 					b.Fatal(err)
 				}

@@ -88,7 +88,7 @@ var subdirectives = map[string]func(h *Handler, d *caddyfile.Dispenser) error{
 		if err != nil {
 			return err
 		}
-		if _, err := ParseAuthStyle(v); err != nil {
+		if _, err := parseAuthStyle(v); err != nil {
 			return d.Errf("auth_style: %v", err)
 		}
 		h.AuthStyle = v

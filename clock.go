@@ -5,16 +5,16 @@ import "time"
 // This file is the engine's clock, so that tests can run refresh and
 // backoff on a fake one.
 
-// Clock is the engine's source of time. Times it returns must carry a
+// engineClock is the engine's source of time. Times it returns must carry a
 // monotonic reading (as time.Now does) so that expiry arithmetic is immune to
 // wall-clock jumps.
-type Clock interface {
+type engineClock interface {
 	Now() time.Time
-	NewTimer(d time.Duration) Timer
+	NewTimer(d time.Duration) timer
 }
 
-// Timer is the part of *time.Timer the engine uses.
-type Timer interface {
+// timer is the part of *time.Timer the engine uses.
+type timer interface {
 	C() <-chan time.Time
 	Stop() bool
 }
@@ -23,7 +23,7 @@ type realClock struct{}
 
 func (realClock) Now() time.Time { return time.Now() }
 
-func (realClock) NewTimer(d time.Duration) Timer {
+func (realClock) NewTimer(d time.Duration) timer {
 	return realTimer{time.NewTimer(d)}
 }
 

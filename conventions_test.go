@@ -35,7 +35,7 @@ func TestE2EErrorsThroughHandleErrors(t *testing.T) {
 		respond "handled {err.status_code} why={http.desko_auth.error} source={http.desko_auth.source}"
 	}
 }`, testClientID, e.tokenURL(), e.srv.Listener.Addr()))
-	source := sourceLabel(Config{ClientID: testClientID, TokenURL: e.tokenURL()})
+	source := sourceLabel(engineConfig{ClientID: testClientID, TokenURL: e.tokenURL()})
 
 	e.desko.SetMode(deskotest.ModeDown)
 	s, hdr, body := e.do("GET", "/a", "")
@@ -93,7 +93,7 @@ func TestE2ESourcePlaceholder(t *testing.T) {
 	}
 }`, testClientID, e.tokenURL(), e.srv.Listener.Addr()))
 	s, hdr, _ := e.do("GET", "/a", "")
-	if want := sourceLabel(Config{ClientID: testClientID, TokenURL: e.tokenURL()}); s != 200 || hdr.Get("X-Desko-Source") != want {
+	if want := sourceLabel(engineConfig{ClientID: testClientID, TokenURL: e.tokenURL()}); s != 200 || hdr.Get("X-Desko-Source") != want {
 		t.Fatalf("status %d, X-Desko-Source %q, want %q", s, hdr.Get("X-Desko-Source"), want)
 	}
 }
@@ -186,7 +186,7 @@ func TestE2EEvents(t *testing.T) {
 	if s, _, _ := e.do("GET", "/a", ""); s != 200 {
 		t.Fatalf("status %d", s)
 	}
-	source := sourceLabel(Config{ClientID: testClientID, TokenURL: e.tokenURL()})
+	source := sourceLabel(engineConfig{ClientID: testClientID, TokenURL: e.tokenURL()})
 	if d := waitEvent(t, EventTokenObtained); d["source"] != source || d["result"] != "ok" {
 		t.Errorf("%s data %v, want source %q and result ok", EventTokenObtained, d, source)
 	}

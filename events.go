@@ -67,7 +67,7 @@ func (o *sourceObserver) FetchDone(result string, took time.Duration) {
 	switch result {
 	case "ok":
 		name = EventTokenObtained
-	case KindRejected.String():
+	case kindRejected.String():
 		name = EventCredentialsRejected
 	}
 	if !em.app.ShouldEmit(name) {

@@ -36,7 +36,7 @@ type fakeClock struct {
 	changed chan struct{} // closed and replaced on every state change
 }
 
-var _ Clock = (*fakeClock)(nil)
+var _ engineClock = (*fakeClock)(nil)
 
 func newFakeClock(t testing.TB) *fakeClock {
 	return &fakeClock{t: t, base: time.Now(), changed: make(chan struct{})}
@@ -48,7 +48,7 @@ type fakeTimer struct {
 	deadline time.Duration // offset from base at which it fires
 }
 
-var _ Timer = (*fakeTimer)(nil)
+var _ timer = (*fakeTimer)(nil)
 
 // notifyLocked wakes every waiter; c.mu must be held.
 func (c *fakeClock) notifyLocked() {
@@ -72,7 +72,7 @@ func (c *fakeClock) Since() time.Duration {
 
 // NewTimer implements Clock. A timer of zero or negative duration fires at
 // once, like time.NewTimer's.
-func (c *fakeClock) NewTimer(d time.Duration) Timer {
+func (c *fakeClock) NewTimer(d time.Duration) timer {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	ft := &fakeTimer{c: c, ch: make(chan time.Time, 1), deadline: c.offset + d}

@@ -40,11 +40,11 @@ func FuzzParseTokenResponse(f *testing.F) {
 	const def = 5 * time.Minute
 	f.Fuzz(func(t *testing.T, body []byte) {
 		now := time.Now()
-		p, err := ParseTokenResponse(body, now, def)
+		p, err := parseTokenResponse(body, now, def)
 		if err != nil {
 			return
 		}
-		if p.Token == nil || p.Value == "" {
+		if p.accessToken == nil || p.Value == "" {
 			t.Fatalf("no error but no token for %q", body)
 		}
 		for i := 0; i < len(p.Value); i++ {
@@ -86,7 +86,7 @@ func FuzzJWTExpiry(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, tok []byte) {
-		exp, ok := JWTExpiry(string(tok))
+		exp, ok := jwtExpiry(string(tok))
 		if !ok {
 			if !exp.IsZero() {
 				t.Fatalf("not ok but expiry %v", exp)

@@ -360,7 +360,7 @@ func TestEngineLifetimeFloor(t *testing.T) {
 			srv := newTokenServer(t, func(w http.ResponseWriter, r *http.Request, n int64) {
 				answer(200, "application/json", tc.answer(clk.Now()))(w, r, n)
 			})
-			e := newTestEngine(t, srv.tokenURL(), clk, func(c *Config) { c.DefaultTTL = 300 })
+			e := newTestEngine(t, srv.tokenURL(), clk, func(c *engineConfig) { c.DefaultTTL = 300 })
 			mustGet(t, e)
 			clk.BlockUntilTimers(1)
 			const steps = 100 // 10 s in 100 ms steps, a request at each
@@ -518,33 +518,33 @@ func TestAnswerParserEveryStyle(t *testing.T) {
 		name, contentType, body string
 		wantToken               string
 		wantTTL                 time.Duration
-		wantKind                ErrorKind
+		wantKind                errorKind
 		wantErr                 string
 	}{
 		{name: "quirky JSON", contentType: "application/json", body: quirkyAnswer, wantToken: "good-token", wantTTL: 3600 * time.Second},
 		{name: "upper-case keys only", contentType: "application/json", body: `{"ACCESS_TOKEN":"evil","Token_Type":"mac"}`,
-			wantKind: KindInvalidResponse, wantErr: "answer has no access_token"},
+			wantKind: kindInvalidResponse, wantErr: "answer has no access_token"},
 		{name: "access_token twice", contentType: "application/json", body: `{"access_token":"a","access_token":"b"}`,
-			wantKind: KindInvalidResponse, wantErr: "answer has access_token more than once"},
+			wantKind: kindInvalidResponse, wantErr: "answer has access_token more than once"},
 		{name: "token_type mac", contentType: "application/json", body: `{"access_token":"a","token_type":" mac "}`,
-			wantKind: KindInvalidResponse, wantErr: `token_type is " mac "; only Bearer tokens are supported`},
+			wantKind: kindInvalidResponse, wantErr: `token_type is " mac "; only Bearer tokens are supported`},
 		{name: "token_type not a string", contentType: "application/json", body: `{"access_token":"a","token_type":7}`,
-			wantKind: KindInvalidResponse, wantErr: "token_type is not a string"},
+			wantKind: kindInvalidResponse, wantErr: "token_type is not a string"},
 		{name: "form-encoded answer", contentType: "application/x-www-form-urlencoded",
 			body: "access_token=form-token&token_type=bearer+&expires_in=60.5&ACCESS_TOKEN=evil", wantToken: "form-token", wantTTL: 60 * time.Second},
 		{name: "form-encoded access_token twice", contentType: "application/x-www-form-urlencoded", body: "access_token=a&access_token=b",
-			wantKind: KindInvalidResponse, wantErr: "answer has access_token more than once"},
+			wantKind: kindInvalidResponse, wantErr: "answer has access_token more than once"},
 		{name: "JSON sent as text/plain", contentType: "text/plain", body: quirkyAnswer, wantToken: "good-token", wantTTL: 3600 * time.Second},
 		{name: "plain text page", contentType: "text/plain; charset=utf-8", body: "Service Unavailable",
-			wantKind: KindInvalidResponse, wantErr: "answer is neither a JSON object nor a form-encoded token"},
+			wantKind: kindInvalidResponse, wantErr: "answer is neither a JSON object nor a form-encoded token"},
 		{name: "OAuth error with 200", contentType: "application/json", body: `{"error":"invalid_client","error_description":"nope"}`,
-			wantKind: KindRejected, wantErr: "token endpoint answered 200: invalid_client: nope"},
+			wantKind: kindRejected, wantErr: "token endpoint answered 200: invalid_client: nope"},
 	} {
-		for _, style := range []AuthStyle{AuthJSON, AuthForm, AuthBasic} {
+		for _, style := range []authStyle{authJSON, authForm, authBasic} {
 			t.Run(tc.name+"/"+style.String(), func(t *testing.T) {
 				srv := newTokenServer(t, answer(200, tc.contentType, tc.body))
 				clk := newFakeClock(t)
-				e := newTestEngine(t, srv.tokenURL(), clk, func(c *Config) { c.AuthStyle = style })
+				e := newTestEngine(t, srv.tokenURL(), clk, func(c *engineConfig) { c.AuthStyle = style })
 				if tc.wantToken == "" {
 					te := mustGetErr(t, e)
 					if te.Kind != tc.wantKind || !strings.Contains(te.Error(), tc.wantErr) {
@@ -613,7 +613,7 @@ func TestEngineScrubsConfigSecrets(t *testing.T) {
 	srv := newTokenServer(t, func(w http.ResponseWriter, r *http.Request, n int64) {
 		answer(400, "text/plain", "unknown tenant "+r.Header.Get("X-Tenant-Key"))(w, r, n)
 	})
-	e := newTestEngine(t, srv.tokenURL(), newFakeClock(t), func(c *Config) {
+	e := newTestEngine(t, srv.tokenURL(), newFakeClock(t), func(c *engineConfig) {
 		c.Headers = map[string]string{"X-Tenant-Key": "TENANT-SECRET-42"}
 		c.Secrets = []string{"TENANT-SECRET-42"}
 		c.Logger = zap.New(core)

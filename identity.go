@@ -19,7 +19,7 @@ import (
 // sharedIdentity is what, besides the token URL, client ID and scopes, sets
 // apart the tokens of a credential set in the shared cache: its extra
 // parameters and token request headers (an audience, a tenant…).
-func sharedIdentity(c Config) map[string]string {
+func sharedIdentity(c engineConfig) map[string]string {
 	if len(c.Params) == 0 && len(c.Headers) == 0 {
 		return nil
 	}
@@ -63,7 +63,7 @@ func sourceLogger(l *zap.Logger, label, clientID, tokenURL string) *zap.Logger {
 
 // sourceKey identifies a credential set and its fetch settings; the secret
 // enters only as its SHA-256.
-func sourceKey(c Config, shared, tls string) string {
+func sourceKey(c engineConfig, shared, tls string) string {
 	secret := sha256.Sum256([]byte(c.ClientSecret))
 	b, _ := json.Marshal([]any{c.TokenURL, c.ClientID, hex.EncodeToString(secret[:]), c.Scopes, c.Timeout, c.DefaultTTL,
 		c.AuthStyle, c.Params, c.Headers, shared, tls})
@@ -73,7 +73,7 @@ func sourceKey(c Config, shared, tls string) string {
 
 // sourceLabel is the non-secret name of a source in metrics, logs and the
 // admin API: the client ID and a short hash of the token URL and scopes.
-func sourceLabel(c Config) string {
+func sourceLabel(c engineConfig) string {
 	sum := sha256.Sum256([]byte(c.TokenURL + "\x00" + strings.Join(c.Scopes, " ")))
 	return c.ClientID + "@" + hex.EncodeToString(sum[:4])
 }

@@ -119,9 +119,9 @@ func (g *goOAuth2) mustValid(t *testing.T, tok string) goauth2.TokenInfo {
 }
 
 // newInteropEngine is an engine for the interop client.
-func newInteropEngine(t *testing.T, tokenURL string, clk Clock, style AuthStyle, secret string) *Engine {
+func newInteropEngine(t *testing.T, tokenURL string, clk engineClock, style authStyle, secret string) *tokenEngine {
 	t.Helper()
-	return newTestEngine(t, tokenURL, clk, func(c *Config) {
+	return newTestEngine(t, tokenURL, clk, func(c *engineConfig) {
 		c.ClientID = interopClientID
 		c.ClientSecret = secret
 		c.AuthStyle = style
@@ -139,14 +139,14 @@ func assertNoSecretIn(t *testing.T, what, text string, secrets ...string) {
 
 var interopStyles = []struct {
 	name       string
-	style      AuthStyle
+	style      authStyle
 	clientInfo server.ClientInfoHandler
 }{
-	{"form", AuthForm, server.ClientFormHandler}, // go-oauth2's own handler
-	{"basic", AuthBasic, rfcBasicHandler},
+	{"form", authForm, server.ClientFormHandler}, // go-oauth2's own handler
+	{"basic", authBasic, rfcBasicHandler},
 }
 
-// Token obtained and accepted by go-oauth2, expires_in (2h) taken at face
+// accessToken obtained and accepted by go-oauth2, expires_in (2h) taken at face
 // value, the refresh scheduled from it, and a token that the server revoked
 // replaced after Invalidate.
 func TestInteropGoOAuth2Engine(t *testing.T) {
@@ -244,7 +244,7 @@ func TestInteropGoOAuth2WrongSecret(t *testing.T) {
 			e := newInteropEngine(t, as.tokenURL(), newFakeClock(t), tc.style, interopWrongSecret)
 
 			te := mustGetErr(t, e)
-			if te.Kind != KindRejected {
+			if te.Kind != kindRejected {
 				t.Errorf("Kind = %v, want rejected", te.Kind)
 			}
 			if te.Status != http.StatusUnauthorized {
@@ -255,7 +255,7 @@ func TestInteropGoOAuth2WrongSecret(t *testing.T) {
 				t.Errorf("error %q does not name invalid_client", msg)
 			}
 			assertNoSecretIn(t, "the error", msg, interopWrongSecret, interopSecret)
-			if st := e.Status(); st.State != StateRejected {
+			if st := e.Status(); st.State != stateRejected {
 				t.Errorf("state %s, want rejected", st.State)
 			} else {
 				assertNoSecretIn(t, "the status", st.LastError, interopWrongSecret, interopSecret)
@@ -274,9 +274,9 @@ func TestInteropGoOAuth2WrongSecret(t *testing.T) {
 // characters works either way.
 func TestInteropGoOAuth2StockBasicHandlerDoesNotFormDecode(t *testing.T) {
 	as := newGoOAuth2(t, interopSecret, time.Hour, server.ClientBasicHandler)
-	e := newInteropEngine(t, as.tokenURL(), newFakeClock(t), AuthBasic, interopSecret)
+	e := newInteropEngine(t, as.tokenURL(), newFakeClock(t), authBasic, interopSecret)
 	te := mustGetErr(t, e)
-	if te.Kind != KindRejected || te.Status != http.StatusUnauthorized || !strings.Contains(te.Error(), "invalid_client") {
+	if te.Kind != kindRejected || te.Status != http.StatusUnauthorized || !strings.Contains(te.Error(), "invalid_client") {
 		t.Errorf("stock handler with a form-encoded secret: %v (kind %v), want 401 invalid_client", te, te.Kind)
 	}
 	assertNoSecretIn(t, "the error", te.Error(), interopSecret)
@@ -300,7 +300,7 @@ func TestInteropGoOAuth2StockBasicHandlerDoesNotFormDecode(t *testing.T) {
 
 	const plain = "Plain-Secret_0.9~only-unreserved"
 	as2 := newGoOAuth2(t, plain, time.Hour, server.ClientBasicHandler)
-	e2 := newInteropEngine(t, as2.tokenURL(), newFakeClock(t), AuthBasic, plain)
+	e2 := newInteropEngine(t, as2.tokenURL(), newFakeClock(t), authBasic, plain)
 	as2.mustValid(t, mustGet(t, e2).Value)
 }
 
@@ -309,13 +309,13 @@ func TestInteropGoOAuth2StockBasicHandlerDoesNotFormDecode(t *testing.T) {
 // treat as a transient failure.
 func TestInteropGoOAuth2UnknownClientIsAServerError(t *testing.T) {
 	as := newGoOAuth2(t, interopSecret, time.Hour, server.ClientFormHandler)
-	e := newTestEngine(t, as.tokenURL(), newFakeClock(t), func(c *Config) {
+	e := newTestEngine(t, as.tokenURL(), newFakeClock(t), func(c *engineConfig) {
 		c.ClientID = "no-such-client"
 		c.ClientSecret = interopSecret
-		c.AuthStyle = AuthForm
+		c.AuthStyle = authForm
 	})
 	te := mustGetErr(t, e)
-	if te.Status != http.StatusInternalServerError || te.Kind != KindTransient || !strings.Contains(te.Error(), "server_error") {
+	if te.Status != http.StatusInternalServerError || te.Kind != kindTransient || !strings.Contains(te.Error(), "server_error") {
 		t.Errorf("unknown client: %v (kind %v), want 500 server_error, transient", te, te.Kind)
 	}
 	assertNoSecretIn(t, "the error", te.Error(), interopSecret)
@@ -327,12 +327,12 @@ func TestInteropGoOAuth2UnknownClientIsAServerError(t *testing.T) {
 func TestInteropStyleErrorsNeverHoldTheSentSecret(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
-		style  AuthStyle
+		style  authStyle
 		secret string
 	}{
-		{"form, reserved characters", AuthForm, interopSecret},
-		{"basic, reserved characters", AuthBasic, interopSecret},
-		{"basic, plain secret", AuthBasic, "Plain-Secret_0.9~only-unreserved"},
+		{"form, reserved characters", authForm, interopSecret},
+		{"basic, reserved characters", authBasic, interopSecret},
+		{"basic, plain secret", authBasic, "Plain-Secret_0.9~only-unreserved"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			echo := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -382,7 +382,7 @@ func newCaptureServer(t *testing.T) (*httptest.Server, <-chan capturedRequest) {
 
 // checkCaptured checks a token request of the given style that carried
 // audience=https://api.example, X-Tenant: acme and the scopes "a b".
-func checkCaptured(t *testing.T, style AuthStyle, got capturedRequest, secret string) {
+func checkCaptured(t *testing.T, style authStyle, got capturedRequest, secret string) {
 	t.Helper()
 	if v := got.header.Values("X-Tenant"); !reflect.DeepEqual(v, []string{"acme"}) {
 		t.Errorf("X-Tenant = %q, want [acme]", v)
@@ -391,7 +391,7 @@ func checkCaptured(t *testing.T, style AuthStyle, got capturedRequest, secret st
 		t.Errorf("User-Agent = %q", ua)
 	}
 	switch style {
-	case AuthJSON:
+	case authJSON:
 		if ct := got.header.Get("Content-Type"); ct != "application/json" {
 			t.Errorf("Content-Type = %q, want application/json", ct)
 		}
@@ -409,7 +409,7 @@ func checkCaptured(t *testing.T, style AuthStyle, got capturedRequest, secret st
 		if !reflect.DeepEqual(fields, want) {
 			t.Errorf("JSON fields = %v\nwant          %v", fields, want)
 		}
-	case AuthForm, AuthBasic:
+	case authForm, authBasic:
 		if ct := got.header.Get("Content-Type"); ct != "application/x-www-form-urlencoded" {
 			t.Errorf("Content-Type = %q, want application/x-www-form-urlencoded", ct)
 		}
@@ -422,7 +422,7 @@ func checkCaptured(t *testing.T, style AuthStyle, got capturedRequest, secret st
 			"scope":      {"a b"},
 			"audience":   {"https://api.example"},
 		}
-		if style == AuthForm {
+		if style == authForm {
 			want["client_id"] = []string{interopClientID}
 			want["client_secret"] = []string{secret}
 			if a := got.header.Get("Authorization"); a != "" {
@@ -444,10 +444,10 @@ func checkCaptured(t *testing.T, style AuthStyle, got capturedRequest, secret st
 }
 
 func TestInteropParamAndTokenHeaderInEveryStyle(t *testing.T) {
-	for _, style := range []AuthStyle{AuthJSON, AuthForm, AuthBasic} {
+	for _, style := range []authStyle{authJSON, authForm, authBasic} {
 		t.Run(style.String(), func(t *testing.T) {
 			srv, reqs := newCaptureServer(t)
-			e := newTestEngine(t, srv.URL+"/token", newFakeClock(t), func(c *Config) {
+			e := newTestEngine(t, srv.URL+"/token", newFakeClock(t), func(c *engineConfig) {
 				c.ClientID = interopClientID
 				c.ClientSecret = interopSecret
 				c.AuthStyle = style
@@ -497,7 +497,7 @@ func TestInteropE2EParamAndTokenHeaderInEveryStyle(t *testing.T) {
 	}
 	e.loadRaw(proxyBase + " {" + blocks.String() + "\n}")
 
-	for _, style := range []AuthStyle{AuthJSON, AuthForm, AuthBasic} {
+	for _, style := range []authStyle{authJSON, authForm, authBasic} {
 		status, _, body := e.do("GET", "/"+style.String()+"/resource", "")
 		if status != 200 || body != "ok" {
 			t.Fatalf("%s: status %d, body %s", style, status, body)
@@ -548,7 +548,7 @@ func newValidatingUpstream(t *testing.T, as *goOAuth2) (*httptest.Server, func()
 
 func TestInteropE2EGoOAuth2ThroughCaddy(t *testing.T) {
 	type site struct {
-		style    AuthStyle
+		style    authStyle
 		as       *goOAuth2
 		upstream *httptest.Server
 		accepted func() []string

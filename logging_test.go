@@ -21,7 +21,7 @@ func TestEngineLogsAcrossStates(t *testing.T) {
 	clk := newFakeClock(t)
 	label := "943e47a1-test-client@abcd1234"
 	base := sourceLogger(zap.New(core), label, tsClientID, srv.tokenURL()+"?key=hidden")
-	e := newTestEngine(t, srv.tokenURL(), clk, func(c *Config) { c.Logger = base })
+	e := newTestEngine(t, srv.tokenURL(), clk, func(c *engineConfig) { c.Logger = base })
 
 	mustGet(t, e) // first token
 	clk.BlockUntilTimers(1)

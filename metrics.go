@@ -48,7 +48,7 @@ var metrics = struct {
 }
 
 // sourceMetrics holds one source's curried collectors; it is the engine's
-// Observer and the handler's request counter.
+// observer and the handler's request counter.
 type sourceMetrics struct {
 	fetches  *prometheus.CounterVec
 	duration prometheus.Observer

@@ -70,7 +70,7 @@ type Handler struct {
 	// WarmUp starts the first token request in the background as soon as
 	// the config runs, never during `caddy validate` (default true).
 	WarmUp *bool `json:"warm_up,omitempty"`
-	// AuthStyle is how the client authenticates: "json" (default,
+	// authStyle is how the client authenticates: "json" (default,
 	// Desko's format), "form" (RFC 6749 client_secret_post) or "basic"
 	// (client_secret_basic).
 	AuthStyle string `json:"auth_style,omitempty"`
@@ -125,7 +125,7 @@ type SharedCache struct {
 // source is one shared token engine and what operators may see of it.
 type source struct {
 	key      string
-	engine   *Engine
+	engine   *tokenEngine
 	obs      *sourceObserver
 	label    string
 	clientID string
@@ -164,8 +164,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 // engineConfig expands the placeholders of the token request's settings
 // and returns the engine's configuration, with the defaults applied, and
 // the fingerprint of the TLS files read.
-func (h *Handler) engineConfig() (Config, string, error) {
-	var cfg Config
+func (h *Handler) engineConfig() (engineConfig, string, error) {
+	var cfg engineConfig
 	var err error
 	if cfg.ClientID, err = expand("client_id", h.ClientID); err != nil {
 		return cfg, "", err
@@ -203,7 +203,7 @@ func (h *Handler) engineConfig() (Config, string, error) {
 	cfg.Scopes = h.Scopes
 	cfg.Timeout = time.Duration(h.Timeout)
 	cfg.DefaultTTL = time.Duration(h.DefaultTTL)
-	cfg.AuthStyle, _ = ParseAuthStyle(h.AuthStyle) // Validate checked it
+	cfg.AuthStyle, _ = parseAuthStyle(h.AuthStyle) // Validate checked it
 	// Defaults now, so that a source's identity (sourceKey) is the same
 	// whether a default is written out or not.
 	cfg = cfg.withDefaults()
@@ -248,7 +248,7 @@ func (h *Handler) applyRequestOptions() {
 // credential set (creating it if this is the first handler to use it),
 // with this config's metrics, events and shared storage, and starts the
 // warm-up.
-func (h *Handler) attachSource(ctx caddy.Context, cfg Config, tlsFingerprint string) error {
+func (h *Handler) attachSource(ctx caddy.Context, cfg engineConfig, tlsFingerprint string) error {
 	var store certmagic.Storage
 	shared := "" // part of the source's identity: cluster mode or not, and where
 	if h.SharedCache != nil {
@@ -271,7 +271,7 @@ func (h *Handler) attachSource(ctx caddy.Context, cfg Config, tlsFingerprint str
 		obs := &sourceObserver{sourceMetrics: h.metrics, label: label}
 		cfg.Logger = engineLog
 		cfg.Observer = obs
-		e, err := NewEngine(cfg)
+		e, err := newTokenEngine(cfg)
 		if err != nil {
 			return nil, err
 		}
@@ -447,7 +447,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			return ww.sendHeld()
 		}
 	}
-	var fresh *Token
+	var fresh *accessToken
 	if carried {
 		fresh = h.src.engine.Replace(r.Context(), tok)
 	}

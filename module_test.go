@@ -674,10 +674,10 @@ func TestE2EChunkedBodyIsNotBuffered(t *testing.T) {
 }
 
 func TestSharedIdentitySeparatesAudiences(t *testing.T) {
-	if sharedIdentity(Config{}) != nil {
+	if sharedIdentity(engineConfig{}) != nil {
 		t.Error("no params and no token headers must leave the shared key as it is")
 	}
-	a := sharedIdentity(Config{Params: map[string]string{"audience": "x"}, Headers: map[string]string{"x-tenant": "acme"}})
+	a := sharedIdentity(engineConfig{Params: map[string]string{"audience": "x"}, Headers: map[string]string{"x-tenant": "acme"}})
 	if a["param:audience"] != "x" || a["header:X-Tenant"] != "acme" || len(a) != 2 {
 		t.Errorf("sharedIdentity = %v", a)
 	}

@@ -60,7 +60,7 @@ func metricValue(t *testing.T, text, name string, labels map[string]string) floa
 
 // label is the source label the handler uses for the test's credentials.
 func (e *e2e) label(scopes ...string) string {
-	return sourceLabel(Config{ClientID: testClientID, TokenURL: e.tokenURL(), Scopes: scopes})
+	return sourceLabel(engineConfig{ClientID: testClientID, TokenURL: e.tokenURL(), Scopes: scopes})
 }
 
 func TestE2EMetricsSurviveReload(t *testing.T) {
@@ -145,7 +145,7 @@ func TestE2EAdminStatusAndRefresh(t *testing.T) {
 	}
 	s := list[0]
 	if s.ClientID != testClientID || s.TokenURL != e.tokenURL() || strings.Join(s.Scopes, " ") != "booking.show organization.show" ||
-		s.State != StateFresh || s.Fetches != 1 || s.Sites != 1 || s.ExpiresAt.IsZero() || s.LastFetchAt.IsZero() {
+		s.State != stateFresh || s.Fetches != 1 || s.Sites != 1 || s.ExpiresAt.IsZero() || s.LastFetchAt.IsZero() {
 		t.Errorf("unexpected status %+v", s)
 	}
 	e.leakCheck().assertNone(t, "the status", body)
@@ -181,7 +181,7 @@ func TestE2EAdminStatusAndRefresh(t *testing.T) {
 	_, body = adminDo(t, "GET", "/desko_auth/status")
 	list = nil
 	_ = json.Unmarshal([]byte(body), &list)
-	if len(list) != 1 || list[0].State != StateRejected || !strings.Contains(list[0].LastError, "Client authentication failed") {
+	if len(list) != 1 || list[0].State != stateRejected || !strings.Contains(list[0].LastError, "Client authentication failed") {
 		t.Errorf("after a rejected refresh: %s", body)
 	}
 	// The old token is still valid and still served.

@@ -25,16 +25,16 @@ import (
 // is 1 s old, then 2 s, 4 s … up to 1 min with each such replacement in a
 // row; a success, a normal refresh or two quiet minutes reset that guard.
 // During a backoff after a failed fetch nothing new starts.
-func (e *Engine) Invalidate(tok *Token) { e.reject(tok) }
+func (e *tokenEngine) Invalidate(tok *accessToken) { e.reject(tok) }
 
 // Replace is Invalidate followed by a wait for the replacement. It returns a
 // valid token other than tok, or nil when none can be had now: the fetch
 // failed, the budget or the guard held it back, or ctx ended.
-func (e *Engine) Replace(ctx context.Context, tok *Token) *Token {
+func (e *tokenEngine) Replace(ctx context.Context, tok *accessToken) *accessToken {
 	if tok == nil {
 		return nil
 	}
-	var fresh *Token
+	var fresh *accessToken
 	if c := e.reject(tok); c != nil {
 		fresh, _ = e.wait(ctx, c)
 	} else if cur := e.cur.Load(); cur != tok && cur.Valid(e.clock.Now()) {
@@ -47,7 +47,7 @@ func (e *Engine) Replace(ctx context.Context, tok *Token) *Token {
 }
 
 // reject is Invalidate; it returns the fetch that replaces tok, if any.
-func (e *Engine) reject(tok *Token) *call {
+func (e *tokenEngine) reject(tok *accessToken) *call {
 	if tok == nil {
 		return nil
 	}

@@ -13,7 +13,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 )
 
-// Engine-level tests of what an upstream 401 does (Invalidate, Replace):
+// tokenEngine-level tests of what an upstream 401 does (Invalidate, Replace):
 // the budget, the guard against upstreams that reject every token, and that
 // a 401 never leaves the engine without the token it had. All on the fake
 // clock.
@@ -21,9 +21,9 @@ import (
 // assertNoFetchStarted checks that the Invalidate just made started
 // nothing: Invalidate starts any fetch before it returns, so one would show
 // right now as state refreshing.
-func assertNoFetchStarted(t *testing.T, e *Engine, step string, want *Token) {
+func assertNoFetchStarted(t *testing.T, e *tokenEngine, step string, want *accessToken) {
 	t.Helper()
-	if st := e.Status(); st.State != StateFresh {
+	if st := e.Status(); st.State != stateFresh {
 		t.Fatalf("%s: state %s, want fresh (no fetch)", step, st.State)
 	}
 	if p := e.Peek(); p != want {
@@ -50,7 +50,7 @@ func TestEngineInvalidateReplacesAndSharesOneFetch(t *testing.T) {
 	e.Invalidate(tok1)
 	srv.waitArrival(2)
 	var wg sync.WaitGroup
-	got := make(chan *Token, 20)
+	got := make(chan *accessToken, 20)
 	for i := range 20 {
 		wg.Go(func() {
 			if i%2 == 0 {
@@ -96,7 +96,7 @@ func TestEngineGuardForTokensRejectedBeforeAnySuccess(t *testing.T) {
 	cur := mustGet(t, e)
 	clk.BlockUntilTimers(1)
 
-	replaced := func(step string, tok *Token) *Token {
+	replaced := func(step string, tok *accessToken) *accessToken {
 		t.Helper()
 		before := srv.count()
 		next := mustReplace(t, e, tok)
@@ -154,11 +154,11 @@ func TestEngineRevocationBudget(t *testing.T) {
 	srv := newTokenServer(t, okToken(3600))
 	clk := newFakeClock(t)
 	core, logs := observer.New(zapcore.InfoLevel)
-	e := newTestEngine(t, srv.tokenURL(), clk, func(c *Config) { c.Logger = zap.New(core) })
+	e := newTestEngine(t, srv.tokenURL(), clk, func(c *engineConfig) { c.Logger = zap.New(core) })
 	cur := mustGet(t, e)
 	clk.BlockUntilTimers(1)
 
-	revoke := func(step string) *Token {
+	revoke := func(step string) *accessToken {
 		t.Helper()
 		cur.Accepted()
 		fresh := e.Replace(testCtx(t), cur)

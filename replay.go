@@ -15,7 +15,7 @@ import (
 // by watchwriter.go.
 
 // replayWith sends r once more with the fresh token, streaming the answer.
-func (h *Handler) replayWith(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, fresh *Token, body io.ReadCloser, saved *headerSnapshot) error {
+func (h *Handler) replayWith(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, fresh *accessToken, body io.ReadCloser, saved *headerSnapshot) error {
 	// Undo what the first attempt wrote into the shared header map.
 	saved.restoreInto(w.Header())
 	// The first attempt's transport may still be dialing in the background,

@@ -61,8 +61,8 @@ func (t headerTransport) CloseIdleConnections() {
 }
 
 // request performs one token request, counts it for Status and the
-// Observer, and returns the parsed token.
-func (e *Engine) request(ctx context.Context) (*Token, *TokenError) {
+// observer, and returns the parsed token.
+func (e *tokenEngine) request(ctx context.Context) (*accessToken, *tokenError) {
 	start := e.clock.Now()
 	e.mu.Lock()
 	e.lastRequestAt = start
@@ -84,10 +84,10 @@ func (e *Engine) request(ctx context.Context) (*Token, *TokenError) {
 }
 
 // roundTrip sends the token request and parses its answer.
-func (e *Engine) roundTrip(ctx context.Context) (*Token, *TokenError) {
+func (e *tokenEngine) roundTrip(ctx context.Context) (*accessToken, *tokenError) {
 	req, err := e.newTokenRequest(ctx)
 	if err != nil {
-		return nil, &TokenError{Kind: KindRejected, Message: "building the token request", Err: e.scrubErr(redactURLError(err))}
+		return nil, &tokenError{Kind: kindRejected, Message: "building the token request", Err: e.scrubErr(redactURLError(err))}
 	}
 	resp, err := e.client.Do(req)
 	if err != nil {
@@ -96,10 +96,10 @@ func (e *Engine) roundTrip(ctx context.Context) (*Token, *TokenError) {
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxBodyBytes+1))
 	if err != nil {
-		return nil, &TokenError{Kind: KindTransient, Status: resp.StatusCode, Message: "reading the answer", Err: e.scrubErr(redactURLError(err))}
+		return nil, &tokenError{Kind: kindTransient, Status: resp.StatusCode, Message: "reading the answer", Err: e.scrubErr(redactURLError(err))}
 	}
 	if len(body) > maxBodyBytes {
-		return nil, &TokenError{Kind: KindInvalidResponse, Status: resp.StatusCode, Message: "answer larger than 1 MiB"}
+		return nil, &tokenError{Kind: kindInvalidResponse, Status: resp.StatusCode, Message: "answer larger than 1 MiB"}
 	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		return nil, e.statusError(resp, body)

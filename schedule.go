@@ -8,9 +8,9 @@ import "time"
 // backoff returns how long to wait after the e.failures-th consecutive
 // failure with err: exponential with ±20% jitter, slower for rejections, at
 // least what a Retry-After asked for.
-func (e *Engine) backoff(err *TokenError) time.Duration {
+func (e *tokenEngine) backoff(err *tokenError) time.Duration {
 	lo, hi := transientBackoffMin, transientBackoffMax
-	if err.Kind == KindRejected {
+	if err.Kind == kindRejected {
 		lo, hi = rejectedBackoffMin, rejectedBackoffMax
 	}
 	d := lo
@@ -27,12 +27,12 @@ func (e *Engine) backoff(err *TokenError) time.Duration {
 
 // refresher is the background goroutine: it refreshes the token before it
 // expires and retries failed fetches when their backoff ends.
-func (e *Engine) refresher() {
+func (e *tokenEngine) refresher() {
 	defer close(e.exited)
 	for {
 		wait, ok := e.nextWake()
 		var timerC <-chan time.Time
-		var t Timer
+		var t timer
 		if ok {
 			t = e.clock.NewTimer(wait)
 			timerC = t.C()
@@ -60,7 +60,7 @@ func (e *Engine) refresher() {
 // nextWake says how long the refresher should sleep; ok is false when there
 // is nothing to schedule (no token and no failure yet, or a fetch in
 // flight, whose end kicks the refresher).
-func (e *Engine) nextWake() (time.Duration, bool) {
+func (e *tokenEngine) nextWake() (time.Duration, bool) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.inflight != nil {
@@ -79,7 +79,7 @@ func (e *Engine) nextWake() (time.Duration, bool) {
 
 // refreshAtLocked is when t is refreshed: at its refresh point, but never
 // within minRefreshInterval of the last token request.
-func (e *Engine) refreshAtLocked(t *Token) time.Time {
+func (e *tokenEngine) refreshAtLocked(t *accessToken) time.Time {
 	if floor := e.lastRequestAt.Add(minRefreshInterval); t.refreshAt.Before(floor) {
 		return floor
 	}
@@ -87,7 +87,7 @@ func (e *Engine) refreshAtLocked(t *Token) time.Time {
 }
 
 // dueLocked reports whether a fetch should start now.
-func (e *Engine) dueLocked() bool {
+func (e *tokenEngine) dueLocked() bool {
 	now := e.clock.Now()
 	if e.lastErr != nil {
 		return !now.Before(e.nextAttempt)

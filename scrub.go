@@ -383,9 +383,9 @@ func decodeEntity(b []byte) ([]byte, int) {
 
 // scrub removes the secrets from text that came from elsewhere, in any
 // common escaping (see scrub.go).
-func (e *Engine) scrub(s string) string { return e.secretScrub.Scrub(s) }
+func (e *tokenEngine) scrub(s string) string { return e.secretScrub.Scrub(s) }
 
-func (e *Engine) scrubErr(err error) error {
+func (e *tokenEngine) scrubErr(err error) error {
 	msg := err.Error()
 	if scrubbed := e.scrub(msg); scrubbed != msg {
 		return errors.New(scrubbed)

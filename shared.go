@@ -43,7 +43,7 @@ func storageWait(timeout time.Duration) time.Duration { return min(timeout/4, ma
 // setShared turns cluster mode on (or off with nil). Each Provision calls it
 // with the newest config's storage, so that an engine kept across a reload
 // never uses a storage module that the old config has cleaned up.
-func (e *Engine) setShared(s sharedStore) {
+func (e *tokenEngine) setShared(s sharedStore) {
 	if s == nil {
 		e.shared.Store(nil)
 		return
@@ -65,7 +65,7 @@ func (e *Engine) setShared(s sharedStore) {
 // failure falls back to a fetch of this instance's own, with a WARN; so does
 // a storage that does not answer within storageWait (lock: the lock wait),
 // and the storage is then left alone for the rest of the fetch.
-func (e *Engine) obtain(ctx context.Context, replacing *Token, avoid string) (tok *Token, terr *TokenError, adopted bool) {
+func (e *tokenEngine) obtain(ctx context.Context, replacing *accessToken, avoid string) (tok *accessToken, terr *tokenError, adopted bool) {
 	h := e.shared.Load()
 	if h == nil {
 		tok, terr = e.request(ctx)
@@ -160,7 +160,7 @@ func sharedErrResult(err error, deadline string) string {
 }
 
 // adoptWithin is adopt with the load bounded by wait.
-func (e *Engine) adoptWithin(ctx context.Context, wait time.Duration, s sharedStore, replacing *Token, avoid, result string) (*Token, error) {
+func (e *tokenEngine) adoptWithin(ctx context.Context, wait time.Duration, s sharedStore, replacing *accessToken, avoid, result string) (*accessToken, error) {
 	ctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
 	return e.adopt(ctx, s, replacing, avoid, result)
@@ -171,7 +171,7 @@ func (e *Engine) adoptWithin(ctx context.Context, wait time.Duration, s sharedSt
 // refresh, not yet due for refresh itself (its refresh point is at 75% of
 // its life, the earliest any instance refreshes). It reports result to the
 // observer on success; a load error is returned for the caller to report.
-func (e *Engine) adopt(ctx context.Context, s sharedStore, replacing *Token, avoid, result string) (*Token, error) {
+func (e *tokenEngine) adopt(ctx context.Context, s sharedStore, replacing *accessToken, avoid, result string) (*accessToken, error) {
 	st, err := s.load(ctx)
 	if err != nil {
 		return nil, err
@@ -195,7 +195,7 @@ func (e *Engine) adopt(ctx context.Context, s sharedStore, replacing *Token, avo
 		return nil, nil
 	}
 	e.sharedResult(result)
-	return &Token{
+	return &accessToken{
 		Value:      st.AccessToken,
 		obtained:   now.Add(-wallNow.Sub(st.Obtained)),
 		expiry:     now.Add(left),
@@ -203,7 +203,7 @@ func (e *Engine) adopt(ctx context.Context, s sharedStore, replacing *Token, avo
 	}, nil
 }
 
-func (e *Engine) sharedResult(result string) {
+func (e *tokenEngine) sharedResult(result string) {
 	if e.obs != nil {
 		e.obs.SharedCache(result)
 	}
@@ -211,7 +211,7 @@ func (e *Engine) sharedResult(result string) {
 
 // sharedFailed records a storage failure and logs a WARN on the first one
 // in a row.
-func (e *Engine) sharedFailed(result string, err error) {
+func (e *tokenEngine) sharedFailed(result string, err error) {
 	e.sharedResult(result)
 	if !e.sharedBroken.Swap(true) {
 		e.log.Warn("shared token cache unavailable; fetching tokens locally", zap.String("error", e.scrub(err.Error())))
@@ -219,7 +219,7 @@ func (e *Engine) sharedFailed(result string, err error) {
 }
 
 // sharedOK notes that the store works again.
-func (e *Engine) sharedOK() {
+func (e *tokenEngine) sharedOK() {
 	if e.sharedBroken.Swap(false) {
 		e.log.Info("shared token cache available again")
 	}

@@ -79,7 +79,7 @@ func (o *cmObserver) wantCounts(t *testing.T, who string, want map[string]int) {
 // cmMember is one instance of a fleet: an engine in cluster mode and the
 // observer that records what it did with the shared cache.
 type cmMember struct {
-	*Engine
+	*tokenEngine
 	obs *cmObserver
 	sc  *sharedCache
 }
@@ -87,17 +87,17 @@ type cmMember struct {
 // newCMMember starts an engine for tokenURL on clk (newTestEngine's
 // defaults, then opts) and turns cluster mode on over storage with a
 // sharedCache of the engine's own credentials.
-func newCMMember(t *testing.T, tokenURL string, clk Clock, storage certmagic.Storage, opts ...func(*Config)) *cmMember {
+func newCMMember(t *testing.T, tokenURL string, clk engineClock, storage certmagic.Storage, opts ...func(*engineConfig)) *cmMember {
 	t.Helper()
 	obs := &cmObserver{}
-	opts = append([]func(*Config){func(c *Config) { c.Observer = obs }}, opts...)
+	opts = append([]func(*engineConfig){func(c *engineConfig) { c.Observer = obs }}, opts...)
 	e := newTestEngine(t, tokenURL, clk, opts...)
 	sc, err := newSharedCache(storage, e.cfg.TokenURL, e.cfg.ClientID, e.cfg.Scopes, nil, e.cfg.ClientSecret)
 	if err != nil {
 		t.Fatalf("newSharedCache: %v", err)
 	}
 	e.setShared(sc)
-	return &cmMember{Engine: e, obs: obs, sc: sc}
+	return &cmMember{tokenEngine: e, obs: obs, sc: sc}
 }
 
 // cmStorage is one instance's view of the fleet's storage directory.
@@ -114,7 +114,7 @@ type cmFleet struct {
 
 // newCMFleet starts it; aOpts and bOpts configure each member after
 // newCMMember's defaults.
-func newCMFleet(t *testing.T, expiresIn int, aOpts, bOpts []func(*Config)) cmFleet {
+func newCMFleet(t *testing.T, expiresIn int, aOpts, bOpts []func(*engineConfig)) cmFleet {
 	t.Helper()
 	srv := newTokenServer(t, okToken(expiresIn))
 	clk := newFakeClock(t)
@@ -124,10 +124,12 @@ func newCMFleet(t *testing.T, expiresIn int, aOpts, bOpts []func(*Config)) cmFle
 	return cmFleet{srv: srv, clk: clk, a: a, b: b}
 }
 
-func cmRand(v float64) func(*Config)          { return func(c *Config) { c.Rand = fixedRand(v) } }
-func cmLogger(l *zap.Logger) func(*Config)    { return func(c *Config) { c.Logger = l } }
-func cmTimeout(d time.Duration) func(*Config) { return func(c *Config) { c.Timeout = d } }
-func cmSecret(secret string) func(*Config)    { return func(c *Config) { c.ClientSecret = secret } }
+func cmRand(v float64) func(*engineConfig)          { return func(c *engineConfig) { c.Rand = fixedRand(v) } }
+func cmLogger(l *zap.Logger) func(*engineConfig)    { return func(c *engineConfig) { c.Logger = l } }
+func cmTimeout(d time.Duration) func(*engineConfig) { return func(c *engineConfig) { c.Timeout = d } }
+func cmSecret(secret string) func(*engineConfig) {
+	return func(c *engineConfig) { c.ClientSecret = secret }
+}
 
 var errCMStorageDown = errors.New("storage backend unreachable")
 
@@ -203,7 +205,7 @@ func TestSharedFleetAdopts(t *testing.T) {
 	f := newCMFleet(t, 3600, nil, nil)
 	srv, clk, a, b := f.srv, f.clk, f.a, f.b
 
-	ta := mustGet(t, a.Engine)
+	ta := mustGet(t, a.tokenEngine)
 	if n := srv.count(); n != 1 {
 		t.Fatalf("%d token requests after A's Get, want 1", n)
 	}
@@ -213,7 +215,7 @@ func TestSharedFleetAdopts(t *testing.T) {
 		t.Fatalf("after A's Get the stored entry is %+v, %v; want A's token", st, err)
 	}
 
-	tb := mustGet(t, b.Engine)
+	tb := mustGet(t, b.tokenEngine)
 	if n := srv.count(); n != 1 {
 		t.Fatalf("%d token requests after B's Get, want still 1 (B adopts)", n)
 	}
@@ -227,7 +229,7 @@ func TestSharedFleetAdopts(t *testing.T) {
 	if got, want := tb.expiry.Sub(clk.Now()), ta.expiry.Sub(clk.Now()); got != want {
 		t.Errorf("B's token has %v left, want A's %v", got, want)
 	}
-	if got := b.Status(); got.Fetches != 0 || got.State != StateFresh {
+	if got := b.Status(); got.Fetches != 0 || got.State != stateFresh {
 		t.Errorf("B's status %+v, want fresh with 0 fetches", got)
 	}
 	// The adopted token keeps its age: B refreshes it at 77.5% of its life
@@ -246,17 +248,17 @@ func TestSharedFleetAdopts(t *testing.T) {
 // the earlier one refreshes and stores, the later one adopts.
 func TestSharedFleetRefresh(t *testing.T) {
 	// A refreshes at 77.5% of a token's life, B at 79.5%: 60 ms later.
-	f := newCMFleet(t, 3, []func(*Config){cmRand(0.5)}, []func(*Config){cmRand(0.9)})
+	f := newCMFleet(t, 3, []func(*engineConfig){cmRand(0.5)}, []func(*engineConfig){cmRand(0.9)})
 	srv, clk, a, b := f.srv, f.clk, f.a, f.b
 
-	t1 := mustGet(t, a.Engine)
-	if got := mustGet(t, b.Engine); got.Value != t1.Value {
+	t1 := mustGet(t, a.tokenEngine)
+	if got := mustGet(t, b.tokenEngine); got.Value != t1.Value {
 		t.Fatalf("B got %q, want A's %q", got.Value, t1.Value)
 	}
 	clk.BlockUntilTimers(2) // both refreshers asleep
 
 	// Move from one refresh to the next until 30 s (ten lifetimes).
-	refreshes := map[*Engine]int{}
+	refreshes := map[*tokenEngine]int{}
 	for step := 0; ; step++ {
 		p := clk.Pending()
 		if len(p) != 2 {
@@ -271,20 +273,20 @@ func TestSharedFleetRefresh(t *testing.T) {
 			t.Fatalf("step %d: %d timers fired at +%v, want exactly one", step, fired, clk.Since())
 		}
 		clk.BlockUntilTimers(2) // the refresh is done and its engine asleep again
-		ta, tb := mustGet(t, a.Engine), mustGet(t, b.Engine)
-		for _, tok := range []*Token{ta, tb} {
+		ta, tb := mustGet(t, a.tokenEngine), mustGet(t, b.tokenEngine)
+		for _, tok := range []*accessToken{ta, tb} {
 			if !tok.Valid(clk.Now()) {
 				t.Fatalf("step %d: at +%v Get returned a token that is not valid", step, clk.Since())
 			}
 		}
 		switch {
 		case ta != prevA && tb == prevB:
-			refreshes[a.Engine]++
+			refreshes[a.tokenEngine]++
 			if ta.Value == prevA.Value {
 				t.Fatalf("step %d: A's refresh kept %q", step, ta.Value)
 			}
 		case tb != prevB && ta == prevA:
-			refreshes[b.Engine]++
+			refreshes[b.tokenEngine]++
 			if tb.Value != ta.Value {
 				t.Fatalf("step %d: B refreshed to %q, want A's new %q", step, tb.Value, ta.Value)
 			}
@@ -294,8 +296,8 @@ func TestSharedFleetRefresh(t *testing.T) {
 	}
 	// A fetches at 0 s and every 2.325 s after (12 refreshes until 27.9 s);
 	// B adopts each of those tokens 60 ms after A stored it.
-	if refreshes[a.Engine] != 12 || refreshes[b.Engine] != 12 {
-		t.Errorf("refreshes: A %d, B %d; want 12 each", refreshes[a.Engine], refreshes[b.Engine])
+	if refreshes[a.tokenEngine] != 12 || refreshes[b.tokenEngine] != 12 {
+		t.Errorf("refreshes: A %d, B %d; want 12 each", refreshes[a.tokenEngine], refreshes[b.tokenEngine])
 	}
 	if n := srv.count(); n != 13 {
 		t.Errorf("%d token requests over ten 3 s lifetimes for two instances, want 13 (one instance's worth)", n)
@@ -315,11 +317,11 @@ func TestSharedFleetOldEntryNotAdopted(t *testing.T) {
 	f := newCMFleet(t, 100, nil, nil)
 	srv, clk, a, b := f.srv, f.clk, f.a, f.b
 
-	ta1 := mustGet(t, a.Engine)
+	ta1 := mustGet(t, a.tokenEngine)
 	clk.BlockUntilTimers(1)
 	clk.Advance(76 * time.Second) // past 75%, before A's refresh at 77.5%
 
-	tb := mustGet(t, b.Engine)
+	tb := mustGet(t, b.tokenEngine)
 	if tb.Value == ta1.Value {
 		t.Fatalf("B adopted %q at 76%% of its life", ta1.Value)
 	}
@@ -334,7 +336,7 @@ func TestSharedFleetOldEntryNotAdopted(t *testing.T) {
 		t.Fatalf("%d timers fired at A's refresh point, want 1", fired)
 	}
 	clk.BlockUntilTimers(2)
-	if ta2 := mustGet(t, a.Engine); ta2.Value != tb.Value {
+	if ta2 := mustGet(t, a.tokenEngine); ta2.Value != tb.Value {
 		t.Errorf("A's refresh got %q, want B's %q", ta2.Value, tb.Value)
 	}
 	if n := srv.count(); n != 2 {
@@ -349,8 +351,8 @@ func TestSharedFleetOldEntryNotAdopted(t *testing.T) {
 func TestSharedFleetForcedRefresh(t *testing.T) {
 	f := newCMFleet(t, 3600, nil, nil)
 	srv, a, b := f.srv, f.a, f.b
-	t1 := mustGet(t, a.Engine)
-	mustGet(t, b.Engine)
+	t1 := mustGet(t, a.tokenEngine)
+	mustGet(t, b.tokenEngine)
 
 	t2, err := a.Refresh(testCtx(t))
 	if err != nil {
@@ -377,13 +379,13 @@ func TestSharedFleetInvalidate(t *testing.T) {
 	f := newCMFleet(t, 3600, nil, nil)
 	srv, clk, a, b := f.srv, f.clk, f.a, f.b
 
-	ta1, tb1 := mustGet(t, a.Engine), mustGet(t, b.Engine)
+	ta1, tb1 := mustGet(t, a.tokenEngine), mustGet(t, b.tokenEngine)
 	if ta1.Value != tb1.Value || srv.count() != 1 {
 		t.Fatalf("A has %q, B has %q after %d requests; want one shared token", ta1.Value, tb1.Value, srv.count())
 	}
 	clk.Advance(time.Minute) // the token is not brand new any more
 
-	ta2 := mustReplace(t, a.Engine, ta1) // A's upstream answered 401
+	ta2 := mustReplace(t, a.tokenEngine, ta1) // A's upstream answered 401
 	if ta2.Value == ta1.Value {
 		t.Fatalf("A still serves the rejected %q", ta1.Value)
 	}
@@ -395,7 +397,7 @@ func TestSharedFleetInvalidate(t *testing.T) {
 		t.Fatalf("after A's Invalidate the stored entry is %+v, %v; want %q", st, err, ta2.Value)
 	}
 
-	tb2 := mustReplace(t, b.Engine, tb1) // B's upstream rejects the same token
+	tb2 := mustReplace(t, b.tokenEngine, tb1) // B's upstream rejects the same token
 	if tb2.Value != ta2.Value {
 		t.Fatalf("after its Invalidate B got %q, want A's new %q", tb2.Value, ta2.Value)
 	}
@@ -411,7 +413,7 @@ func TestSharedFleetInvalidate(t *testing.T) {
 	// Another 401 with the old token (a request that was in flight) changes
 	// nothing.
 	b.Invalidate(tb1)
-	if got := mustGet(t, b.Engine); got != tb2 {
+	if got := mustGet(t, b.tokenEngine); got != tb2 {
 		t.Errorf("a stale Invalidate replaced B's token")
 	}
 }
@@ -431,8 +433,8 @@ func TestSharedFleetOtherSecretMisses(t *testing.T) {
 		t.Fatalf("the secret changed the entry's key: %s vs %s", c.sc.Key(), a.sc.Key())
 	}
 
-	ta := mustGet(t, a.Engine)
-	tc := mustGet(t, c.Engine)
+	ta := mustGet(t, a.tokenEngine)
+	tc := mustGet(t, c.tokenEngine)
 	if tc.Value == ta.Value {
 		t.Fatalf("the instance with another secret adopted %q", ta.Value)
 	}
@@ -463,7 +465,7 @@ func TestSharedFleetCorruptEntry(t *testing.T) {
 		t.Fatalf("Store: %v", err)
 	}
 
-	tok := mustGet(t, a.Engine)
+	tok := mustGet(t, a.tokenEngine)
 	if n := srv.count(); n != 1 {
 		t.Errorf("%d token requests, want 1", n)
 	}
@@ -493,7 +495,7 @@ func TestSharedFleetStorageDown(t *testing.T) {
 	core, logs := observer.New(zapcore.DebugLevel)
 	a := newCMMember(t, srv.tokenURL(), clk, cmDownStorage(), cmLogger(zap.New(core)))
 
-	tok1 := mustGet(t, a.Engine)
+	tok1 := mustGet(t, a.tokenEngine)
 	if n := srv.count(); n != 1 {
 		t.Errorf("%d token requests, want 1", n)
 	}
@@ -545,7 +547,7 @@ func TestSharedFleetLockTimeout(t *testing.T) {
 	}
 	t.Cleanup(unlock)
 
-	tok := mustGet(t, a.Engine)
+	tok := mustGet(t, a.tokenEngine)
 	if n := srv.count(); n != 1 {
 		t.Errorf("%d token requests, want 1", n)
 	}
@@ -567,7 +569,7 @@ func TestSharedFleetEntryHoldsNoPlaintext(t *testing.T) {
 	clk := newFakeClock(t)
 	dir := t.TempDir()
 	a := newCMMember(t, srv.tokenURL(), clk, cmStorage(dir))
-	tok := mustGet(t, a.Engine)
+	tok := mustGet(t, a.tokenEngine)
 	if !strings.HasPrefix(tok.Value, tokenPrefix) {
 		t.Fatalf("token %q", tok.Value)
 	}
@@ -635,7 +637,7 @@ func TestSharedFleetOff(t *testing.T) {
 	a := newCMMember(t, srv.tokenURL(), clk, trap)
 
 	// On: the storage is used (and fails, so the engine fetches locally).
-	mustGet(t, a.Engine)
+	mustGet(t, a.tokenEngine)
 	if trap.calls.Load() == 0 {
 		t.Fatal("cluster mode on, but the storage was never called")
 	}
@@ -647,7 +649,7 @@ func TestSharedFleetOff(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Refresh: %v", err)
 	}
-	mustReplace(t, a.Engine, tok)
+	mustReplace(t, a.tokenEngine, tok)
 	if n := srv.count(); n != 3 {
 		t.Errorf("%d token requests, want 3", n)
 	}
@@ -669,7 +671,7 @@ func TestSharedFleetRetryAfterFailedReplacement(t *testing.T) {
 	srv := newTokenServer(t, okToken(3600))
 	clk := newFakeClock(t)
 	a := newCMMember(t, srv.tokenURL(), clk, cmStorage(t.TempDir()))
-	t1 := mustGet(t, a.Engine)
+	t1 := mustGet(t, a.tokenEngine)
 	clk.BlockUntilTimers(1)
 
 	srv.setRespond(answer(http.StatusServiceUnavailable, "application/json", `{"error":"unavailable"}`))
@@ -678,7 +680,7 @@ func TestSharedFleetRetryAfterFailedReplacement(t *testing.T) {
 	if fresh := a.Replace(testCtx(t), t1); fresh != nil {
 		t.Fatalf("Replace returned %q while the token endpoint is down", fresh.Value)
 	}
-	if got := mustGet(t, a.Engine); got != t1 {
+	if got := mustGet(t, a.tokenEngine); got != t1 {
 		t.Fatalf("after a failed replacement A serves %q, want the token it had", got.Value)
 	}
 	clk.BlockUntilTimerAt(clk.Now().Add(time.Second)) // the retry is armed (1 s backoff)
@@ -686,7 +688,7 @@ func TestSharedFleetRetryAfterFailedReplacement(t *testing.T) {
 	srv.setRespond(okToken(3600)) // the token endpoint is back
 	clk.Advance(time.Second)
 	clk.BlockUntilTimers(1) // the retry is done
-	if got := mustGet(t, a.Engine); got.Value == t1.Value {
+	if got := mustGet(t, a.tokenEngine); got.Value == t1.Value {
 		t.Errorf("the retry after a failed replacement serves the rejected token %q again (results %v, %d token requests)",
 			t1.Value, a.obs.results(), srv.count())
 	}
@@ -700,8 +702,8 @@ func TestSharedFleetRetryAfterFailedReplacement(t *testing.T) {
 func TestSharedFleetRepeatedPeerRevocations(t *testing.T) {
 	f := newCMFleet(t, 3600, nil, nil)
 	clk, a, b := f.clk, f.a, f.b
-	mustGet(t, a.Engine)
-	tb := mustGet(t, b.Engine)
+	mustGet(t, a.tokenEngine)
+	tb := mustGet(t, b.tokenEngine)
 	for i := range 5 {
 		clk.Advance(100 * time.Millisecond) // far younger than any guard step
 		fresh, err := a.Refresh(testCtx(t)) // a peer refreshes; the server revokes tb

@@ -5,9 +5,9 @@ import "time"
 // This file is what operators and metrics see of an engine: its state,
 // a status snapshot, and the observer of its events.
 
-// Observer receives engine events, for metrics. Implementations must be
+// engineObserver receives engine events, for metrics. Implementations must be
 // fast and must not block.
-type Observer interface {
+type engineObserver interface {
 	// FetchDone is called after every token request with its outcome:
 	// "ok" or an ErrorKind's String.
 	FetchDone(result string, took time.Duration)
@@ -19,30 +19,30 @@ type Observer interface {
 	SharedCache(result string)
 }
 
-// State is the engine's health, as shown to operators.
-type State string
+// engineState is the engine's health, as shown to operators.
+type engineState string
 
-// Engine states.
+// tokenEngine states.
 const (
-	StateEmpty      State = "empty"       // no token and no failure yet
-	StateFresh      State = "fresh"       // a valid token is held
-	StateRefreshing State = "refreshing"  // a token request is in flight
-	StateBackingOff State = "backing_off" // the last request failed transiently
-	StateRejected   State = "rejected"    // the last request was refused
+	stateEmpty      engineState = "empty"       // no token and no failure yet
+	stateFresh      engineState = "fresh"       // a valid token is held
+	stateRefreshing engineState = "refreshing"  // a token request is in flight
+	stateBackingOff engineState = "backing_off" // the last request failed transiently
+	stateRejected   engineState = "rejected"    // the last request was refused
 )
 
-// Status is a snapshot of the engine for operators. It holds no secret and no
+// engineStatus is a snapshot of the engine for operators. It holds no secret and no
 // token.
-type Status struct {
-	State       State     `json:"state"`
-	ExpiresAt   time.Time `json:"expires_at,omitzero"`
-	LastFetchAt time.Time `json:"last_fetch_at,omitzero"`
-	NextRetryAt time.Time `json:"next_retry_at,omitzero"`
-	LastError   string    `json:"last_error,omitempty"`
-	Fetches     uint64    `json:"fetches"`
+type engineStatus struct {
+	State       engineState `json:"state"`
+	ExpiresAt   time.Time   `json:"expires_at,omitzero"`
+	LastFetchAt time.Time   `json:"last_fetch_at,omitzero"`
+	NextRetryAt time.Time   `json:"next_retry_at,omitzero"`
+	LastError   string      `json:"last_error,omitempty"`
+	Fetches     uint64      `json:"fetches"`
 }
 
-func (e *Engine) notifyToken(t *Token) {
+func (e *tokenEngine) notifyToken(t *accessToken) {
 	if e.obs == nil {
 		return
 	}
@@ -53,11 +53,11 @@ func (e *Engine) notifyToken(t *Token) {
 	e.obs.TokenChanged(t.wallExpiry)
 }
 
-// Status returns a snapshot for operators.
-func (e *Engine) Status() Status {
+// engineStatus returns a snapshot for operators.
+func (e *tokenEngine) Status() engineStatus {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	s := Status{Fetches: e.fetches, LastFetchAt: e.lastFetchAt}
+	s := engineStatus{Fetches: e.fetches, LastFetchAt: e.lastFetchAt}
 	now := e.clock.Now()
 	t := e.cur.Load()
 	if t.Valid(now) {
@@ -65,15 +65,15 @@ func (e *Engine) Status() Status {
 	}
 	switch {
 	case e.inflight != nil:
-		s.State = StateRefreshing
-	case e.lastErr != nil && e.lastErr.Kind == KindRejected:
-		s.State = StateRejected
+		s.State = stateRefreshing
+	case e.lastErr != nil && e.lastErr.Kind == kindRejected:
+		s.State = stateRejected
 	case e.lastErr != nil:
-		s.State = StateBackingOff
+		s.State = stateBackingOff
 	case t.Valid(now):
-		s.State = StateFresh
+		s.State = stateFresh
 	default:
-		s.State = StateEmpty
+		s.State = stateEmpty
 	}
 	if e.lastErr != nil {
 		s.LastError = e.lastErr.Error()

@@ -342,7 +342,7 @@ func TestSharedFleetFIFOEntry(t *testing.T) {
 	fifo := makeFIFO(t, dir, a.sc.Key())
 
 	// within fetches with f, which must answer within the timeout.
-	within := func(what string, f func(context.Context) (*Token, error)) *Token {
+	within := func(what string, f func(context.Context) (*accessToken, error)) *accessToken {
 		t.Helper()
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
 		defer cancel()
@@ -401,7 +401,7 @@ func TestSharedFleetGateSurvivesReload(t *testing.T) {
 	t.Cleanup(func() { close(s.release) })
 	a := newCMMember(t, srv.tokenURL(), clk, s, cmTimeout(400*time.Millisecond))
 	s.put(a.sc.Key(), []byte("{}"))
-	returnsWithin(t, 5*time.Second, "Get", func() { mustGet(t, a.Engine) })
+	returnsWithin(t, 5*time.Second, "Get", func() { mustGet(t, a.tokenEngine) })
 	if n := s.count("Load"); n != 1 {
 		t.Fatalf("%d Loads, want 1", n)
 	}

@@ -181,12 +181,12 @@ func (s *mtlsTokenServer) snapshot() (issued, clients []string) {
 	return append([]string(nil), s.issued...), append([]string(nil), s.clients...)
 }
 
-// Engine level: the client built from tls_ca and tls_client_cert gets a
+// tokenEngine level: the client built from tls_ca and tls_client_cert gets a
 // token; without the certificate, or without the CA, it does not.
 func TestTLSEngineMutualTLS(t *testing.T) {
 	pki := newTestPKI(t)
 	srv := newMTLSTokenServer(t, pki)
-	engine := func(t *testing.T, h *Handler) *Engine {
+	engine := func(t *testing.T, h *Handler) *tokenEngine {
 		t.Helper()
 		client, fp, err := h.tokenTransport()
 		if err != nil {
@@ -195,7 +195,7 @@ func TestTLSEngineMutualTLS(t *testing.T) {
 		if client == nil || fp == "" {
 			t.Fatalf("tokenTransport returned transport %v, fingerprint %q: want a custom one", client, fp)
 		}
-		return newTestEngine(t, srv.tokenURL(), newFakeClock(t), func(c *Config) {
+		return newTestEngine(t, srv.tokenURL(), newFakeClock(t), func(c *engineConfig) {
 			c.ClientID, c.ClientSecret, c.HTTPClient = testClientID, testSecret, &http.Client{Transport: client}
 		})
 	}
@@ -212,7 +212,7 @@ func TestTLSEngineMutualTLS(t *testing.T) {
 		before, _ := srv.snapshot()
 		e := engine(t, &Handler{TLSCA: pki.caFile})
 		te := mustGetErr(t, e)
-		if te.Kind != KindTransient || te.Status != 0 {
+		if te.Kind != kindTransient || te.Status != 0 {
 			t.Errorf("error %v: kind %v status %d, want a transient transport error", te, te.Kind, te.Status)
 		}
 		if !strings.Contains(te.Error(), "certificate") {
@@ -227,12 +227,12 @@ func TestTLSEngineMutualTLS(t *testing.T) {
 		te := mustGetErr(t, e)
 		// A certificate that does not verify is a configuration problem:
 		// rejected, so it is retried slowly and answered 502.
-		if te.Kind != KindRejected || !strings.Contains(te.Error(), "x509") {
+		if te.Kind != kindRejected || !strings.Contains(te.Error(), "x509") {
 			t.Errorf("error %v (kind %v), want a rejected x509 error", te, te.Kind)
 		}
 	})
 	t.Run("default client", func(t *testing.T) {
-		e := newTestEngine(t, srv.tokenURL(), newFakeClock(t), func(c *Config) {
+		e := newTestEngine(t, srv.tokenURL(), newFakeClock(t), func(c *engineConfig) {
 			c.ClientID, c.ClientSecret = testClientID, testSecret
 		})
 		if te := mustGetErr(t, e); !strings.Contains(te.Error(), "x509") {

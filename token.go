@@ -3,14 +3,12 @@ package deskoauth
 import (
 	"sync/atomic"
 	"time"
-
-	"golang.org/x/oauth2"
 )
 
 // This file is a token as the engine holds it.
 
-// Token is a token held by the engine. It is immutable once published.
-type Token struct {
+// accessToken is a token held by the engine. It is immutable once published.
+type accessToken struct {
 	// Value is the raw access token.
 	Value string
 	// obtained and expiry carry the clock's monotonic reading.
@@ -31,16 +29,11 @@ type Token struct {
 
 // Accepted records that the upstream answered a request carrying t with
 // something other than 401. It is cheap enough for every request.
-func (t *Token) Accepted() {
+func (t *accessToken) Accepted() {
 	if !t.proven.Load() {
 		t.proven.Store(true)
 	}
 }
 
 // Valid reports whether the token is usable at now.
-func (t *Token) Valid(now time.Time) bool { return t != nil && now.Before(t.expiry) }
-
-// OAuth2 returns the token as an *oauth2.Token.
-func (t *Token) OAuth2() *oauth2.Token {
-	return &oauth2.Token{AccessToken: t.Value, TokenType: "Bearer", Expiry: t.wallExpiry}
-}
+func (t *accessToken) Valid(now time.Time) bool { return t != nil && now.Before(t.expiry) }

@@ -18,40 +18,40 @@ import (
 // failed token request is classified, and the short, scrubbed texts that
 // describe it.
 
-// ErrorKind classifies why a token could not be obtained.
-type ErrorKind int
+// errorKind classifies why a token could not be obtained.
+type errorKind int
 
 // The kinds of token errors. Their String forms are the metric labels.
 const (
-	// KindTransient is a network error, timeout, 5xx or 429: retried with a
+	// kindTransient is a network error, timeout, 5xx or 429: retried with a
 	// short exponential backoff.
-	KindTransient ErrorKind = iota + 1
-	// KindRejected means the token endpoint refused the credentials (400,
+	kindTransient errorKind = iota + 1
+	// kindRejected means the token endpoint refused the credentials (400,
 	// 401, 403 and other 4xx): a configuration problem, retried slowly.
-	KindRejected
-	// KindInvalidResponse is a 2xx answer that is not a usable token (not
+	kindRejected
+	// kindInvalidResponse is a 2xx answer that is not a usable token (not
 	// JSON, no access_token, a wrong token_type, control characters…).
 	// It is retried like a transient error.
-	KindInvalidResponse
+	kindInvalidResponse
 )
 
-func (k ErrorKind) String() string {
+func (k errorKind) String() string {
 	switch k {
-	case KindTransient:
+	case kindTransient:
 		return "transient"
-	case KindRejected:
+	case kindRejected:
 		return "rejected"
-	case KindInvalidResponse:
+	case kindInvalidResponse:
 		return "invalid_response"
 	}
 	return "unknown"
 }
 
-// TokenError is the one error type the engine returns. Its text never
+// tokenError is the one error type the engine returns. Its text never
 // contains the client secret or a token.
-type TokenError struct {
-	Kind ErrorKind
-	// Status is the token endpoint's HTTP status, 0 when there was none.
+type tokenError struct {
+	Kind errorKind
+	// engineStatus is the token endpoint's HTTP status, 0 when there was none.
 	Status int
 	// Message is what the token endpoint said (its message,
 	// error_description or error code), or a short excerpt of the body.
@@ -64,7 +64,7 @@ type TokenError struct {
 	Err error
 }
 
-func (e *TokenError) Error() string {
+func (e *tokenError) Error() string {
 	var b strings.Builder
 	switch {
 	case e.Status != 0:
@@ -86,7 +86,7 @@ func (e *TokenError) Error() string {
 }
 
 // Unwrap returns the underlying cause.
-func (e *TokenError) Unwrap() error { return e.Err }
+func (e *tokenError) Unwrap() error { return e.Err }
 
 // errCrossHostRedirect is a token endpoint redirecting elsewhere: a
 // configuration problem, not an outage.
@@ -95,38 +95,38 @@ var errCrossHostRedirect = errors.New("refusing to follow a redirect to another 
 // transportError classifies a failed round trip: a redirect elsewhere or a
 // certificate that does not verify is a configuration problem (retried
 // slowly), anything else (network, timeout) transient.
-func (e *Engine) transportError(err error) *TokenError {
-	kind := KindTransient
+func (e *tokenEngine) transportError(err error) *tokenError {
+	kind := kindTransient
 	var certErr *tls.CertificateVerificationError
 	var unknownCA x509.UnknownAuthorityError
 	var hostErr x509.HostnameError
 	var invalid x509.CertificateInvalidError
 	if errors.Is(err, errCrossHostRedirect) || errors.As(err, &certErr) || errors.As(err, &unknownCA) ||
 		errors.As(err, &hostErr) || errors.As(err, &invalid) {
-		kind = KindRejected
+		kind = kindRejected
 	}
-	return &TokenError{Kind: kind, Message: "token request failed", Err: e.scrubErr(redactURLError(err))}
+	return &tokenError{Kind: kind, Message: "token request failed", Err: e.scrubErr(redactURLError(err))}
 }
 
 // statusError builds the error for a non-2xx answer.
-func (e *Engine) statusError(resp *http.Response, body []byte) *TokenError {
+func (e *tokenEngine) statusError(resp *http.Response, body []byte) *tokenError {
 	// Scrub the body before errorMessage cuts it to an excerpt: a secret
 	// straddling the cut would otherwise survive in part.
-	te := &TokenError{Status: resp.StatusCode, Message: e.scrub(errorMessage([]byte(e.scrub(string(body)))))}
+	te := &tokenError{Status: resp.StatusCode, Message: e.scrub(errorMessage([]byte(e.scrub(string(body)))))}
 	if resp.StatusCode >= 200 && resp.StatusCode <= 299 {
 		// A 2xx that carries an OAuth error (some servers do that).
-		te.Kind = KindRejected
+		te.Kind = kindRejected
 		return te
 	}
 	switch {
 	case resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusRequestTimeout || resp.StatusCode >= 500:
-		te.Kind = KindTransient
+		te.Kind = kindTransient
 		te.RetryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), e.clock.Now().Round(0))
 	case resp.StatusCode >= 300 && resp.StatusCode < 400:
-		te.Kind = KindRejected
+		te.Kind = kindRejected
 		te.Message = "redirect not followed (check token_url)"
 	default:
-		te.Kind = KindRejected
+		te.Kind = kindRejected
 	}
 	return te
 }

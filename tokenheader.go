@@ -11,13 +11,13 @@ import (
 // headerValue caches the Authorization value built for one token, so the
 // hot path does not concatenate strings.
 type headerValue struct {
-	tok   *Token
+	tok   *accessToken
 	value string
 }
 
 // setAuthorization replaces every inbound value of the token header
 // (Authorization unless configured otherwise) and returns the value set.
-func (h *Handler) setAuthorization(r *http.Request, tok *Token) string {
+func (h *Handler) setAuthorization(r *http.Request, tok *accessToken) string {
 	hv := h.hdrCache.Load()
 	if hv == nil || hv.tok != tok {
 		hv = &headerValue{tok: tok, value: h.prefix + tok.Value}

@@ -14,13 +14,12 @@ import (
 	"time"
 
 	"go.uber.org/zap"
-	"golang.org/x/oauth2"
 )
 
 // This file is the token engine. It has no Caddy imports on purpose: it is
 // tested on its own with a fake clock and httptest servers.
 
-// Engine defaults and limits.
+// tokenEngine defaults and limits.
 const (
 	// DefaultTokenURL is Desko's documented token endpoint.
 	DefaultTokenURL = "https://api.desko.com.br/v1.1/oauth/token"
@@ -75,8 +74,8 @@ const (
 	rejectRefill = 10 * time.Second
 )
 
-// Config describes one credential set and how to fetch its tokens.
-type Config struct {
+// engineConfig describes one credential set and how to fetch its tokens.
+type engineConfig struct {
 	TokenURL     string
 	ClientID     string
 	ClientSecret string
@@ -87,9 +86,9 @@ type Config struct {
 	// gives a usable expiry (default DefaultTTL).
 	DefaultTTL time.Duration
 
-	// AuthStyle is how the client authenticates (default AuthJSON,
+	// authStyle is how the client authenticates (default AuthJSON,
 	// Desko's documented format).
-	AuthStyle AuthStyle
+	AuthStyle authStyle
 	// Params are extra parameters of the token request (audience,
 	// resource…), in the JSON body or the form.
 	Params map[string]string
@@ -107,11 +106,11 @@ type Config struct {
 	// never sent to another host.
 	HTTPClient *http.Client
 	// Clock defaults to the real clock.
-	Clock Clock
+	Clock engineClock
 	// Logger defaults to a no-op logger.
 	Logger *zap.Logger
 	// Observer may be nil.
-	Observer Observer
+	Observer engineObserver
 	// Rand returns a float in [0,1) for jitter; defaults to math/rand/v2.
 	Rand func() float64
 }
@@ -119,23 +118,23 @@ type Config struct {
 // call is one token request that any number of callers may wait on.
 type call struct {
 	done      chan struct{}
-	replacing *Token // the rejected token, when Invalidate started it
-	avoid     string // a token value the upstream rejected: never adopt it
-	tok       *Token
+	replacing *accessToken // the rejected token, when Invalidate started it
+	avoid     string       // a token value the upstream rejected: never adopt it
+	tok       *accessToken
 	err       error
 }
 
-// Engine fetches, caches and refreshes the tokens of one credential set. It
+// tokenEngine fetches, caches and refreshes the tokens of one credential set. It
 // is safe for concurrent use. Its zero value is not usable: use NewEngine.
-type Engine struct {
-	cfg  Config
+type tokenEngine struct {
+	cfg  engineConfig
 	body []byte // the JSON token request body (holds the secret)
 	// secretScrub removes the secrets from text that came from elsewhere.
 	secretScrub *scrubber
 	client      *http.Client
-	clock       Clock
+	clock       engineClock
 	log         *zap.Logger
-	obs         Observer
+	obs         engineObserver
 	rand        func() float64
 
 	// monotonic is set with the real clock: Get then checks expiry with
@@ -143,7 +142,7 @@ type Engine struct {
 	// wall clock too, which costs as much again on some VMs).
 	monotonic bool
 
-	cur atomic.Pointer[Token]
+	cur atomic.Pointer[accessToken]
 
 	// shared is the fleet-wide token store in cluster mode (nil: off).
 	shared atomic.Pointer[sharedHolder]
@@ -152,7 +151,7 @@ type Engine struct {
 
 	mu          sync.Mutex
 	inflight    *call
-	lastErr     *TokenError
+	lastErr     *tokenError
 	failures    int       // consecutive failures
 	nextAttempt time.Time // no new fetch before this while lastErr != nil
 	lastFetchAt time.Time // wall clock
@@ -180,12 +179,12 @@ type Engine struct {
 }
 
 // reservedParams are the token request parameters the engine sets itself;
-// Config.Params must not hold them (the handler's Validate checks that).
+// engineConfig.Params must not hold them (the handler's Validate checks that).
 var reservedParams = []string{"grant_type", "client_id", "client_secret", "scope"}
 
 // withDefaults returns c with the defaults applied; it is the one place
 // they are.
-func (c Config) withDefaults() Config {
+func (c engineConfig) withDefaults() engineConfig {
 	c.TokenURL = cmp.Or(c.TokenURL, DefaultTokenURL)
 	c.Timeout = cmp.Or(c.Timeout, DefaultTimeout)
 	c.DefaultTTL = cmp.Or(c.DefaultTTL, DefaultTTL)
@@ -201,10 +200,10 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
-// NewEngine starts an engine for cfg, with the defaults applied. It trusts
+// newTokenEngine starts an engine for cfg, with the defaults applied. It trusts
 // cfg: the handler's Validate checked the written configuration. The
 // engine's background refresher runs until Close.
-func NewEngine(cfg Config) (*Engine, error) {
+func newTokenEngine(cfg engineConfig) (*tokenEngine, error) {
 	cfg = cfg.withDefaults()
 	fields := map[string]string{
 		"grant_type":    "client_credentials",
@@ -223,7 +222,7 @@ func NewEngine(cfg Config) (*Engine, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encoding token request: %w", err)
 	}
-	e := &Engine{
+	e := &tokenEngine{
 		cfg:         cfg,
 		body:        body,
 		secretScrub: newScrubber(cfg.ClientID, cfg.ClientSecret, append(urlSecrets(cfg.TokenURL), cfg.Secrets...)...),
@@ -241,16 +240,6 @@ func NewEngine(cfg Config) (*Engine, error) {
 	return e, nil
 }
 
-// Token implements oauth2.TokenSource. It blocks until a token is available
-// or the fetch fails.
-func (e *Engine) Token() (*oauth2.Token, error) {
-	t, err := e.Get(context.Background())
-	if err != nil {
-		return nil, err
-	}
-	return t.OAuth2(), nil
-}
-
 // Get returns a valid token, fetching one if needed. A cached valid token is
 // returned without locking. Concurrent callers share one fetch; a caller
 // whose ctx ends stops waiting without cancelling the fetch for the others.
@@ -260,7 +249,7 @@ func (e *Engine) Token() (*oauth2.Token, error) {
 // While the current token is being replaced because the upstream rejected
 // it, Get waits for its replacement; if that fetch fails, the current token
 // is returned until it expires.
-func (e *Engine) Get(ctx context.Context) (*Token, error) {
+func (e *tokenEngine) Get(ctx context.Context) (*accessToken, error) {
 	if t := e.cur.Load(); t != nil && !t.suspect.Load() {
 		if e.monotonic {
 			if time.Until(t.expiry) > 0 { // t.expiry carries a monotonic reading
@@ -274,14 +263,14 @@ func (e *Engine) Get(ctx context.Context) (*Token, error) {
 }
 
 // Peek returns the current token if it is valid, without ever fetching.
-func (e *Engine) Peek() *Token {
+func (e *tokenEngine) Peek() *accessToken {
 	if t := e.cur.Load(); t.Valid(e.clock.Now()) {
 		return t
 	}
 	return nil
 }
 
-func (e *Engine) slowGet(ctx context.Context) (*Token, error) {
+func (e *tokenEngine) slowGet(ctx context.Context) (*accessToken, error) {
 	e.mu.Lock()
 	now := e.clock.Now()
 	if t := e.cur.Load(); t.Valid(now) {
@@ -314,7 +303,7 @@ func (e *Engine) slowGet(ctx context.Context) (*Token, error) {
 	return e.wait(ctx, c)
 }
 
-func (e *Engine) wait(ctx context.Context, c *call) (*Token, error) {
+func (e *tokenEngine) wait(ctx context.Context, c *call) (*accessToken, error) {
 	select {
 	case <-c.done:
 		if c.err != nil {
@@ -329,7 +318,7 @@ func (e *Engine) wait(ctx context.Context, c *call) (*Token, error) {
 // Refresh starts a fetch now (or joins the one in flight) even if the
 // current token is valid, and waits for it. Backoff is ignored: this is for
 // operators who rotated something on the server side.
-func (e *Engine) Refresh(ctx context.Context) (*Token, error) {
+func (e *tokenEngine) Refresh(ctx context.Context) (*accessToken, error) {
 	e.mu.Lock()
 	c := e.inflight
 	if c == nil {
@@ -341,14 +330,14 @@ func (e *Engine) Refresh(ctx context.Context) (*Token, error) {
 
 // startLocked starts a fetch; e.mu must be held and no fetch in flight.
 // replacing is the rejected token when Invalidate started it.
-func (e *Engine) startLocked(replacing *Token) *call {
+func (e *tokenEngine) startLocked(replacing *accessToken) *call {
 	c := &call{done: make(chan struct{}), replacing: replacing, avoid: e.rejected}
 	e.inflight = c
 	go e.fetch(c)
 	return c
 }
 
-func (e *Engine) fetch(c *call) {
+func (e *tokenEngine) fetch(c *call) {
 	start := e.clock.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), e.cfg.Timeout)
 	tok, terr, adopted := e.obtain(ctx, c.replacing, c.avoid)
@@ -412,7 +401,7 @@ func (e *Engine) fetch(c *call) {
 			if terr.Status != 0 {
 				fields = append(fields, zap.Int("status", terr.Status))
 			}
-			if terr.Kind == KindRejected {
+			if terr.Kind == kindRejected {
 				e.log.Error("token endpoint rejected the credentials; check client_id, client_secret and scope", fields...)
 			} else if e.cur.Load().Valid(e.clock.Now()) {
 				e.log.Warn("token refresh failed; still serving the current token", fields...)
@@ -435,7 +424,7 @@ func (e *Engine) fetch(c *call) {
 
 // WarmUp starts a fetch in the background if the engine holds no token and
 // none is in flight. It never blocks.
-func (e *Engine) WarmUp() {
+func (e *tokenEngine) WarmUp() {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.inflight == nil && e.lastErr == nil && !e.cur.Load().Valid(e.clock.Now()) {
@@ -446,7 +435,7 @@ func (e *Engine) WarmUp() {
 // Close stops the background refresher. A token request in flight runs to
 // its timeout; calls after Close still answer (from the cache, or with a
 // one-off fetch) so that requests still in flight during a reload complete.
-func (e *Engine) Close() error {
+func (e *tokenEngine) Close() error {
 	e.mu.Lock()
 	if e.closed {
 		e.mu.Unlock()

@@ -168,9 +168,9 @@ func fixedRand(v float64) func() float64 { return func() float64 { return v } }
 // newTestEngine starts an engine for tokenURL with the test credentials,
 // clk, and jitter pinned to the middle (Rand 0.5 makes backoff jitter
 // exactly ×1 and refreshes happen at 77.5% of a token's lifetime).
-func newTestEngine(t testing.TB, tokenURL string, clk Clock, opts ...func(*Config)) *Engine {
+func newTestEngine(t testing.TB, tokenURL string, clk engineClock, opts ...func(*engineConfig)) *tokenEngine {
 	t.Helper()
-	cfg := Config{
+	cfg := engineConfig{
 		TokenURL:     tokenURL,
 		ClientID:     tsClientID,
 		ClientSecret: tsSecret,
@@ -180,7 +180,7 @@ func newTestEngine(t testing.TB, tokenURL string, clk Clock, opts ...func(*Confi
 	for _, o := range opts {
 		o(&cfg)
 	}
-	e, err := NewEngine(cfg)
+	e, err := newTokenEngine(cfg)
 	if err != nil {
 		t.Fatalf("NewEngine: %v", err)
 	}
@@ -194,7 +194,7 @@ func testCtx(t testing.TB) context.Context {
 	return ctx
 }
 
-func mustGet(t testing.TB, e *Engine) *Token {
+func mustGet(t testing.TB, e *tokenEngine) *accessToken {
 	t.Helper()
 	tok, err := e.Get(testCtx(t))
 	if err != nil {
@@ -207,7 +207,7 @@ func mustGet(t testing.TB, e *Engine) *Token {
 }
 
 // mustReplace tells e that tok was rejected and returns its replacement.
-func mustReplace(t testing.TB, e *Engine, tok *Token) *Token {
+func mustReplace(t testing.TB, e *tokenEngine, tok *accessToken) *accessToken {
 	t.Helper()
 	fresh := e.Replace(testCtx(t), tok)
 	if fresh == nil || fresh.Value == tok.Value {
@@ -216,13 +216,13 @@ func mustReplace(t testing.TB, e *Engine, tok *Token) *Token {
 	return fresh
 }
 
-func mustGetErr(t testing.TB, e *Engine) *TokenError {
+func mustGetErr(t testing.TB, e *tokenEngine) *tokenError {
 	t.Helper()
 	tok, err := e.Get(testCtx(t))
 	if err == nil {
 		t.Fatalf("Get returned token %q, want an error", tok.Value)
 	}
-	var te *TokenError
+	var te *tokenError
 	if !errors.As(err, &te) {
 		t.Fatalf("Get error %T %v is not a *TokenError", err, err)
 	}
@@ -259,7 +259,7 @@ func TestEngineRequestFormat(t *testing.T) {
 			desko := deskotest.New(tsClientID, tsSecret, time.Hour)
 			srv := httptest.NewServer(desko)
 			t.Cleanup(srv.Close)
-			e := newTestEngine(t, srv.URL+deskotest.TokenPath, newFakeClock(t), func(c *Config) { c.Scopes = tt.scopes })
+			e := newTestEngine(t, srv.URL+deskotest.TokenPath, newFakeClock(t), func(c *engineConfig) { c.Scopes = tt.scopes })
 
 			tok := mustGet(t, e)
 			if !desko.Valid(tok.Value) {
@@ -415,7 +415,7 @@ func TestParseTokenResponse(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			p, err := ParseTokenResponse([]byte(tt.body), now, def)
+			p, err := parseTokenResponse([]byte(tt.body), now, def)
 			if tt.wantErr != "" {
 				if err == nil {
 					t.Fatalf("ParseTokenResponse(%q) = token %q expiring in %v, want an error containing %q",
@@ -447,15 +447,12 @@ func TestParseTokenResponse(t *testing.T) {
 			}
 			// The expiry the engine compares against must keep the
 			// monotonic reading; the wall expiry must not (it is shown to
-			// operators and handed to oauth2).
+			// operators and metrics).
 			if !hasMonotonic(p.expiry) {
 				t.Errorf("expiry %v lost the monotonic reading", p.expiry)
 			}
 			if hasMonotonic(p.wallExpiry) || !p.wallExpiry.Equal(now.Add(tt.wantTTL)) {
 				t.Errorf("wallExpiry = %v, want %v without monotonic reading", p.wallExpiry, now.Add(tt.wantTTL).Round(0))
-			}
-			if o := p.OAuth2(); o.AccessToken != p.Value || o.TokenType != "Bearer" || !o.Expiry.Equal(p.wallExpiry) {
-				t.Errorf("OAuth2() = %+v", o)
 			}
 		})
 	}
@@ -491,7 +488,7 @@ func TestJWTExpiry(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, ok := JWTExpiry(tt.tok)
+			got, ok := jwtExpiry(tt.tok)
 			if ok != tt.wantOK {
 				t.Fatalf("JWTExpiry(%q) ok = %v, want %v", tt.tok, ok, tt.wantOK)
 			}
@@ -527,51 +524,51 @@ func TestTokenErrorShapes(t *testing.T) {
 	tests := []struct {
 		name       string
 		handler    http.Handler
-		wantKind   ErrorKind
+		wantKind   errorKind
 		wantStatus int
 		wantIn     []string // substrings of Error()
-		check      func(t *testing.T, te *TokenError)
+		check      func(t *testing.T, te *tokenError)
 	}{
 		{
 			name: "Desko 401", handler: deskoIn(deskotest.ModeReject),
-			wantKind: KindRejected, wantStatus: 401, wantIn: []string{"401", "Client authentication failed"},
+			wantKind: kindRejected, wantStatus: 401, wantIn: []string{"401", "Client authentication failed"},
 		},
 		{
 			name: "Desko 401 shape, literal",
 			handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				answer(401, "application/json", `{"error":401,"id":"oauth_server","message":"Client authentication failed"}`)(w, r, 1)
 			}),
-			wantKind: KindRejected, wantStatus: 401, wantIn: []string{"Client authentication failed"},
+			wantKind: kindRejected, wantStatus: 401, wantIn: []string{"Client authentication failed"},
 		},
 		{
 			name: "RFC 6749 400 invalid_client", handler: deskoIn(deskotest.ModeRFCReject),
-			wantKind: KindRejected, wantStatus: 400, wantIn: []string{"invalid_client", "Client authentication failed"},
+			wantKind: kindRejected, wantStatus: 400, wantIn: []string{"invalid_client", "Client authentication failed"},
 		},
 		{
 			name: "RFC 6749 error code only",
 			handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				answer(400, "application/json", `{"error":"invalid_scope"}`)(w, r, 1)
 			}),
-			wantKind: KindRejected, wantStatus: 400, wantIn: []string{"invalid_scope"},
+			wantKind: kindRejected, wantStatus: 400, wantIn: []string{"invalid_scope"},
 		},
 		{
 			name: "403 plain text",
 			handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				answer(403, "text/plain", "Forbidden")(w, r, 1)
 			}),
-			wantKind: KindRejected, wantStatus: 403, wantIn: []string{"403", "Forbidden"},
+			wantKind: kindRejected, wantStatus: 403, wantIn: []string{"403", "Forbidden"},
 		},
 		{
 			name: "500", handler: deskoIn(deskotest.ModeDown),
-			wantKind: KindTransient, wantStatus: 500, wantIn: []string{"500", "Internal server error"},
+			wantKind: kindTransient, wantStatus: 500, wantIn: []string{"500", "Internal server error"},
 		},
 		{
 			name: "429 with Retry-After",
 			handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				answer(429, "application/json", `{"message":"Too Many Attempts."}`, "Retry-After", "30")(w, r, 1)
 			}),
-			wantKind: KindTransient, wantStatus: 429, wantIn: []string{"Too Many Attempts."},
-			check: func(t *testing.T, te *TokenError) {
+			wantKind: kindTransient, wantStatus: 429, wantIn: []string{"Too Many Attempts."},
+			check: func(t *testing.T, te *tokenError) {
 				if te.RetryAfter != 30*time.Second {
 					t.Errorf("RetryAfter = %v, want 30s", te.RetryAfter)
 				}
@@ -579,22 +576,22 @@ func TestTokenErrorShapes(t *testing.T) {
 		},
 		{
 			name: "HTML 200", handler: deskoIn(deskotest.ModeHTML),
-			wantKind: KindInvalidResponse, wantStatus: 200, wantIn: []string{"JSON"},
+			wantKind: kindInvalidResponse, wantStatus: 200, wantIn: []string{"JSON"},
 		},
 		{
 			name: "empty 200",
 			handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				answer(200, "application/json", "")(w, r, 1)
 			}),
-			wantKind: KindInvalidResponse, wantStatus: 200,
+			wantKind: kindInvalidResponse, wantStatus: 200,
 		},
 		{
 			name: "HTML 502 is cut to a short excerpt",
 			handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				answer(502, "text/html", bigHTML)(w, r, 1)
 			}),
-			wantKind: KindTransient, wantStatus: 502, wantIn: []string{"502 Bad Gateway"},
-			check: func(t *testing.T, te *TokenError) {
+			wantKind: kindTransient, wantStatus: 502, wantIn: []string{"502 Bad Gateway"},
+			check: func(t *testing.T, te *tokenError) {
 				if n := utf8.RuneCountInString(te.Message); n > 130 {
 					t.Errorf("Message is %d characters, want at most 130: %q", n, te.Message)
 				}
@@ -608,8 +605,8 @@ func TestTokenErrorShapes(t *testing.T) {
 			handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				answer(502, "text/plain", strings.Repeat(`"\`+"\u200b", 300))(w, r, 1)
 			}),
-			wantKind: KindTransient, wantStatus: 502,
-			check: func(t *testing.T, te *TokenError) {
+			wantKind: kindTransient, wantStatus: 502,
+			check: func(t *testing.T, te *tokenError) {
 				if n := utf8.RuneCountInString(te.Message); n > 130 {
 					t.Errorf("Message is %d characters, want at most 130: %q", n, te.Message)
 				}
@@ -620,14 +617,14 @@ func TestTokenErrorShapes(t *testing.T) {
 			handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				answer(503, "", "")(w, r, 1)
 			}),
-			wantKind: KindTransient, wantStatus: 503, wantIn: []string{"503"},
+			wantKind: kindTransient, wantStatus: 503, wantIn: []string{"503"},
 		},
 		{
 			name: "200 over 1 MiB",
 			handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				answer(200, "application/json", `{"access_token":"abc","pad":"`+strings.Repeat("x", maxBodyBytes)+`"}`)(w, r, 1)
 			}),
-			wantKind: KindInvalidResponse, wantStatus: 200, wantIn: []string{"1 MiB"},
+			wantKind: kindInvalidResponse, wantStatus: 200, wantIn: []string{"1 MiB"},
 		},
 	}
 	for _, tt := range tests {
@@ -677,8 +674,8 @@ func TestEngineBodyLimit(t *testing.T) {
 				}
 				return
 			}
-			var te *TokenError
-			if !errors.As(err, &te) || te.Kind != KindInvalidResponse {
+			var te *tokenError
+			if !errors.As(err, &te) || te.Kind != kindInvalidResponse {
 				t.Fatalf("Get error = %v, want an invalid_response TokenError", err)
 			}
 		})
@@ -732,7 +729,7 @@ func TestTokenErrorNeverHoldsSecret(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			core, logs := observer.New(zapcore.DebugLevel)
 			srv := newTokenServer(t, tt.r)
-			e := newTestEngine(t, srv.tokenURL(), newFakeClock(t), func(c *Config) { c.Logger = zap.New(core) })
+			e := newTestEngine(t, srv.tokenURL(), newFakeClock(t), func(c *engineConfig) { c.Logger = zap.New(core) })
 			te := mustGetErr(t, e)
 			if leaksSecret(te.Error()) {
 				t.Errorf("Error() leaks the secret: %q", te.Error())
@@ -767,7 +764,7 @@ func TestEngineRedirects(t *testing.T) {
 			if !strings.Contains(te.Error(), "redirect") {
 				t.Errorf("Error() = %q, want it to mention the redirect", te.Error())
 			}
-			if te.Kind != KindRejected {
+			if te.Kind != kindRejected {
 				t.Errorf("Kind = %v, want rejected: a redirect elsewhere is a configuration problem", te.Kind)
 			}
 			if leaksSecret(te.Error()) {
@@ -837,7 +834,7 @@ func TestBackoffHonoursRetryAfter(t *testing.T) {
 			clk := newFakeClock(t)
 			e := newTestEngine(t, srv.tokenURL(), clk)
 			te := mustGetErr(t, e)
-			if te.Kind != KindTransient {
+			if te.Kind != kindTransient {
 				t.Errorf("Kind = %v, want transient", te.Kind)
 			}
 			if te.RetryAfter < tt.wantRetryAfter[0] || te.RetryAfter > tt.wantRetryAfter[1] {
@@ -885,7 +882,7 @@ func TestEngineSingleFlight(t *testing.T) {
 	waiting := make(chan struct{}, 10*callers)
 	ctx := waitSignalCtx{testCtx(t), waiting}
 	type result struct {
-		tok *Token
+		tok *accessToken
 		err error
 	}
 	results := make(chan result, callers)
@@ -899,11 +896,11 @@ func TestEngineSingleFlight(t *testing.T) {
 		waitChan(t, waiting, fmt.Sprintf("caller %d to wait", i+1))
 	}
 	srv.waitArrival(1)
-	if st := e.Status(); st.State != StateRefreshing {
-		t.Errorf("State while fetching = %s, want %s", st.State, StateRefreshing)
+	if st := e.Status(); st.State != stateRefreshing {
+		t.Errorf("State while fetching = %s, want %s", st.State, stateRefreshing)
 	}
 	release()
-	var first *Token
+	var first *accessToken
 	for range callers {
 		r := waitChan(t, results, "a caller's result")
 		if r.err != nil {
@@ -919,7 +916,7 @@ func TestEngineSingleFlight(t *testing.T) {
 	if n := srv.count(); n != 1 {
 		t.Fatalf("%d callers caused %d token requests, want 1", callers, n)
 	}
-	if st := e.Status(); st.Fetches != 1 || st.State != StateFresh {
+	if st := e.Status(); st.Fetches != 1 || st.State != stateFresh {
 		t.Errorf("Status = %+v, want 1 fetch and state fresh", st)
 	}
 }
@@ -938,7 +935,7 @@ func TestEngineSingleFlightCancelledCaller(t *testing.T) {
 		errA <- err
 	}()
 	type result struct {
-		tok *Token
+		tok *accessToken
 		err error
 	}
 	resB := make(chan result, 1)
@@ -1026,7 +1023,7 @@ func TestEngineProactiveRefresh(t *testing.T) {
 			t.Fatalf("during the refresh Get = %q, want the old, still valid token", got.Value)
 		}
 	}
-	if st := e.Status(); st.State != StateRefreshing || st.ExpiresAt.IsZero() {
+	if st := e.Status(); st.State != stateRefreshing || st.ExpiresAt.IsZero() {
 		t.Errorf("Status during the refresh = %+v, want refreshing with an expiry", st)
 	}
 	release()
@@ -1091,7 +1088,7 @@ func TestEngineRefreshNeverServesExpiredToken(t *testing.T) {
 	if before < 2 {
 		t.Fatalf("only %d token requests: the refresh was not attempted", before)
 	}
-	if st := e.Status(); st.State != StateBackingOff || st.ExpiresAt.IsZero() {
+	if st := e.Status(); st.State != stateBackingOff || st.ExpiresAt.IsZero() {
 		t.Fatalf("Status = %+v, want backing_off while still holding a token", st)
 	}
 
@@ -1108,14 +1105,14 @@ func TestEngineRefreshNeverServesExpiredToken(t *testing.T) {
 	// Fail fast: no token request per call while backing off.
 	for range 20 {
 		te := mustGetErr(t, e)
-		if te.Kind != KindTransient || te.Status != 500 || te.RetryAfter <= 0 {
+		if te.Kind != kindTransient || te.Status != 500 || te.RetryAfter <= 0 {
 			t.Fatalf("Get error = %+v, want the last transient 500 with a RetryAfter", te)
 		}
 	}
 	if n := srv.count(); n != before {
 		t.Fatalf("Gets after expiry made %d token requests while backing off", n-before)
 	}
-	if st := e.Status(); st.State != StateBackingOff || !st.ExpiresAt.IsZero() {
+	if st := e.Status(); st.State != stateBackingOff || !st.ExpiresAt.IsZero() {
 		t.Fatalf("Status = %+v, want backing_off without an expiry", st)
 	}
 }
@@ -1134,14 +1131,14 @@ func TestEngineBackoff(t *testing.T) {
 	tests := []struct {
 		name     string
 		r        responder
-		wantKind ErrorKind
+		wantKind errorKind
 		waits    []time.Duration
 	}{
-		{"transient 500", answer(500, "application/json", `{"error":500,"message":"down"}`), KindTransient, secs(1, 2, 4, 8, 16, 32, 60, 60, 60)},
-		{"transient 429 without Retry-After", answer(429, "", ""), KindTransient, secs(1, 2, 4, 8, 16, 32, 60, 60)},
-		{"invalid response", answer(200, "text/html", "<html></html>"), KindInvalidResponse, secs(1, 2, 4, 8, 16, 32, 60, 60)},
-		{"rejected 401", answer(401, "application/json", `{"error":401,"id":"oauth_server","message":"Client authentication failed"}`), KindRejected, secs(5, 10, 20, 40, 80, 160, 300, 300)},
-		{"rejected 403", answer(403, "text/plain", "Forbidden"), KindRejected, secs(5, 10, 20, 40, 80, 160, 300, 300)},
+		{"transient 500", answer(500, "application/json", `{"error":500,"message":"down"}`), kindTransient, secs(1, 2, 4, 8, 16, 32, 60, 60, 60)},
+		{"transient 429 without Retry-After", answer(429, "", ""), kindTransient, secs(1, 2, 4, 8, 16, 32, 60, 60)},
+		{"invalid response", answer(200, "text/html", "<html></html>"), kindInvalidResponse, secs(1, 2, 4, 8, 16, 32, 60, 60)},
+		{"rejected 401", answer(401, "application/json", `{"error":401,"id":"oauth_server","message":"Client authentication failed"}`), kindRejected, secs(5, 10, 20, 40, 80, 160, 300, 300)},
+		{"rejected 403", answer(403, "text/plain", "Forbidden"), kindRejected, secs(5, 10, 20, 40, 80, 160, 300, 300)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -1190,7 +1187,7 @@ func TestEngineBackoffJitter(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			srv := newTokenServer(t, answer(tt.status, "", ""))
 			clk := newFakeClock(t)
-			e := newTestEngine(t, srv.tokenURL(), clk, func(c *Config) { c.Rand = fixedRand(tt.rand) })
+			e := newTestEngine(t, srv.tokenURL(), clk, func(c *engineConfig) { c.Rand = fixedRand(tt.rand) })
 			mustGetErr(t, e)
 			clk.BlockUntilTimers(1)
 			if got := onlyPending(t, clk); got != tt.want {
@@ -1243,7 +1240,7 @@ func TestEngineBackoffRecovery(t *testing.T) {
 				t.Fatalf("after recovery Get = %q with %d requests, want tok-4 with 4", tok.Value, srv.count())
 			}
 			st := e.Status()
-			if st.State != StateFresh || st.LastError != "" || !st.NextRetryAt.IsZero() {
+			if st.State != stateFresh || st.LastError != "" || !st.NextRetryAt.IsZero() {
 				t.Fatalf("Status after recovery = %+v", st)
 			}
 			// Back to the normal schedule: the next timer is the refresh.
@@ -1255,14 +1252,14 @@ func TestEngineBackoffRecovery(t *testing.T) {
 }
 
 // ---------------------------------------------------------------------------
-// Status
+// engineStatus
 
 func TestEngineStatus(t *testing.T) {
 	srv := newTokenServer(t, okToken(3600))
 	clk := newFakeClock(t)
 	e := newTestEngine(t, srv.tokenURL(), clk)
 
-	checkClean := func(st Status, tok *Token) {
+	checkClean := func(st engineStatus, tok *accessToken) {
 		t.Helper()
 		b, _ := json.Marshal(st)
 		for _, s := range []string{st.LastError, string(b)} {
@@ -1276,14 +1273,14 @@ func TestEngineStatus(t *testing.T) {
 	}
 
 	st := e.Status()
-	if st.State != StateEmpty || st.Fetches != 0 || st.LastError != "" || !st.ExpiresAt.IsZero() || !st.LastFetchAt.IsZero() {
+	if st.State != stateEmpty || st.Fetches != 0 || st.LastError != "" || !st.ExpiresAt.IsZero() || !st.LastFetchAt.IsZero() {
 		t.Fatalf("new engine Status = %+v, want empty", st)
 	}
 
 	tok := mustGet(t, e)
 	clk.BlockUntilTimers(1)
 	st = e.Status()
-	if st.State != StateFresh || st.Fetches != 1 || st.LastError != "" || st.LastFetchAt.IsZero() {
+	if st.State != stateFresh || st.Fetches != 1 || st.LastError != "" || st.LastFetchAt.IsZero() {
 		t.Fatalf("Status after a token = %+v, want fresh", st)
 	}
 	if want := tok.wallExpiry; !st.ExpiresAt.Equal(want) || st.ExpiresAt.Sub(clk.Now()) != time.Hour {
@@ -1300,7 +1297,7 @@ func TestEngineStatus(t *testing.T) {
 		t.Fatal("Refresh against a failing server succeeded")
 	}
 	st = e.Status()
-	if st.State != StateBackingOff || st.ExpiresAt.IsZero() || st.NextRetryAt.IsZero() || st.Fetches != 2 {
+	if st.State != stateBackingOff || st.ExpiresAt.IsZero() || st.NextRetryAt.IsZero() || st.Fetches != 2 {
 		t.Fatalf("Status after a failed refresh = %+v, want backing_off with the token still held", st)
 	}
 	if !strings.Contains(st.LastError, "500") {
@@ -1315,7 +1312,7 @@ func TestEngineStatus(t *testing.T) {
 	srv.setRespond(answer(200, "application/json", `{"access_token":"leaky-token-value\r\n","token_type":"mac"}`))
 	e.Refresh(testCtx(t))
 	st = e.Status()
-	if st.State != StateBackingOff || strings.Contains(st.LastError, "leaky-token-value") {
+	if st.State != stateBackingOff || strings.Contains(st.LastError, "leaky-token-value") {
 		t.Errorf("Status after an unusable answer = %+v", st)
 	}
 
@@ -1327,7 +1324,7 @@ func TestEngineStatus(t *testing.T) {
 		t.Fatal("Refresh against a refusing server succeeded")
 	}
 	st = e.Status()
-	if st.State != StateRejected || !strings.Contains(st.LastError, "Client authentication failed") {
+	if st.State != stateRejected || !strings.Contains(st.LastError, "Client authentication failed") {
 		t.Fatalf("Status after a refusal = %+v, want rejected", st)
 	}
 	checkClean(st, tok)
@@ -1339,7 +1336,7 @@ func TestEngineStatus(t *testing.T) {
 		t.Fatalf("Refresh: %v", err)
 	}
 	st = e.Status()
-	if st.State != StateFresh || st.LastError != "" || st.Fetches != 5 {
+	if st.State != stateFresh || st.LastError != "" || st.Fetches != 5 {
 		t.Fatalf("Status after recovery = %+v", st)
 	}
 	checkClean(st, tok2)

@@ -48,11 +48,11 @@ const (
 func (h *Handler) unavailable(w http.ResponseWriter, r *http.Request, err error) error {
 	status := http.StatusServiceUnavailable
 	msg, why := msgUnavailable, "transient"
-	var te *TokenError
+	var te *tokenError
 	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	if errors.As(err, &te) {
 		why = te.Kind.String()
-		if te.Kind == KindRejected {
+		if te.Kind == kindRejected {
 			status, msg = http.StatusBadGateway, msgRejected
 		} else {
 			secs := int((te.RetryAfter + time.Second - 1) / time.Second)

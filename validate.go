@@ -129,7 +129,7 @@ func (h *Handler) checkHeaderOptions() error {
 			return fmt.Errorf("param: %s is set by the module itself (scopes go in scope)", k)
 		}
 	}
-	if _, err := ParseAuthStyle(h.AuthStyle); err != nil {
+	if _, err := parseAuthStyle(h.AuthStyle); err != nil {
 		return fmt.Errorf("auth_style: %w", err)
 	}
 	if len(h.TLSClientCert) != 0 && len(h.TLSClientCert) != 2 {

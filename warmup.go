@@ -26,7 +26,7 @@ var warmUpWaiters atomic.Int64
 // config's context when validation ends, when the config fails to start and
 // when it is replaced. Polling is cheap (a read lock) and lasts only from
 // Provision to the start of the servers.
-func warmUpWhenRunning(ctx caddy.Context, e *Engine) {
+func warmUpWhenRunning(ctx caddy.Context, e *tokenEngine) {
 	defer warmUpWaiters.Add(-1)
 	tick := time.NewTicker(warmUpPoll)
 	defer tick.Stop()
