@@ -263,3 +263,12 @@ func TestEngineFakeClock(t *testing.T) {
 	c.BlockUntilTimerAt(c.Now().Add(time.Minute))
 	<-done
 }
+
+// peek returns the engine's current token if it is valid, without ever
+// fetching (tests only: production code asks Get).
+func peek(e *tokenEngine) *accessToken {
+	if t := e.cur.Load(); t.Valid(e.clock.Now()) {
+		return t
+	}
+	return nil
+}

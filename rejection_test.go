@@ -26,7 +26,7 @@ func assertNoFetchStarted(t *testing.T, e *tokenEngine, step string, want *acces
 	if st := e.Status(); st.State != stateFresh {
 		t.Fatalf("%s: state %s, want fresh (no fetch)", step, st.State)
 	}
-	if p := e.Peek(); p != want {
+	if p := peek(e); p != want {
 		t.Fatalf("%s: Peek = %v, want %q", step, p, want.Value)
 	}
 }

@@ -171,7 +171,7 @@ func TestEngineRefreshNeverServesExpiredToken(t *testing.T) {
 		t.Fatalf("1ns before expiry Get = %q, want the old token", got.Value)
 	}
 	clk.Advance(time.Nanosecond)
-	if p := e.Peek(); p != nil {
+	if p := peek(e); p != nil {
 		t.Fatalf("Peek returned the expired token")
 	}
 	// Fail fast: no token request per call while backing off.

@@ -268,7 +268,7 @@ func TestSharedFleetRefresh(t *testing.T) {
 		if clk.Since()+d > 30*time.Second {
 			break
 		}
-		prevA, prevB := a.Peek(), b.Peek()
+		prevA, prevB := peek(a.tokenEngine), peek(b.tokenEngine)
 		if fired := clk.Advance(d); fired != 1 {
 			t.Fatalf("step %d: %d timers fired at +%v, want exactly one", step, fired, clk.Since())
 		}

@@ -262,14 +262,6 @@ func (e *tokenEngine) Get(ctx context.Context) (*accessToken, error) {
 	return e.slowGet(ctx)
 }
 
-// Peek returns the current token if it is valid, without ever fetching.
-func (e *tokenEngine) Peek() *accessToken {
-	if t := e.cur.Load(); t.Valid(e.clock.Now()) {
-		return t
-	}
-	return nil
-}
-
 func (e *tokenEngine) slowGet(ctx context.Context) (*accessToken, error) {
 	e.mu.Lock()
 	now := e.clock.Now()

@@ -337,7 +337,7 @@ func TestEngineSingleFlightCancelledCaller(t *testing.T) {
 	if r.err != nil || r.tok.Value != "tok-1" {
 		t.Fatalf("caller B got %v, %v; want tok-1", r.tok, r.err)
 	}
-	if p := e.Peek(); p != r.tok {
+	if p := peek(e); p != r.tok {
 		t.Fatalf("the fetch A gave up on did not fill the cache (Peek = %v)", p)
 	}
 	if n := srv.count(); n != 1 {
@@ -485,11 +485,11 @@ func TestEngineExpiryUsesMonotonicClock(t *testing.T) {
 	if !hasMonotonic(next) {
 		t.Errorf("next attempt %v has no monotonic reading", next)
 	}
-	if p := e.Peek(); p != tok {
+	if p := peek(e); p != tok {
 		t.Fatalf("1ns before expiry Peek = %v, want the token", p)
 	}
 	clk.Advance(time.Nanosecond)
-	if p := e.Peek(); p != nil {
+	if p := peek(e); p != nil {
 		t.Fatalf("at expiry Peek still returns the token")
 	}
 }
