@@ -1,10 +1,12 @@
 package deskoauth
 
 import (
+	"encoding/json"
 	"go/ast"
 	"go/parser"
 	"go/token"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -17,7 +19,7 @@ import (
 // declared in the handler's files: dependencies run one way, handler →
 // source → engine parts.
 var engineFiles = []string{
-	"tokensource.go", "clock.go", "token.go", "tokenerror.go", "scrub.go", "answer.go",
+	"tokensource.go", "defaults.go", "clock.go", "token.go", "tokenerror.go", "scrub.go", "answer.go",
 	"request.go", "authstyle.go", "schedule.go", "status.go", "rejection.go", "shared.go",
 }
 
@@ -94,5 +96,47 @@ func TestEngineLayering(t *testing.T) {
 	}
 	if _, err := os.Stat("module.go"); err != nil {
 		t.Fatal("run from the package directory")
+	}
+}
+
+// TestEngineBuildsAsAPackageOfItsOwn compiles the engine files alone, as a
+// package of their own (through a go command overlay that puts them in a
+// directory that does not exist on disk), and checks with go list -deps
+// that nothing they need comes from Caddy or certmagic. A use of anything
+// declared in the handler's files fails the build.
+func TestEngineBuildsAsAPackageOfItsOwn(t *testing.T) {
+	goCmd, err := exec.LookPath("go")
+	if err != nil {
+		t.Skip("no go command")
+	}
+	root, err := filepath.Abs(".")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const pkg = "./internal/engineonly" // virtual: only in the overlay
+	replace := map[string]string{}
+	for _, f := range engineFiles {
+		replace[filepath.Join(root, pkg, f)] = filepath.Join(root, f)
+	}
+	b, _ := json.Marshal(map[string]any{"Replace": replace})
+	overlay := filepath.Join(t.TempDir(), "overlay.json")
+	if err := os.WriteFile(overlay, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(goCmd, "build", "-overlay", overlay, pkg).CombinedOutput(); err != nil {
+		t.Fatalf("the engine files do not build on their own: %v\n%s", err, out)
+	}
+	out, err := exec.Command(goCmd, "list", "-overlay", overlay, "-deps", "-f", "{{.ImportPath}}", pkg).CombinedOutput()
+	if err != nil {
+		t.Fatalf("go list -deps: %v\n%s", err, out)
+	}
+	deps := strings.Fields(string(out))
+	if len(deps) < 10 {
+		t.Fatalf("go list -deps listed %d packages: the check would prove nothing", len(deps))
+	}
+	for _, d := range deps {
+		if strings.HasPrefix(d, "github.com/caddyserver/") {
+			t.Errorf("the engine depends on %s", d)
+		}
 	}
 }

@@ -236,3 +236,19 @@ type storedToken struct {
 	Obtained    time.Time `json:"obtained"`
 	Expiry      time.Time `json:"expiry"`
 }
+
+// invalid says what makes t unusable, or "" if nothing does. The answer
+// never quotes the token.
+func (t *storedToken) invalid() string {
+	switch {
+	case t.AccessToken == "":
+		return "no access_token"
+	case !validTokenChars(t.AccessToken):
+		return "access_token contains characters not allowed in an HTTP header"
+	case t.Obtained.IsZero() || t.Expiry.IsZero():
+		return "obtained or expiry is missing"
+	case !t.Expiry.After(t.Obtained):
+		return "expiry is not after obtained"
+	}
+	return ""
+}
