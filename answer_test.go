@@ -126,7 +126,7 @@ func TestParseTokenResponse(t *testing.T) {
 			p, err := parseTokenResponse([]byte(tt.body), now, def)
 			if tt.wantErr != "" {
 				if err == nil {
-					t.Fatalf("ParseTokenResponse(%q) = token %q expiring in %v, want an error containing %q",
+					t.Fatalf("parseTokenResponse(%q) = token %q expiring in %v, want an error containing %q",
 						tt.body, p.Value, p.expiry.Sub(now), tt.wantErr)
 				}
 				if !strings.Contains(err.Error(), tt.wantErr) {
@@ -135,7 +135,7 @@ func TestParseTokenResponse(t *testing.T) {
 				return
 			}
 			if err != nil {
-				t.Fatalf("ParseTokenResponse(%q): %v", tt.body, err)
+				t.Fatalf("parseTokenResponse(%q): %v", tt.body, err)
 			}
 			var raw struct {
 				AccessToken string `json:"access_token"`

@@ -68,7 +68,7 @@ type call struct {
 }
 
 // tokenEngine fetches, caches and refreshes the tokens of one credential set. It
-// is safe for concurrent use. Its zero value is not usable: use NewEngine.
+// is safe for concurrent use. Its zero value is not usable: use newTokenEngine.
 type tokenEngine struct {
 	cfg  engineConfig
 	body []byte // the JSON token request body (holds the secret)

@@ -174,7 +174,7 @@ func newTestEngine(t testing.TB, tokenURL string, clk engineClock, opts ...func(
 	}
 	e, err := newTokenEngine(cfg)
 	if err != nil {
-		t.Fatalf("NewEngine: %v", err)
+		t.Fatalf("newTokenEngine: %v", err)
 	}
 	t.Cleanup(func() { e.Close() })
 	return e
