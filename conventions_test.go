@@ -146,18 +146,7 @@ func TestE2EEvents(t *testing.T) {
 	recordedEvents.Unlock()
 	loadWithEvents := func(secret string) {
 		t.Helper()
-		cf := fmt.Sprintf(`{
-	skip_install_trust
-	admin localhost:2999
-	http_port `+httpPort+`
-	https_port `+httpsPort+`
-	grace_period 1ns
-	log {
-		output file %s
-		level DEBUG
-	}
-}
-`+proxyBase+` {
+		cf := e.caddyfile(fmt.Sprintf(proxyBase+` {
 	desko_auth {
 		client_id     %s
 		client_secret %s
@@ -165,7 +154,7 @@ func TestE2EEvents(t *testing.T) {
 		warm_up       off
 	}
 	reverse_proxy %s
-}`, e.logFile, testClientID, secret, e.tokenURL(), e.srv.Listener.Addr())
+}`, testClientID, secret, e.tokenURL(), e.srv.Listener.Addr()))
 		cfg, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cf), nil)
 		if err != nil {
 			t.Fatal(err)

@@ -89,7 +89,16 @@ func (e *e2e) loadTo(extra, upstream string) {
 // loadRaw runs Caddy with the given sites, test globals and a DEBUG log.
 func (e *e2e) loadRaw(sites string) {
 	e.t.Helper()
-	e.tester.InitServer(fmt.Sprintf(`{
+	e.tester.InitServer(e.caddyfile(sites), "caddyfile")
+	if e.t.Failed() {
+		e.t.FailNow()
+	}
+}
+
+// caddyfile is the test globals (free ports, admin on localhost:2999, a
+// DEBUG log into e.logFile) followed by sites.
+func (e *e2e) caddyfile(sites string) string {
+	return fmt.Sprintf(`{
 	skip_install_trust
 	admin localhost:2999
 	http_port `+httpPort+`
@@ -100,10 +109,7 @@ func (e *e2e) loadRaw(sites string) {
 		level DEBUG
 	}
 }
-%s`, e.logFile, sites), "caddyfile")
-	if e.t.Failed() {
-		e.t.FailNow()
-	}
+%s`, e.logFile, sites)
 }
 
 // do sends a request through Caddy and returns status, headers and body.
