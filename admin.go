@@ -9,6 +9,8 @@ import (
 	"sync"
 
 	"github.com/caddyserver/caddy/v2"
+
+	"github.com/deskoproxy/caddy-desko-auth/internal/token"
 )
 
 func init() {
@@ -45,7 +47,7 @@ type SourceStatus struct {
 	ClientID string   `json:"client_id"`
 	TokenURL string   `json:"token_url"`
 	Scopes   []string `json:"scopes"`
-	engineStatus
+	token.Status
 	// Sites is how many handlers share the source.
 	Sites int `json:"sites"`
 	// RefreshError is set by POST /desko_auth/refresh when that refresh
@@ -71,12 +73,12 @@ func describe(s *source) SourceStatus {
 		scopes = []string{}
 	}
 	return SourceStatus{
-		Source:       s.label,
-		ClientID:     s.clientID,
-		TokenURL:     s.tokenURL,
-		Scopes:       scopes,
-		engineStatus: s.engine.Status(),
-		Sites:        sites,
+		Source:   s.label,
+		ClientID: s.clientID,
+		TokenURL: s.tokenURL,
+		Scopes:   scopes,
+		Status:   s.engine.Status(),
+		Sites:    sites,
 	}
 }
 

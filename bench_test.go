@@ -13,13 +13,11 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"go.uber.org/zap"
 
 	"github.com/deskoproxy/caddy-desko-auth/internal/deskotest"
 )
@@ -175,98 +173,5 @@ func BenchmarkServeHTTP(b *testing.B) {
 				})
 			})
 		}
-	}
-}
-
-// BenchmarkEngineGet is the engine's share of the hot path: a warm Get.
-func BenchmarkEngineGet(b *testing.B) {
-	e := newBenchHandler(b, true).src.engine
-	ctx := context.Background()
-	b.Run("serial", func(b *testing.B) {
-		b.ReportAllocs()
-		for b.Loop() {
-			if _, err := e.Get(ctx); err != nil {
-				b.Fatal(err)
-			}
-		}
-	})
-	b.Run("parallel", func(b *testing.B) {
-		b.ReportAllocs()
-		b.RunParallel(func(pb *testing.PB) {
-			for pb.Next() {
-				if _, err := e.Get(ctx); err != nil {
-					b.Error(err)
-					return
-				}
-			}
-		})
-	})
-}
-
-// BenchmarkTokenCold starts N goroutines that all ask a new (cold) engine
-// for a token at once, against an httptest Desko stand-in on loopback. One
-// op is one cold start: from releasing the N callers to all of them holding
-// the token. Engine creation, goroutine start and Close are outside the
-// timer. tokenreqs/op is what the token endpoint counted; it must be 1.
-func BenchmarkTokenCold(b *testing.B) {
-	desko := deskotest.New(benchClientID, benchClientSecret, time.Hour)
-	srv := httptest.NewServer(desko)
-	defer srv.Close()
-	cfg := engineConfig{
-		TokenURL:     srv.URL + deskotest.TokenPath,
-		ClientID:     benchClientID,
-		ClientSecret: benchClientSecret,
-		Logger:       zap.NewNop(),
-	}
-	for _, n := range []int{1, 100, 1000} {
-		b.Run(fmt.Sprintf("goroutines=%d", n), func(b *testing.B) {
-			ctx := context.Background()
-			before := desko.TokenRequests()
-			toks := make([]*accessToken, n)
-			errs := make([]error, n)
-			b.ReportAllocs()
-			b.ResetTimer()
-			ops := 0
-			for b.Loop() {
-				ops++
-				b.StopTimer()
-				e, err := newTokenEngine(cfg)
-				if err != nil {
-					b.Fatal(err)
-				}
-				start := make(chan struct{})
-				var ready, done sync.WaitGroup
-				ready.Add(n)
-				done.Add(n)
-				for i := range n {
-					go func() {
-						defer done.Done()
-						ready.Done()
-						<-start
-						toks[i], errs[i] = e.Get(ctx)
-					}()
-				}
-				ready.Wait()
-				b.StartTimer()
-				close(start)
-				done.Wait()
-				b.StopTimer()
-				for i := range n {
-					if errs[i] != nil {
-						b.Fatal(errs[i])
-					}
-					if toks[i] != toks[0] {
-						b.Fatalf("caller %d got a different token", i)
-					}
-				}
-				_ = e.Close()
-				b.StartTimer()
-			}
-			reqs := desko.TokenRequests() - before
-			b.ReportMetric(float64(reqs)/float64(ops), "tokenreqs/op")
-			if reqs != int64(ops) {
-				b.Errorf("%d token requests for %d cold starts; want exactly one each", reqs, ops)
-			}
-		})
 	}
 }

@@ -10,6 +10,8 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/dustin/go-humanize"
+
+	"github.com/deskoproxy/caddy-desko-auth/internal/token"
 )
 
 func init() {
@@ -88,7 +90,7 @@ var subdirectives = map[string]func(h *Handler, d *caddyfile.Dispenser) error{
 		if err != nil {
 			return err
 		}
-		if _, err := parseAuthStyle(v); err != nil {
+		if _, err := token.ParseAuthStyle(v); err != nil {
 			return d.Errf("auth_style: %v", err)
 		}
 		h.AuthStyle = v

@@ -14,6 +14,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
 	"github.com/deskoproxy/caddy-desko-auth/internal/deskotest"
+	"github.com/deskoproxy/caddy-desko-auth/internal/token"
 )
 
 // Caddy's conventions: errors through handle_errors (opt-in), placeholders
@@ -35,7 +36,7 @@ func TestE2EErrorsThroughHandleErrors(t *testing.T) {
 		respond "handled {err.status_code} why={http.desko_auth.error} source={http.desko_auth.source}"
 	}
 }`, testClientID, e.tokenURL(), e.srv.Listener.Addr()))
-	source := sourceLabel(engineConfig{ClientID: testClientID, TokenURL: e.tokenURL()})
+	source := sourceLabel(token.Config{TokenURL: e.tokenURL()}, &token.Credentials{ClientID: testClientID})
 
 	e.desko.SetMode(deskotest.ModeDown)
 	s, hdr, body := e.do("GET", "/a", "")
@@ -62,8 +63,8 @@ func TestE2EErrorsThroughHandleErrors(t *testing.T) {
 }`, testClientID, e.tokenURL(), e.srv.Listener.Addr()))
 	e.desko.SetMode(deskotest.ModeOK)
 	s, _, body = e.do("GET", "/a", "")
-	if s != 502 || !strings.HasPrefix(body, "handled 502 why=rejected msg="+msgRejected) {
-		t.Fatalf("credentials rejected: %d %q, want 502 with the fixed message", s, body)
+	if s != 502 || !strings.HasPrefix(body, "handled 502 why=refused msg="+msgRefused) {
+		t.Fatalf("credentials refused: %d %q, want 502 with the fixed message", s, body)
 	}
 	if n := e.desko.APIRequests(); n != 0 {
 		t.Errorf("%d requests forwarded without a token", n)
@@ -93,7 +94,7 @@ func TestE2ESourcePlaceholder(t *testing.T) {
 	}
 }`, testClientID, e.tokenURL(), e.srv.Listener.Addr()))
 	s, hdr, _ := e.do("GET", "/a", "")
-	if want := sourceLabel(engineConfig{ClientID: testClientID, TokenURL: e.tokenURL()}); s != 200 || hdr.Get("X-Desko-Source") != want {
+	if want := sourceLabel(token.Config{TokenURL: e.tokenURL()}, &token.Credentials{ClientID: testClientID}); s != 200 || hdr.Get("X-Desko-Source") != want {
 		t.Fatalf("status %d, X-Desko-Source %q, want %q", s, hdr.Get("X-Desko-Source"), want)
 	}
 }
@@ -123,23 +124,31 @@ func (eventRecorder) Handle(_ context.Context, e caddy.Event) error {
 // waitEvent waits (bounded) for an event of that name and returns its data.
 func waitEvent(t *testing.T, name string) map[string]any {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) {
+	var data map[string]any
+	waitFor(t, "a "+name+" event", func() bool {
 		recordedEvents.Lock()
+		defer recordedEvents.Unlock()
 		for _, e := range recordedEvents.list {
 			if e.Name() == name {
-				recordedEvents.Unlock()
-				return e.Data
+				data = e.Data
+				return true
 			}
 		}
-		recordedEvents.Unlock()
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Fatalf("no %s event within 5 s", name)
-	return nil
+		return false
+	})
+	return data
 }
 
 func TestE2EEvents(t *testing.T) {
+	// The names operators subscribe to.
+	for name, want := range map[string]string{
+		EventTokenObtained: "desko_auth_token_obtained", EventRefreshFailed: "desko_auth_refresh_failed",
+		EventCredentialsRefused: "desko_auth_credentials_refused",
+	} {
+		if name != want {
+			t.Errorf("event %q, want %q", name, want)
+		}
+	}
 	e := newE2E(t, time.Hour)
 	recordedEvents.Lock()
 	recordedEvents.list = nil
@@ -164,7 +173,7 @@ func TestE2EEvents(t *testing.T) {
 			t.Fatal(err)
 		}
 		m["apps"].(map[string]any)["events"] = map[string]any{"subscriptions": []any{map[string]any{
-			"events":   []string{EventTokenObtained, EventRefreshFailed, EventCredentialsRejected},
+			"events":   []string{EventTokenObtained, EventRefreshFailed, EventCredentialsRefused},
 			"handlers": []any{map[string]any{"handler": "desko_auth_test"}},
 		}}}
 		out, _ := json.Marshal(m)
@@ -175,7 +184,7 @@ func TestE2EEvents(t *testing.T) {
 	if s, _, _ := e.do("GET", "/a", ""); s != 200 {
 		t.Fatalf("status %d", s)
 	}
-	source := sourceLabel(engineConfig{ClientID: testClientID, TokenURL: e.tokenURL()})
+	source := sourceLabel(token.Config{TokenURL: e.tokenURL()}, &token.Credentials{ClientID: testClientID})
 	if d := waitEvent(t, EventTokenObtained); d["source"] != source || d["result"] != "ok" {
 		t.Errorf("%s data %v, want source %q and result ok", EventTokenObtained, d, source)
 	}
@@ -189,8 +198,8 @@ func TestE2EEvents(t *testing.T) {
 	e.desko.SetMode(deskotest.ModeReject)
 	loadWithEvents("third-{env.DESKO_TEST_SECRET}")
 	e.do("GET", "/c", "")
-	if d := waitEvent(t, EventCredentialsRejected); d["result"] != "rejected" {
-		t.Errorf("%s data %v, want result rejected", EventCredentialsRejected, d)
+	if d := waitEvent(t, EventCredentialsRefused); d["result"] != "refused" {
+		t.Errorf("%s data %v, want result refused", EventCredentialsRefused, d)
 	}
 	recordedEvents.Lock()
 	defer recordedEvents.Unlock()

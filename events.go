@@ -7,10 +7,12 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyevents"
+
+	"github.com/deskoproxy/caddy-desko-auth/internal/token"
 )
 
 // This file connects a token source to Caddy's events app: the events a
-// source emits, and the observer that feeds them and the metrics.
+// source emits, through the newest config's events app.
 
 // The events a token source emits through Caddy's events app, with data
 // "source" (the source label), "result" (the token request's outcome) and
@@ -21,8 +23,8 @@ const (
 	// EventRefreshFailed: a token request failed for a transient reason
 	// (network, timeout, 5xx, 429) or got an unusable answer.
 	EventRefreshFailed = "desko_auth_refresh_failed"
-	// EventCredentialsRejected: the token endpoint refused the credentials.
-	EventCredentialsRejected = "desko_auth_credentials_rejected"
+	// EventCredentialsRefused: the token endpoint refused the credentials.
+	EventCredentialsRefused = "desko_auth_credentials_refused"
 )
 
 // emitter is a config's events app and the context to emit with.
@@ -31,13 +33,9 @@ type emitter struct {
 	ctx caddy.Context
 }
 
-// sourceObserver is a source's engine Observer: it counts into the metrics
-// and emits events through the newest config's events app.
-type sourceObserver struct {
-	*sourceMetrics
-	label string
-	emit  atomic.Pointer[emitter]
-}
+// emitterRef is the events app a source emits through: the newest
+// config's, or none.
+type emitterRef struct{ p atomic.Pointer[emitter] }
 
 // useEvents makes the observer emit through ctx's events app (which the
 // http app loads): each Provision calls it, so the newest config's app is
@@ -50,29 +48,28 @@ func (o *sourceObserver) useEvents(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	o.emit.Store(&emitter{app: app.(*caddyevents.App), ctx: ctx})
+	o.emit.p.Store(&emitter{app: app.(*caddyevents.App), ctx: ctx})
 	return nil
 }
 
-// FetchDone implements Observer: metrics, then an event. Event handlers
-// run in a goroutine of their own, so that a slow one cannot hold up the
-// token source.
-func (o *sourceObserver) FetchDone(result string, took time.Duration) {
-	o.sourceMetrics.FetchDone(result, took)
-	em := o.emit.Load()
+// fetched emits the event of a token request's outcome. Event handlers run
+// in a goroutine of their own, so that a slow one cannot hold up the token
+// source.
+func (r *emitterRef) fetched(label string, err *token.Error, result string, took time.Duration) {
+	em := r.p.Load()
 	if em == nil {
 		return
 	}
 	name := EventRefreshFailed
-	switch result {
-	case "ok":
+	switch {
+	case err == nil:
 		name = EventTokenObtained
-	case kindRejected.String():
-		name = EventCredentialsRejected
+	case err.Kind == token.KindRefused:
+		name = EventCredentialsRefused
 	}
 	if !em.app.ShouldEmit(name) {
 		return
 	}
-	data := map[string]any{"source": o.label, "result": result, "took_ms": took.Milliseconds()}
+	data := map[string]any{"source": label, "result": result, "took_ms": took.Milliseconds()}
 	go em.app.Emit(em.ctx, name, data)
 }

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/deskoproxy/caddy-desko-auth/internal/deskotest"
+	"github.com/deskoproxy/caddy-desko-auth/internal/scrub/scrubtest"
 )
 
 // The fleet tests run two real Caddy processes (built from
@@ -34,6 +35,13 @@ const (
 	// shortest for which checkFleetBounds holds. The fleet tests run in
 	// parallel with each other, so the whole takes about this long.
 	fleetDefaultSeconds = 6
+
+	// revocationBurst and revocationEvery are the token source's budget of
+	// token requests that upstream 401s may cause: a burst, then one per
+	// revocationEvery (internal/token's, which keeps them unexported; the
+	// bound below is only as tight as they are).
+	revocationBurst = 6
+	revocationEvery = 10 * time.Second
 )
 
 // fleetDuration is how long each load runs: fleetDefaultSeconds, or
@@ -46,46 +54,6 @@ func fleetDuration(t *testing.T) time.Duration {
 		}
 	}
 	return time.Duration(s) * time.Second
-}
-
-var (
-	caddyBinOnce sync.Once
-	caddyBinDone = make(chan struct{})
-	caddyBin     string
-	caddyBinErr  error
-)
-
-// caddyBinTests are the tests that run the Caddy binary: TestMain starts
-// building it early when the run may include them.
-var caddyBinTests = []string{
-	"TestFleetSharesOneTokenPerLifetime", "TestFleetRevokingServer", "TestRotationThroughCaddyReload",
-	"TestCaddyValidateCommandSendsNoTokenRequest",
-}
-
-// startCaddyBuild starts building the Caddy binary, once per test binary,
-// into the folder TestMain removes when the test binary ends.
-func startCaddyBuild() {
-	caddyBinOnce.Do(func() {
-		caddyBin = filepath.Join(testTmp, "caddy")
-		go func() {
-			defer close(caddyBinDone)
-			out, err := exec.Command("go", "build", "-o", caddyBin, "./internal/caddycmd").CombinedOutput()
-			if err != nil {
-				caddyBinErr = fmt.Errorf("go build ./internal/caddycmd: %v\n%s", err, out)
-			}
-		}()
-	})
-}
-
-// buildCaddy returns the Caddy binary, waiting for its build.
-func buildCaddy(t *testing.T) string {
-	t.Helper()
-	startCaddyBuild()
-	<-caddyBinDone
-	if caddyBinErr != nil {
-		t.Fatal(caddyBinErr)
-	}
-	return caddyBin
 }
 
 // freePort returns a loopback port that was free a moment ago.
@@ -123,19 +91,18 @@ func runCaddy(t *testing.T, bin, dir, cfg string, port int, env ...string) []str
 		_ = cmd.Wait()
 		out.Close()
 	})
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	listening := eventually(func() bool {
 		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), time.Second)
 		if err == nil {
 			c.Close()
-			return cmd.Env
 		}
-		if time.Now().After(deadline) {
-			b, _ := os.ReadFile(filepath.Join(dir, "stdout.log"))
-			t.Fatalf("Caddy did not start listening on %d: %s", port, b)
-		}
-		time.Sleep(50 * time.Millisecond)
+		return err == nil
+	})
+	if !listening {
+		b, _ := os.ReadFile(filepath.Join(dir, "stdout.log"))
+		t.Fatalf("Caddy did not start listening on %d within %v: %s", port, waitLimit, b)
 	}
+	return cmd.Env
 }
 
 // startCaddy runs one Caddy process of the fleet, with a site on a free
@@ -205,7 +172,9 @@ func runLoad(targets []string, workers int, d time.Duration) *loadResult {
 					default:
 						res.other.Add(1)
 					}
-					time.Sleep(5 * time.Millisecond) // a steady, bounded rate
+					// Load pacing: a steady, bounded rate per worker
+					// (nothing is awaited here).
+					time.Sleep(5 * time.Millisecond)
 				}
 			})
 		}
@@ -233,24 +202,32 @@ func fleetRun(t *testing.T, block string, revokePrevious bool, d time.Duration) 
 		strings.TrimSpace(block), revokePrevious, d, res, n, desko.APIRejected())
 
 	// The stored entries and the logs hold neither the secret nor a token.
-	lc := newLeakCheck(fleetClientID, fleetSecret, desko.Issued()...)
+	lc := scrubtest.NewCheck(fleetClientID, fleetSecret, desko.Issued()...)
 	stored := 0
 	_ = filepath.WalkDir(storage, func(p string, de os.DirEntry, err error) error {
 		if err != nil || de.IsDir() {
 			return nil
 		}
 		data, _ := os.ReadFile(p)
-		lc.assertNone(t, p, string(data))
+		lc.AssertNone(t, p, string(data))
 		stored++
 		return nil
 	})
 	if strings.Contains(block, "shared_cache") && stored == 0 {
 		t.Error("shared_cache stored nothing: the leak check of the storage would prove nothing")
 	}
+	// The logs are megabytes of DEBUG lines: both are checked at once.
+	var wg sync.WaitGroup
 	for _, f := range []string{logA, logB} {
-		data, _ := os.ReadFile(f)
-		lc.assertNone(t, f, string(data))
+		wg.Go(func() {
+			data, err := os.ReadFile(f)
+			if err != nil {
+				t.Error(err)
+			}
+			lc.AssertNone(t, f, string(data))
+		})
 	}
+	wg.Wait()
 	return res, n, []string{logA, logB}
 }
 
@@ -337,7 +314,7 @@ func TestFleetRevokingServer(t *testing.T) {
 		// Per instance: the first token, the proactive refreshes (one
 		// more for rounding, one for the other instance's start-up), and
 		// the 401-driven ones the budget allows.
-		perInstance := 1 + int64(d/(fleetTTL*3/4)) + 2 + rejectBurst + int64(d/rejectRefill) + 1
+		perInstance := 1 + int64(d/(fleetTTL*3/4)) + 2 + revocationBurst + int64(d/revocationEvery) + 1
 		if max := 2 * perInstance; n > max {
 			t.Errorf("%d token requests in %v: the invalidation guard and the 401 budget should keep it ≤ %d", n, d, max)
 		}
@@ -362,6 +339,6 @@ func TestE2ESharedCacheInlineStorage(t *testing.T) {
 		t.Fatalf("stored entries %v (%v), want one", entries, err)
 	}
 	data, _ := os.ReadFile(entries[0])
-	e.leakCheck().assertNone(t, "the stored entry", string(data))
+	e.leakCheck().AssertNone(t, "the stored entry", string(data))
 	e.assertNoLeaks()
 }

@@ -1,10 +1,8 @@
 package deskoauth
 
 import (
-	"encoding/base64"
 	"encoding/json"
 	"fmt"
-	"html"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -17,73 +15,19 @@ import (
 	"sync"
 	"testing"
 	"time"
-	"unicode/utf8"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddytest"
-	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
-	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/deskoproxy/caddy-desko-auth/internal/scrub"
+	"github.com/deskoproxy/caddy-desko-auth/internal/scrub/scrubtest"
 )
 
-// Tests of issue 11's points 2, 3, 4, 5 and 7: what clients, logs and the
-// admin API may show of a failure; floors under token lifetimes and
-// durations; options that cannot work; one answer parser for every style.
-
-// phpSecret is the secret of the review that found the leak: a '/' that PHP
-// writes as "\/", and characters that HTML and Go's JSON escape.
-const phpSecret = "Sup3r/Secret-Valu3&<x>"
-
-// escapings are the ways a careless server may write s back.
-func escapings(s string) map[string]string {
-	goJSON, _ := json.Marshal(s)
-	uAll := func(upper bool) string {
-		var b strings.Builder
-		for _, r := range s {
-			f := "\\u%04x"
-			if upper {
-				f = "\\u%04X"
-			}
-			fmt.Fprintf(&b, f, r)
-		}
-		return b.String()
-	}
-	pctAll := func(upper bool) string {
-		var b strings.Builder
-		for i := 0; i < len(s); i++ {
-			f := "%%%02x"
-			if upper {
-				f = "%%%02X"
-			}
-			fmt.Fprintf(&b, f, s[i])
-		}
-		return b.String()
-	}
-	return map[string]string{
-		"raw":                  s,
-		"PHP JSON (\\/)":       strings.ReplaceAll(s, "/", `\/`),
-		"Go JSON":              string(goJSON[1 : len(goJSON)-1]),
-		"\\u lower":            uAll(false),
-		"\\u upper":            uAll(true),
-		"HTML":                 html.EscapeString(s),
-		"HTML decimal":         strings.ReplaceAll(html.EscapeString(s), "&amp;", "&#38;"),
-		"percent lower":        pctAll(false),
-		"percent upper":        pctAll(true),
-		"query escape":         url.QueryEscape(s),
-		"query escape in JSON": strings.ReplaceAll(url.QueryEscape(s), "%", `\u0025`),
-		"base64":               base64.StdEncoding.EncodeToString([]byte(s)),
-	}
-}
-
-// assertNoEscaping fails if text holds the secret in any escaping.
-func assertNoEscaping(t *testing.T, what, text, secret string) {
-	t.Helper()
-	for name, form := range escapings(secret) {
-		if strings.Contains(text, form) {
-			t.Errorf("%s holds the secret (%s): %.400s", what, name, text)
-		}
-	}
-}
+// Tests of issue 11's points 2, 3, 4, 5 and 7 through Caddy: what clients,
+// logs and the admin API may show of a failure; floors under durations;
+// options that cannot work; one answer parser for every style. The engine's
+// side of them (the scrubber, the lifetime floor, the parser) is tested in
+// internal/token and internal/scrub.
 
 // ---------------------------------------------------------------------------
 // 2. The secret never reaches clients, whatever the escaping
@@ -105,7 +49,7 @@ func TestE2EEchoedSecretNeverReachesClients(t *testing.T) {
 	}))
 	t.Cleanup(echo.Close)
 	e := newE2E(t, time.Hour)
-	t.Setenv("DESKO_TEST_SECRET", phpSecret)
+	t.Setenv("DESKO_TEST_SECRET", scrubtest.PHPSecret)
 	e.loadRaw(fmt.Sprintf(proxyBase+` {
 	desko_auth {
 		client_id     %s
@@ -121,153 +65,25 @@ func TestE2EEchoedSecretNeverReachesClients(t *testing.T) {
 		t.Fatalf("status %d, want 502: %s", status, body)
 	}
 	d := decodeErr(t, body)
-	if d.Message != msgRejected || d.ID != "desko_auth" || d.Error != 502 {
-		t.Errorf("client answer %+v, want the fixed message %q", d, msgRejected)
+	if d.Message != msgRefused || d.ID != "desko_auth" || d.Error != 502 {
+		t.Errorf("client answer %+v, want the fixed message %q", d, msgRefused)
 	}
-	assertNoEscaping(t, "the client's answer", body, phpSecret)
+	scrubtest.AssertNoEscaping(t, "the client's answer", body, scrubtest.PHPSecret)
 	if strings.Contains(body, "client_id") || strings.Contains(body, "grant_type") {
 		t.Errorf("the client's answer holds the token endpoint's text: %s", body)
 	}
 
 	detail := e.detail(d)
-	if !strings.Contains(detail, "token endpoint answered 401") || !strings.Contains(detail, redacted) {
+	if !strings.Contains(detail, "token endpoint answered 401") || !strings.Contains(detail, scrub.Redacted) {
 		t.Errorf("logged detail %q, want the 401 with the secret redacted", detail)
 	}
 	logs, _ := os.ReadFile(e.logFile)
-	assertNoEscaping(t, "Caddy's log", string(logs), phpSecret)
+	scrubtest.AssertNoEscaping(t, "Caddy's log", string(logs), scrubtest.PHPSecret)
 	_, status2 := adminDo(t, "GET", "/desko_auth/status")
-	if !strings.Contains(status2, redacted) {
+	if !strings.Contains(status2, scrub.Redacted) {
 		t.Errorf("admin status %s: want last_error with the redacted detail", status2)
 	}
-	assertNoEscaping(t, "the admin status", status2, phpSecret)
-}
-
-// The scrubber, one escaping at a time, as text around the secret.
-func TestScrubEscapings(t *testing.T) {
-	for _, secret := range []string{phpSecret, "Xq7:9mZ=p%41+t r/éÅ-oauth2-interop", "a\\u0041b&amp;c", "x&y%41\"z"} {
-		sc := newScrubber("client-id", secret)
-		for name, form := range escapings(secret) {
-			in := `{"echo":"before ` + form + ` after"}`
-			out := sc.Scrub(in)
-			if strings.Contains(out, form) || !strings.Contains(out, redacted) {
-				t.Errorf("secret %q, %s: Scrub(%q) = %q", secret, name, in, out)
-			}
-			if !strings.Contains(out, "before ") || !strings.Contains(out, " after") {
-				t.Errorf("secret %q, %s: Scrub removed more than the secret: %q", secret, name, out)
-			}
-		}
-	}
-	// Basic credentials, and a Basic header echoed in JSON with '\/'.
-	sc := newScrubber("id:x", phpSecret)
-	basic := base64.StdEncoding.EncodeToString([]byte(url.QueryEscape("id:x") + ":" + url.QueryEscape(phpSecret)))
-	for _, in := range []string{"Basic " + basic, `"Basic ` + strings.ReplaceAll(basic, "/", `\/`) + `"`} {
-		if out := sc.Scrub(in); strings.Contains(out, basic) || !strings.Contains(out, redacted) {
-			t.Errorf("Scrub(%q) = %q", in, out)
-		}
-	}
-	// Extra secrets (expanded params and headers, token URL keys); too
-	// short ones are not scrubbed.
-	sc = newScrubber("id", "secret-1", append(urlSecrets("https://h/t?api_key=QUERYKEY-abc123"), "param-key-value", "ab")...)
-	if out := sc.Scrub(`key QUERYKEY-abc123 param param-key-value ab`); out != `key [REDACTED] param [REDACTED] ab` {
-		t.Errorf("Scrub = %q", out)
-	}
-	if out := sc.Scrub("nothing to see"); out != "nothing to see" {
-		t.Errorf("Scrub changed clean text: %q", out)
-	}
-}
-
-// escapeRandomly writes s with every character escaped one of the ways a
-// server might, chosen by the bits of seed, and the whole possibly wrapped
-// in another layer.
-func escapeRandomly(s string, seed uint64) string {
-	next := func(n uint64) uint64 {
-		seed = seed*6364136223846793005 + 1442695040888963407
-		return (seed >> 33) % n
-	}
-	var b strings.Builder
-	for _, r := range s {
-		switch next(9) {
-		case 0:
-			fmt.Fprintf(&b, "\\u%04x", r)
-		case 1:
-			fmt.Fprintf(&b, "\\u%04X", r)
-		case 2:
-			for _, c := range []byte(string(r)) {
-				fmt.Fprintf(&b, "%%%02x", c)
-			}
-		case 3:
-			for _, c := range []byte(string(r)) {
-				fmt.Fprintf(&b, "%%%02X", c)
-			}
-		case 4:
-			fmt.Fprintf(&b, "&#%d;", r)
-		case 5:
-			fmt.Fprintf(&b, "&#x%X;", r)
-		case 6:
-			if esc := html.EscapeString(string(r)); esc != string(r) {
-				b.WriteString(esc)
-			} else if r == '/' {
-				b.WriteString(`\/`)
-			} else {
-				b.WriteRune(r)
-			}
-		default:
-			b.WriteRune(r)
-		}
-	}
-	out := b.String()
-	switch next(4) {
-	case 0: // percent-encoded again (a form-encoded echo)
-		out = url.QueryEscape(out)
-	case 1: // JSON-encoded again
-		q, _ := json.Marshal(out)
-		out = string(q[1 : len(q)-1])
-	}
-	return out
-}
-
-// FuzzScrubEscapedSecret embeds a secret, escaped at random, in random
-// text: the scrubber must redact it. The seeds run under plain go test.
-func FuzzScrubEscapedSecret(f *testing.F) {
-	for i, s := range []string{phpSecret, "Xq7:9mZ=p%41+t r/éÅ-oauth2-interop", "7gWtVs9P-s3cr3t-PEyjRVqz05QdyB", `q"u\o<t>e&`} {
-		for seed := range uint64(4) {
-			f.Add(s, "prefix "+strconv.Itoa(i), " suffix", seed*7919+uint64(i))
-		}
-	}
-	f.Fuzz(func(t *testing.T, secret, prefix, suffix string, seed uint64) {
-		if len(secret) < 4 || !utf8Valid(secret, prefix, suffix) {
-			t.Skip()
-		}
-		// Text around the escaped secret must not start or end an escape
-		// of its own, which would change what the secret's escapes mean.
-		clean := func(s string) string { return strings.Map(dropEscapeChars, s) }
-		prefix, suffix = clean(prefix), clean(suffix)
-		form := escapeRandomly(secret, seed)
-		in := prefix + form + suffix
-		out := newScrubber("client", secret).Scrub(in)
-		if strings.Contains(out, form) {
-			t.Fatalf("secret %q escaped as %q survives in %q", secret, form, out)
-		}
-		if !strings.Contains(out, redacted) {
-			t.Fatalf("nothing redacted in %q (secret %q as %q)", out, secret, form)
-		}
-	})
-}
-
-func dropEscapeChars(r rune) rune {
-	if r == '\\' || r == '%' || r == '&' {
-		return -1
-	}
-	return r
-}
-
-func utf8Valid(ss ...string) bool {
-	for _, s := range ss {
-		if !utf8.ValidString(s) {
-			return false
-		}
-	}
-	return true
+	scrubtest.AssertNoEscaping(t, "the admin status", status2, scrubtest.PHPSecret)
 }
 
 // ---------------------------------------------------------------------------
@@ -317,68 +133,8 @@ func TestE2ETokenURLQueryAndAddressesStayHidden(t *testing.T) {
 	}
 }
 
-// The same for userinfo and query keys in errors the engine builds itself,
-// and for a query key echoed by the server.
-func TestTokenErrorsHideTheURLQuery(t *testing.T) {
-	port := closedPort(t)
-	e := newTestEngine(t, fmt.Sprintf("http://user:PASSWORD-xyz@127.0.0.1:%d/t?key=QUERYKEY-abc123", port), newFakeClock(t))
-	te := mustGetErr(t, e)
-	for _, bad := range []string{"QUERYKEY", "PASSWORD-xyz", "key="} {
-		if strings.Contains(te.Error(), bad) || strings.Contains(e.Status().LastError, bad) {
-			t.Errorf("error %q holds %q", te.Error(), bad)
-		}
-	}
-	srv := newTokenServer(t, func(w http.ResponseWriter, r *http.Request, n int64) {
-		answer(401, "text/plain", "bad key "+r.URL.Query().Get("key"))(w, r, n)
-	})
-	e = newTestEngine(t, srv.tokenURL()+"?key=QUERYKEY-abc123", newFakeClock(t))
-	if te := mustGetErr(t, e); strings.Contains(te.Error(), "QUERYKEY") {
-		t.Errorf("error %q holds the echoed query key", te.Error())
-	}
-}
-
 // ---------------------------------------------------------------------------
-// 4. Floors
-
-// An endpoint whose tokens expire at once (expires_in 0 with a tiny
-// default_ttl, or a JWT exp less than a second away) gets about one token
-// request a second, not one per request.
-func TestEngineLifetimeFloor(t *testing.T) {
-	for _, tc := range []struct {
-		name   string
-		answer func(now time.Time) string
-	}{
-		{"expires_in 0 and a 300ns default_ttl", func(time.Time) string {
-			return `{"token_type":"Bearer","expires_in":0,"access_token":"opaque"}`
-		}},
-		{"JWT exp a moment away", func(now time.Time) string {
-			return `{"token_type":"Bearer","access_token":"` + makeJWT(fmt.Sprintf(`{"exp":%d}`, now.Unix()+1)) + `"}`
-		}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			clk := newFakeClock(t)
-			srv := newTokenServer(t, func(w http.ResponseWriter, r *http.Request, n int64) {
-				answer(200, "application/json", tc.answer(clk.Now()))(w, r, n)
-			})
-			e := newTestEngine(t, srv.tokenURL(), clk, func(c *engineConfig) { c.DefaultTTL = 300 })
-			mustGet(t, e)
-			clk.BlockUntilTimers(1)
-			const steps = 100 // 10 s in 100 ms steps, a request at each
-			for range steps {
-				if clk.Advance(100*time.Millisecond) > 0 {
-					clk.BlockUntilTimers(1)
-				}
-				tok := mustGet(t, e)
-				if !tok.Valid(clk.Now()) {
-					t.Fatalf("at +%v Get returned an expired token", clk.Since())
-				}
-			}
-			if n := srv.count(); n > 11 {
-				t.Fatalf("%d token requests in 10 s, want at most 11 (one a second)", n)
-			}
-		})
-	}
-}
+// 4. Floors (the token lifetime's is the engine's: internal/token)
 
 // assertRefused loads a config that must be refused with an error holding
 // want (caddytest.AssertLoadError panics on a config that loads).
@@ -492,10 +248,10 @@ func TestE2EParamAndTokenHeaderPlaceholders(t *testing.T) {
 	}
 	logs, _ := os.ReadFile(e.logFile)
 	_, admin := adminDo(t, "GET", "/desko_auth/status")
-	lc := newLeakCheck(testClientID, testSecret, apiKey, "AUDIENCE-VALUE", audience)
-	lc.assertNone(t, "Caddy's log", string(logs))
-	lc.assertNone(t, "the admin status", admin)
-	lc.assertNone(t, "the answer", body)
+	lc := scrubtest.NewCheck(testClientID, testSecret, apiKey, "AUDIENCE-VALUE", audience)
+	lc.AssertNone(t, "Caddy's log", string(logs))
+	lc.AssertNone(t, "the admin status", admin)
+	lc.AssertNone(t, "the answer", body)
 
 	assertRefused(t, `{
 	skip_install_trust
@@ -512,57 +268,6 @@ func TestE2EParamAndTokenHeaderPlaceholders(t *testing.T) {
 // quirkyAnswer has what the review found: a second access_token key in
 // another case, a token_type with a trailing space, a fractional expires_in.
 const quirkyAnswer = `{"access_token":"good-token","ACCESS_TOKEN":"evil-token","token_type":"Bearer ","expires_in":3600.7}`
-
-func TestAnswerParserEveryStyle(t *testing.T) {
-	for _, tc := range []struct {
-		name, contentType, body string
-		wantToken               string
-		wantTTL                 time.Duration
-		wantKind                errorKind
-		wantErr                 string
-	}{
-		{name: "quirky JSON", contentType: "application/json", body: quirkyAnswer, wantToken: "good-token", wantTTL: 3600 * time.Second},
-		{name: "upper-case keys only", contentType: "application/json", body: `{"ACCESS_TOKEN":"evil","Token_Type":"mac"}`,
-			wantKind: kindInvalidResponse, wantErr: "answer has no access_token"},
-		{name: "access_token twice", contentType: "application/json", body: `{"access_token":"a","access_token":"b"}`,
-			wantKind: kindInvalidResponse, wantErr: "answer has access_token more than once"},
-		{name: "token_type mac", contentType: "application/json", body: `{"access_token":"a","token_type":" mac "}`,
-			wantKind: kindInvalidResponse, wantErr: `token_type is " mac "; only Bearer tokens are supported`},
-		{name: "token_type not a string", contentType: "application/json", body: `{"access_token":"a","token_type":7}`,
-			wantKind: kindInvalidResponse, wantErr: "token_type is not a string"},
-		{name: "form-encoded answer", contentType: "application/x-www-form-urlencoded",
-			body: "access_token=form-token&token_type=bearer+&expires_in=60.5&ACCESS_TOKEN=evil", wantToken: "form-token", wantTTL: 60 * time.Second},
-		{name: "form-encoded access_token twice", contentType: "application/x-www-form-urlencoded", body: "access_token=a&access_token=b",
-			wantKind: kindInvalidResponse, wantErr: "answer has access_token more than once"},
-		{name: "JSON sent as text/plain", contentType: "text/plain", body: quirkyAnswer, wantToken: "good-token", wantTTL: 3600 * time.Second},
-		{name: "plain text page", contentType: "text/plain; charset=utf-8", body: "Service Unavailable",
-			wantKind: kindInvalidResponse, wantErr: "answer is neither a JSON object nor a form-encoded token"},
-		{name: "OAuth error with 200", contentType: "application/json", body: `{"error":"invalid_client","error_description":"nope"}`,
-			wantKind: kindRejected, wantErr: "token endpoint answered 200: invalid_client: nope"},
-	} {
-		for _, style := range []authStyle{authJSON, authForm, authBasic} {
-			t.Run(tc.name+"/"+style.String(), func(t *testing.T) {
-				srv := newTokenServer(t, answer(200, tc.contentType, tc.body))
-				clk := newFakeClock(t)
-				e := newTestEngine(t, srv.tokenURL(), clk, func(c *engineConfig) { c.AuthStyle = style })
-				if tc.wantToken == "" {
-					te := mustGetErr(t, e)
-					if te.Kind != tc.wantKind || !strings.Contains(te.Error(), tc.wantErr) {
-						t.Fatalf("error %v (%v), want %v containing %q", te, te.Kind, tc.wantKind, tc.wantErr)
-					}
-					return
-				}
-				tok := mustGet(t, e)
-				if tok.Value != tc.wantToken {
-					t.Fatalf("token %q, want %q", tok.Value, tc.wantToken)
-				}
-				if ttl := tok.expiry.Sub(clk.Now()); ttl != tc.wantTTL {
-					t.Errorf("lifetime %v, want %v", ttl, tc.wantTTL)
-				}
-			})
-		}
-	}
-}
 
 // Through Caddy, one site per style: each upstream request carries the
 // token of the exact access_token key.
@@ -603,29 +308,6 @@ func TestE2EAnswerQuirksEveryStyle(t *testing.T) {
 	want := map[string]string{"json": "Bearer good-token", "form": "Bearer good-token", "basic": "Bearer good-token"}
 	if !reflect.DeepEqual(seen, want) {
 		t.Errorf("upstream saw %v, want %v", seen, want)
-	}
-}
-
-// The engine logs through the scrubber too: a logged failure holds no
-// expanded secret of Config.Secrets.
-func TestEngineScrubsConfigSecrets(t *testing.T) {
-	core, logs := observer.New(zapcore.DebugLevel)
-	srv := newTokenServer(t, func(w http.ResponseWriter, r *http.Request, n int64) {
-		answer(400, "text/plain", "unknown tenant "+r.Header.Get("X-Tenant-Key"))(w, r, n)
-	})
-	e := newTestEngine(t, srv.tokenURL(), newFakeClock(t), func(c *engineConfig) {
-		c.Headers = map[string]string{"X-Tenant-Key": "TENANT-SECRET-42"}
-		c.Secrets = []string{"TENANT-SECRET-42"}
-		c.Logger = zap.New(core)
-	})
-	te := mustGetErr(t, e)
-	if strings.Contains(te.Error(), "TENANT-SECRET-42") || !strings.Contains(te.Error(), redacted) {
-		t.Errorf("error %q", te.Error())
-	}
-	for _, entry := range logs.All() {
-		if line := fmt.Sprint(entry.Message, entry.ContextMap()); strings.Contains(line, "TENANT-SECRET-42") {
-			t.Errorf("log entry holds the secret: %s", line)
-		}
 	}
 }
 

@@ -1,7 +1,6 @@
 package deskoauth
 
 import (
-	"context"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -23,28 +22,31 @@ import (
 	"github.com/go-oauth2/oauth2/v4/models"
 	"github.com/go-oauth2/oauth2/v4/server"
 	"github.com/go-oauth2/oauth2/v4/store"
+
+	"github.com/deskoproxy/caddy-desko-auth/internal/scrub/scrubtest"
+	"github.com/deskoproxy/caddy-desko-auth/internal/token"
 )
 
-// Interoperability with a third-party OAuth2 server: go-oauth2/oauth2 v4,
-// run in-process on a loopback httptest server, for the RFC 6749 styles
-// (auth_style form and basic). go-oauth2 reads the token request as a form
-// only, so the json style (Desko's) is not tested against it.
+// Interoperability through Caddy with a third-party OAuth2 server:
+// go-oauth2/oauth2 v4, run in-process on a loopback httptest server, for
+// the RFC 6749 styles (auth_style form and basic). go-oauth2 reads the
+// token request as a form only, so the json style (Desko's) is not tested
+// against it. The token source's side (every style against go-oauth2,
+// wrong secrets, short-lived tokens) is tested in internal/token.
 //
 // go-oauth2 v4.5.4's own ClientBasicHandler takes the Basic credentials as
 // they come (r.BasicAuth, no form-decoding), although RFC 6749 §2.3.1 says
 // both parts are form-encoded before Basic encoding, as x/oauth2 (and so
 // auth_style basic) does. A secret with reserved characters is therefore
-// rejected by the stock handler: TestInteropGoOAuth2StockBasicHandlerDoesNotFormDecode
-// pins that down, and the basic-style tests use rfcBasicHandler, a
-// ClientInfoHandler that decodes as the RFC says.
+// refused by the stock handler (internal/token pins that down), and the
+// basic style here uses rfcBasicHandler, a ClientInfoHandler that decodes
+// as the RFC says.
 
 const (
 	interopClientID = "interop-client"
 	// interopSecret has ':', '=', '%' (followed by hex digits, to catch a
 	// double decode), '+', a space, '/' and non-ASCII characters.
 	interopSecret = "Xq7:9mZ=p%41+t r/éÅ-oauth2-interop"
-	// interopWrongSecret is as tricky, and wrong.
-	interopWrongSecret = "Wr0ng:s3=cr%2Ft é-not-the-secret"
 )
 
 // rfcBasicHandler reads client_secret_basic credentials as RFC 6749
@@ -72,7 +74,6 @@ func rfcBasicHandler(r *http.Request) (string, string, error) {
 type goOAuth2 struct {
 	*httptest.Server
 	srv      *server.Server
-	mgr      *manage.Manager
 	requests atomic.Int64
 }
 
@@ -91,7 +92,7 @@ func newGoOAuth2(t *testing.T, secret string, accessExp time.Duration, clientInf
 	srv.SetAllowedGrantType(goauth2.ClientCredentials)
 	srv.SetClientInfoHandler(clientInfo)
 
-	g := &goOAuth2{srv: srv, mgr: mgr}
+	g := &goOAuth2{srv: srv}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /oauth/token", func(w http.ResponseWriter, r *http.Request) {
 		g.requests.Add(1)
@@ -104,252 +105,13 @@ func newGoOAuth2(t *testing.T, secret string, accessExp time.Duration, clientInf
 
 func (g *goOAuth2) tokenURL() string { return g.URL + "/oauth/token" }
 
-// mustValid checks with go-oauth2's manager that it issued tok to the
-// interop client and that tok is still valid.
-func (g *goOAuth2) mustValid(t *testing.T, tok string) goauth2.TokenInfo {
-	t.Helper()
-	ti, err := g.mgr.LoadAccessToken(context.Background(), tok)
-	if err != nil {
-		t.Fatalf("go-oauth2 does not accept the token: %v", err)
-	}
-	if ti.GetClientID() != interopClientID {
-		t.Fatalf("token issued to %q, want %q", ti.GetClientID(), interopClientID)
-	}
-	return ti
-}
-
-// newInteropEngine is an engine for the interop client.
-func newInteropEngine(t *testing.T, tokenURL string, clk engineClock, style authStyle, secret string) *tokenEngine {
-	t.Helper()
-	return newTestEngine(t, tokenURL, clk, func(c *engineConfig) {
-		c.ClientID = interopClientID
-		c.ClientSecret = secret
-		c.AuthStyle = style
-	})
-}
-
-// assertNoSecretIn is the leak check for each of the interop client's
-// secrets.
-func assertNoSecretIn(t *testing.T, what, text string, secrets ...string) {
-	t.Helper()
-	for _, s := range secrets {
-		newLeakCheck(interopClientID, s).assertNone(t, what, text)
-	}
-}
-
 var interopStyles = []struct {
 	name       string
-	style      authStyle
+	style      token.AuthStyle
 	clientInfo server.ClientInfoHandler
 }{
-	{"form", authForm, server.ClientFormHandler}, // go-oauth2's own handler
-	{"basic", authBasic, rfcBasicHandler},
-}
-
-// accessToken obtained and accepted by go-oauth2, expires_in (2h) taken at face
-// value, the refresh scheduled from it, and a token that the server revoked
-// replaced after Invalidate.
-func TestInteropGoOAuth2Engine(t *testing.T) {
-	for _, tc := range interopStyles {
-		t.Run(tc.name, func(t *testing.T) {
-			as := newGoOAuth2(t, interopSecret, 2*time.Hour, tc.clientInfo)
-			clk := newFakeClock(t)
-			e := newInteropEngine(t, as.tokenURL(), clk, tc.style, interopSecret)
-
-			tok := mustGet(t, e)
-			ti := as.mustValid(t, tok.Value)
-			if got := ti.GetAccessExpiresIn(); got != 2*time.Hour {
-				t.Fatalf("go-oauth2 issued a token for %v, want 2h", got)
-			}
-			if got := e.Status().ExpiresAt.Sub(clk.Now().Round(0)); got != 2*time.Hour {
-				t.Errorf("engine expiry in %v, want the 2h of expires_in", got)
-			}
-			clk.BlockUntilTimers(1)
-			if got := onlyPending(t, clk); got != 93*time.Minute {
-				t.Errorf("refresh in %v, want 93m (77.5%% of 2h)", got)
-			}
-			if again := mustGet(t, e); again != tok {
-				t.Fatalf("second Get fetched a new token")
-			}
-			if n := as.requests.Load(); n != 1 {
-				t.Fatalf("%d token requests, want 1", n)
-			}
-
-			// The server revokes the token; the upstream's 401 makes the
-			// handler invalidate it; the next Get has a new, valid one.
-			if err := as.mgr.RemoveAccessToken(context.Background(), tok.Value); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := as.mgr.LoadAccessToken(context.Background(), tok.Value); err == nil {
-				t.Fatal("go-oauth2 still accepts the revoked token")
-			}
-			e.Invalidate(tok)
-			tok2 := mustGet(t, e)
-			if tok2 == tok || tok2.Value == tok.Value {
-				t.Fatalf("after Invalidate Get returned the revoked token")
-			}
-			as.mustValid(t, tok2.Value)
-			if n := as.requests.Load(); n != 2 {
-				t.Errorf("%d token requests, want 2", n)
-			}
-		})
-	}
-}
-
-// A token that lives a few seconds: its 3s expires_in decides the refresh
-// (at 2.325s), which gets a new token from go-oauth2.
-func TestInteropGoOAuth2ShortLivedTokens(t *testing.T) {
-	for _, tc := range interopStyles {
-		t.Run(tc.name, func(t *testing.T) {
-			as := newGoOAuth2(t, interopSecret, 3*time.Second, tc.clientInfo)
-			clk := newFakeClock(t)
-			e := newInteropEngine(t, as.tokenURL(), clk, tc.style, interopSecret)
-
-			tok1 := mustGet(t, e)
-			if got := as.mustValid(t, tok1.Value).GetAccessExpiresIn(); got != 3*time.Second {
-				t.Fatalf("go-oauth2 issued a token for %v, want 3s", got)
-			}
-			if got := e.Status().ExpiresAt.Sub(clk.Now().Round(0)); got != 3*time.Second {
-				t.Errorf("engine expiry in %v, want 3s", got)
-			}
-			clk.BlockUntilTimers(1)
-			if got := onlyPending(t, clk); got != 2325*time.Millisecond {
-				t.Fatalf("refresh in %v, want 2.325s", got)
-			}
-			if fired := clk.Advance(2325 * time.Millisecond); fired != 1 {
-				t.Fatalf("%d timers fired, want the refresh", fired)
-			}
-			clk.BlockUntilTimers(1) // the refresh is done and the next one armed
-			tok2 := mustGet(t, e)
-			if tok2.Value == tok1.Value {
-				t.Fatal("the refresh kept the old token")
-			}
-			as.mustValid(t, tok2.Value)
-			if n := as.requests.Load(); n != 2 {
-				t.Errorf("%d token requests, want 2", n)
-			}
-			if !tok2.Valid(clk.Now()) || tok2.Valid(clk.Now().Add(3*time.Second)) {
-				t.Errorf("the new token should live exactly 3s from its fetch")
-			}
-		})
-	}
-}
-
-// A wrong secret: go-oauth2 answers 401 invalid_client; the engine reports
-// a rejection that names the OAuth error code and holds no secret.
-func TestInteropGoOAuth2WrongSecret(t *testing.T) {
-	for _, tc := range interopStyles {
-		t.Run(tc.name, func(t *testing.T) {
-			as := newGoOAuth2(t, interopSecret, 2*time.Hour, tc.clientInfo)
-			e := newInteropEngine(t, as.tokenURL(), newFakeClock(t), tc.style, interopWrongSecret)
-
-			te := mustGetErr(t, e)
-			if te.Kind != kindRejected {
-				t.Errorf("Kind = %v, want rejected", te.Kind)
-			}
-			if te.Status != http.StatusUnauthorized {
-				t.Errorf("Status = %d, want 401", te.Status)
-			}
-			msg := te.Error()
-			if !strings.Contains(msg, "invalid_client") {
-				t.Errorf("error %q does not name invalid_client", msg)
-			}
-			assertNoSecretIn(t, "the error", msg, interopWrongSecret, interopSecret)
-			if st := e.Status(); st.State != stateRejected {
-				t.Errorf("state %s, want rejected", st.State)
-			} else {
-				assertNoSecretIn(t, "the status", st.LastError, interopWrongSecret, interopSecret)
-			}
-			if n := as.requests.Load(); n != 1 {
-				t.Errorf("%d token requests, want exactly 1 (no auth style probing)", n)
-			}
-		})
-	}
-}
-
-// go-oauth2's stock ClientBasicHandler compares the Basic password as sent,
-// without the form-decoding of RFC 6749 §2.3.1. An RFC client (x/oauth2,
-// hence auth_style basic) with a secret that has reserved characters is
-// refused; the same secret sent raw is accepted; a secret of unreserved
-// characters works either way.
-func TestInteropGoOAuth2StockBasicHandlerDoesNotFormDecode(t *testing.T) {
-	as := newGoOAuth2(t, interopSecret, time.Hour, server.ClientBasicHandler)
-	e := newInteropEngine(t, as.tokenURL(), newFakeClock(t), authBasic, interopSecret)
-	te := mustGetErr(t, e)
-	if te.Kind != kindRejected || te.Status != http.StatusUnauthorized || !strings.Contains(te.Error(), "invalid_client") {
-		t.Errorf("stock handler with a form-encoded secret: %v (kind %v), want 401 invalid_client", te, te.Kind)
-	}
-	assertNoSecretIn(t, "the error", te.Error(), interopSecret)
-
-	// The raw (non-RFC) encoding of the same credentials is what it wants.
-	req, err := http.NewRequest(http.MethodPost, as.tokenURL(), strings.NewReader("grant_type=client_credentials"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	req.SetBasicAuth(interopClientID, interopSecret)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "access_token") {
-		t.Errorf("raw Basic credentials: status %d, body %s; want a token", resp.StatusCode, body)
-	}
-
-	const plain = "Plain-Secret_0.9~only-unreserved"
-	as2 := newGoOAuth2(t, plain, time.Hour, server.ClientBasicHandler)
-	e2 := newInteropEngine(t, as2.tokenURL(), newFakeClock(t), authBasic, plain)
-	as2.mustValid(t, mustGet(t, e2).Value)
-}
-
-// go-oauth2 answers an unknown client_id with 500 server_error (its client
-// store's "not found" is not an OAuth error), which the engine can only
-// treat as a transient failure.
-func TestInteropGoOAuth2UnknownClientIsAServerError(t *testing.T) {
-	as := newGoOAuth2(t, interopSecret, time.Hour, server.ClientFormHandler)
-	e := newTestEngine(t, as.tokenURL(), newFakeClock(t), func(c *engineConfig) {
-		c.ClientID = "no-such-client"
-		c.ClientSecret = interopSecret
-		c.AuthStyle = authForm
-	})
-	te := mustGetErr(t, e)
-	if te.Status != http.StatusInternalServerError || te.Kind != kindTransient || !strings.Contains(te.Error(), "server_error") {
-		t.Errorf("unknown client: %v (kind %v), want 500 server_error, transient", te, te.Kind)
-	}
-	assertNoSecretIn(t, "the error", te.Error(), interopSecret)
-}
-
-// A token endpoint that echoes the request in its error answer: the secret,
-// in the form each style sent it (form-encoded in the body, inside the
-// Basic credentials), never reaches the error, the status or the log.
-func TestInteropStyleErrorsNeverHoldTheSentSecret(t *testing.T) {
-	for _, tc := range []struct {
-		name   string
-		style  authStyle
-		secret string
-	}{
-		{"form, reserved characters", authForm, interopSecret},
-		{"basic, reserved characters", authBasic, interopSecret},
-		{"basic, plain secret", authBasic, "Plain-Secret_0.9~only-unreserved"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			echo := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				b, _ := io.ReadAll(r.Body)
-				w.WriteHeader(http.StatusBadRequest)
-				fmt.Fprintf(w, "%s|%s", r.Header.Get("Authorization"), b)
-			}))
-			t.Cleanup(echo.Close)
-			e := newInteropEngine(t, echo.URL, newFakeClock(t), tc.style, tc.secret)
-			te := mustGetErr(t, e)
-			if te.Status != http.StatusBadRequest || !strings.Contains(te.Error(), "[REDACTED]") {
-				t.Errorf("error %q: want the 400 echo with the secret redacted", te)
-			}
-			assertNoSecretIn(t, "the error", te.Error(), tc.secret)
-			assertNoSecretIn(t, "the status", e.Status().LastError, tc.secret)
-		})
-	}
+	{"form", token.AuthForm, server.ClientFormHandler}, // go-oauth2's own handler
+	{"basic", token.AuthBasic, rfcBasicHandler},
 }
 
 // ---------------------------------------------------------------------------
@@ -382,7 +144,7 @@ func newCaptureServer(t *testing.T) (*httptest.Server, <-chan capturedRequest) {
 
 // checkCaptured checks a token request of the given style that carried
 // audience=https://api.example, X-Tenant: acme and the scopes "a b".
-func checkCaptured(t *testing.T, style authStyle, got capturedRequest, secret string) {
+func checkCaptured(t *testing.T, style token.AuthStyle, got capturedRequest, secret string) {
 	t.Helper()
 	if v := got.header.Values("X-Tenant"); !reflect.DeepEqual(v, []string{"acme"}) {
 		t.Errorf("X-Tenant = %q, want [acme]", v)
@@ -391,7 +153,7 @@ func checkCaptured(t *testing.T, style authStyle, got capturedRequest, secret st
 		t.Errorf("User-Agent = %q", ua)
 	}
 	switch style {
-	case authJSON:
+	case token.AuthJSON:
 		if ct := got.header.Get("Content-Type"); ct != "application/json" {
 			t.Errorf("Content-Type = %q, want application/json", ct)
 		}
@@ -409,7 +171,7 @@ func checkCaptured(t *testing.T, style authStyle, got capturedRequest, secret st
 		if !reflect.DeepEqual(fields, want) {
 			t.Errorf("JSON fields = %v\nwant          %v", fields, want)
 		}
-	case authForm, authBasic:
+	case token.AuthForm, token.AuthBasic:
 		if ct := got.header.Get("Content-Type"); ct != "application/x-www-form-urlencoded" {
 			t.Errorf("Content-Type = %q, want application/x-www-form-urlencoded", ct)
 		}
@@ -422,7 +184,7 @@ func checkCaptured(t *testing.T, style authStyle, got capturedRequest, secret st
 			"scope":      {"a b"},
 			"audience":   {"https://api.example"},
 		}
-		if style == authForm {
+		if style == token.AuthForm {
 			want["client_id"] = []string{interopClientID}
 			want["client_secret"] = []string{secret}
 			if a := got.header.Get("Authorization"); a != "" {
@@ -440,26 +202,6 @@ func checkCaptured(t *testing.T, style authStyle, got capturedRequest, secret st
 		if !reflect.DeepEqual(form, want) {
 			t.Errorf("form = %v\nwant   %v", form, want)
 		}
-	}
-}
-
-func TestInteropParamAndTokenHeaderInEveryStyle(t *testing.T) {
-	for _, style := range []authStyle{authJSON, authForm, authBasic} {
-		t.Run(style.String(), func(t *testing.T) {
-			srv, reqs := newCaptureServer(t)
-			e := newTestEngine(t, srv.URL+"/token", newFakeClock(t), func(c *engineConfig) {
-				c.ClientID = interopClientID
-				c.ClientSecret = interopSecret
-				c.AuthStyle = style
-				c.Scopes = []string{"a", "b"}
-				c.Params = map[string]string{"audience": "https://api.example"}
-				c.Headers = map[string]string{"X-Tenant": "acme"}
-			})
-			if tok := mustGet(t, e); tok.Value != "cap-tok-1" {
-				t.Fatalf("token %q", tok.Value)
-			}
-			checkCaptured(t, style, waitChan(t, reqs, "the token request"), interopSecret)
-		})
 	}
 }
 
@@ -497,7 +239,7 @@ func TestInteropE2EParamAndTokenHeaderInEveryStyle(t *testing.T) {
 	}
 	e.loadRaw(proxyBase + " {" + blocks.String() + "\n}")
 
-	for _, style := range []authStyle{authJSON, authForm, authBasic} {
+	for _, style := range []token.AuthStyle{token.AuthJSON, token.AuthForm, token.AuthBasic} {
 		status, _, body := e.do("GET", "/"+style.String()+"/resource", "")
 		if status != 200 || body != "ok" {
 			t.Fatalf("%s: status %d, body %s", style, status, body)
@@ -548,7 +290,7 @@ func newValidatingUpstream(t *testing.T, as *goOAuth2) (*httptest.Server, func()
 
 func TestInteropE2EGoOAuth2ThroughCaddy(t *testing.T) {
 	type site struct {
-		style    authStyle
+		style    token.AuthStyle
 		as       *goOAuth2
 		upstream *httptest.Server
 		accepted func() []string
@@ -613,8 +355,8 @@ func TestInteropE2EGoOAuth2ThroughCaddy(t *testing.T) {
 	for _, s := range sites {
 		tokens = append(tokens, s.accepted()...)
 	}
-	lc := newLeakCheck(interopClientID, interopSecret, tokens...)
+	lc := scrubtest.NewCheck(interopClientID, interopSecret, tokens...)
 	for i, h := range append(bodies, string(logs)) {
-		lc.assertNone(t, fmt.Sprintf("Caddy's output %d", i+1), h)
+		lc.AssertNone(t, fmt.Sprintf("Caddy's output %d", i+1), h)
 	}
 }

@@ -11,6 +11,9 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/caddytest"
 )
 
 // What every test in the package shares, set once per test binary by
@@ -27,6 +30,13 @@ var (
 	// outlives one test (the Caddy binary the fleet tests build).
 	testTmp string
 )
+
+// caddyTestTimeout bounds, for every caddytest Tester, the loading of a
+// config and each test request (caddytest's default is 5 s each). It is a
+// bound, not a wait: a config loads and a request is answered in
+// milliseconds, but a machine busy with something else (a cold build
+// cache's compiles, -race) must not fail a test that would pass.
+const caddyTestTimeout = 30 * time.Second
 
 func TestMain(m *testing.M) {
 	os.Exit(runTests(m))
@@ -48,13 +58,19 @@ func runTests(m *testing.M) int {
 	httpPort, httpsPort = strconv.Itoa(ports[0]), strconv.Itoa(ports[1])
 	proxyBase = "http://localhost:" + httpPort
 
-	// Build the Caddy binary while the in-process tests run, when the run
-	// includes a test that needs it; wait for the build before the folder
-	// is removed.
 	flag.Parse()
+	// Through the defaults every Tester starts from: caddytest's
+	// AssertLoadError makes a Tester of its own, which
+	// WithDefaultOverrides cannot reach.
+	caddytest.Default.LoadRequestTimeout = caddyTestTimeout
+	caddytest.Default.TestRequestTimeout = caddyTestTimeout
+	// Build the Caddy binary when the run includes a test that needs it
+	// (caddybin_test.go): before any test runs if that means compiling,
+	// while they run if it means linking only; wait for the build before
+	// the folder is removed.
 	if !testing.Short() && runMayInclude(caddyBinTests...) {
-		startCaddyBuild()
-		defer func() { <-caddyBinDone }()
+		startCaddyBuild(dir)
+		defer func() { <-caddyBuild.done }()
 	}
 	// The only parallel tests are the ones with Caddy processes, which
 	// mostly wait: run them all at once (four loads: the two fleet tests'

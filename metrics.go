@@ -22,7 +22,7 @@ var metrics = struct {
 	fetches: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "desko_auth",
 		Name:      "token_fetches_total",
-		Help:      "Token requests sent to the token endpoint, by result (ok, rejected, transient, invalid_response).",
+		Help:      "Token requests sent to the token endpoint, by result (ok, refused, transient, invalid_answer).",
 	}, []string{"source", "result"}),
 	duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: "desko_auth",
@@ -47,14 +47,34 @@ var metrics = struct {
 	}, []string{"source", "result"}),
 }
 
-// sourceMetrics holds one source's curried collectors; it is the engine's
-// observer and the handler's request counter.
+// fetchOK is the result label of a token request that succeeded; the
+// others are token.Kind's String forms.
+const fetchOK = "ok"
+
+// outcome is what became of a request the handler passed on (or could
+// not): the requests_total label.
+type outcome uint8
+
+// The outcomes of a request.
+const (
+	outcomeInjected         outcome = iota // forwarded with the token
+	outcomeUnavailable                     // no token could be had: answered here
+	outcomeReplayed                        // replayed with a new token after a 401
+	outcomeReplayFailed                    // a 401 that a replay could not mend
+	outcomeOverReplayBudget                // forwarded, its body too large for the replay memory
+	numOutcomes
+)
+
+var outcomeNames = [numOutcomes]string{"injected", "unavailable", "replayed", "replay_failed", "over_replay_budget"}
+
+func (o outcome) String() string { return outcomeNames[o] }
+
+// sourceMetrics holds one source's curried collectors.
 type sourceMetrics struct {
 	fetches  *prometheus.CounterVec
 	duration prometheus.Observer
 	expiry   prometheus.Gauge
-	requests map[string]prometheus.Counter
-	injected prometheus.Counter // requests["injected"], for the hot path
+	requests [numOutcomes]prometheus.Counter
 	shared   *prometheus.CounterVec
 }
 
@@ -88,42 +108,20 @@ func metricsFor(label string) *sourceMetrics {
 		fetches:  metrics.fetches.MustCurryWith(prometheus.Labels{"source": label}),
 		duration: metrics.duration.WithLabelValues(label),
 		expiry:   metrics.expiry.WithLabelValues(label),
-		requests: map[string]prometheus.Counter{},
 		shared:   metrics.shared.MustCurryWith(prometheus.Labels{"source": label}),
 	}
-	for _, o := range []string{"injected", "unavailable", "replayed", "replay_failed", "over_replay_budget"} {
-		m.requests[o] = metrics.requests.WithLabelValues(label, o)
+	for o := range numOutcomes {
+		m.requests[o] = metrics.requests.WithLabelValues(label, o.String())
 	}
-	m.injected = m.requests["injected"]
 	sourceMetricsBy[label] = m
 	return m
 }
 
-// FetchDone implements Observer.
-func (m *sourceMetrics) FetchDone(result string, took time.Duration) {
+// fetched counts a token request by result.
+func (m *sourceMetrics) fetched(result string, took time.Duration) {
 	m.fetches.WithLabelValues(result).Inc()
 	m.duration.Observe(took.Seconds())
 }
 
-// TokenChanged implements Observer.
-func (m *sourceMetrics) TokenChanged(expiry time.Time) {
-	if expiry.IsZero() {
-		m.expiry.Set(0)
-		return
-	}
-	m.expiry.Set(float64(expiry.Unix()))
-}
-
-// SharedCache implements Observer.
-func (m *sourceMetrics) SharedCache(result string) {
-	m.shared.WithLabelValues(result).Inc()
-}
-
-// request counts one handled request by outcome.
-func (m *sourceMetrics) request(outcome string) {
-	if outcome == "injected" { // the hot path: no map lookup
-		m.injected.Inc()
-		return
-	}
-	m.requests[outcome].Inc()
-}
+// count counts one handled request by outcome.
+func (m *sourceMetrics) count(o outcome) { m.requests[o].Inc() }

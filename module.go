@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -24,10 +23,6 @@ func init() {
 // DefaultReplayBodyLimit is how large a request body may be and still be
 // buffered for a replay after an upstream 401.
 const DefaultReplayBodyLimit = 1 << 20
-
-// sources holds one token engine per credential set, shared by every
-// handler (in this config and the next one, during a reload) that uses it.
-var sources = caddy.NewUsagePool()
 
 // Handler is the desko_auth HTTP handler. It replaces any inbound
 // Authorization header with a Desko access token obtained with the OAuth2
@@ -65,7 +60,7 @@ type Handler struct {
 	// WarmUp starts the first token request in the background as soon as
 	// the config runs, never during `caddy validate` (default true).
 	WarmUp *bool `json:"warm_up,omitempty"`
-	// authStyle is how the client authenticates: "json" (default,
+	// AuthStyle is how the client authenticates: "json" (default,
 	// Desko's format), "form" (RFC 6749 client_secret_post) or "basic"
 	// (client_secret_basic).
 	AuthStyle string `json:"auth_style,omitempty"`
@@ -96,13 +91,12 @@ type Handler struct {
 	// that uses the same storage (cluster mode).
 	SharedCache *SharedCache `json:"shared_cache,omitempty"`
 
-	key          string
+	key          string // the sources entry this handler holds
 	transportKey string // the transports entry this handler holds
 	header       string // canonical name of the header that carries the token
 	prefix       string
 	src          *source
 	logger       *zap.Logger
-	metrics      *sourceMetrics
 	replay       bool
 	limit        int64
 	hdrCache     *atomic.Pointer[headerValue]
@@ -117,20 +111,6 @@ type SharedCache struct {
 	StorageRaw json.RawMessage `json:"storage,omitempty" caddy:"namespace=caddy.storage inline_key=module"`
 }
 
-// source is one shared token engine and what operators may see of it.
-type source struct {
-	key      string
-	engine   *tokenEngine
-	obs      *sourceObserver
-	label    string
-	clientID string
-	tokenURL string
-	scopes   []string
-}
-
-// Destruct closes the engine when the last handler using it is cleaned up.
-func (s *source) Destruct() error { return s.engine.Close() }
-
 // CaddyModule returns the Caddy module information.
 func (Handler) CaddyModule() caddy.ModuleInfo {
 	return caddy.ModuleInfo{
@@ -140,7 +120,7 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 }
 
 // Provision expands placeholders and attaches the handler to the shared
-// token engine for its credential set. It never waits on the network. When
+// token source of its credential set. It never waits on the network. When
 // it fails, Caddy calls Cleanup, which releases what it acquired.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
@@ -148,12 +128,12 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := h.Validate(); err != nil {
 		return err
 	}
-	cfg, tlsFingerprint, err := h.engineConfig()
+	cfg, creds, tlsFingerprint, err := h.tokenConfig()
 	if err != nil {
 		return err
 	}
 	h.applyRequestOptions()
-	return h.attachSource(ctx, cfg, tlsFingerprint)
+	return h.attachSource(ctx, cfg, creds, tlsFingerprint)
 }
 
 // Validate reports configuration errors, naming the subdirective. It only
@@ -197,7 +177,7 @@ func (h *Handler) Validate() error {
 	return nil
 }
 
-// Cleanup releases this handler's hold on its token engine; the engine is
+// Cleanup releases this handler's hold on its token source; the source is
 // closed when no handler holds it any more.
 func (h *Handler) Cleanup() error {
 	if h.ReplayMemory != nil {
@@ -224,94 +204,18 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
 		repl.Set(phSource, h.src.label)
 	}
+	a := attempt{h: h, w: w, r: r}
+	defer a.end() // counts the outcome, gives back what the attempt holds
 	tok, err := h.src.engine.Get(r.Context())
 	if err != nil {
-		h.metrics.request("unavailable")
+		a.outcome = outcomeUnavailable
 		return h.unavailable(w, r, err)
 	}
-	value := h.setAuthorization(r, tok)
-	if _, ok := r.Header["Connection"]; ok {
-		h.keepTokenHeader(r)
-	}
-
-	// Decide whether this request could be replayed, and keep its body
-	// for that if it has one.
-	replay, outcome := h.replay, "injected"
-	var body *replayBody
-	if replay {
-		switch up := r.Header["Upgrade"]; {
-		case r.Method == http.MethodConnect || (len(up) > 0 && up[0] != ""):
-			replay = false
-		case r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0:
-		case r.ContentLength > h.limit:
-			replay = false
-		default:
-			if body = newReplayBody(r.Body, r.ContentLength, h.limit); body == nil {
-				replay, outcome = false, "over_replay_budget"
-			} else {
-				defer body.release()
-				r.Body = body
-			}
-		}
-	}
-	var saved headerSnapshot
-	if replay {
-		saved.take(w.Header())
-	}
-	ww := newWatchWriter(w, replay)
-	err = next.ServeHTTP(ww, r)
-	status, held := ww.status, ww.held
-	if status != http.StatusSwitchingProtocols {
-		defer ww.free() // an upgraded connection may outlive this call
-	}
-	if body != nil && body.skippedForBudget() {
-		outcome = "over_replay_budget"
-	}
-	if err != nil || status != http.StatusUnauthorized {
-		if status != 0 && status != http.StatusUnauthorized {
-			tok.Accepted()
-		}
-		h.metrics.request(outcome)
+	a.prepare(tok)
+	if err := a.forward(next); err != nil || a.status != http.StatusUnauthorized {
 		return err
 	}
-
-	// The upstream answered 401. It counts against the token only if the
-	// request still carried it.
-	carried := h.carries(r, value)
-	if !held {
-		// Not replayable (or the 401 was too large to hold): the client
-		// gets it as it came, and the token source hears of it.
-		if carried {
-			h.src.engine.Invalidate(tok)
-		}
-		h.metrics.request(outcome)
-		return nil
-	}
-	var again io.ReadCloser // the body for the replay
-	if body != nil {
-		var ok bool
-		if again, ok = body.rewind(); !ok {
-			if carried {
-				h.src.engine.Invalidate(tok)
-			}
-			if body.skippedForBudget() {
-				outcome = "over_replay_budget"
-			}
-			h.metrics.request(outcome)
-			return ww.sendHeld()
-		}
-	}
-	var fresh *accessToken
-	if carried {
-		fresh = h.src.engine.Replace(r.Context(), tok)
-	}
-	if fresh == nil {
-		// No newer token: the 401 goes to the client as it came.
-		h.metrics.request("replay_failed")
-		h.logger.Debug("upstream answered 401 and no newer token is available; passing it through")
-		return ww.sendHeld()
-	}
-	return h.replayWith(w, r, next, fresh, again, &saved)
+	return a.unauthorized(next)
 }
 
 // Interface guards

@@ -2,6 +2,7 @@ package deskoauth
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -16,8 +17,12 @@ import (
 
 	"github.com/caddyserver/caddy/v2/caddytest"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
+	"github.com/caddyserver/certmagic"
 
 	"github.com/deskoproxy/caddy-desko-auth/internal/deskotest"
+	"github.com/deskoproxy/caddy-desko-auth/internal/fleet"
+	"github.com/deskoproxy/caddy-desko-auth/internal/scrub/scrubtest"
+	"github.com/deskoproxy/caddy-desko-auth/internal/token"
 )
 
 // End-to-end tests: a real Caddy (caddytest runs one in-process per test
@@ -150,16 +155,16 @@ func (e *e2e) assertNoLeaks(bodies ...string) {
 		e.t.Fatal("Caddy's DEBUG log is empty: the leak check would prove nothing")
 	}
 	lc := e.leakCheck()
-	lc.assertNone(e.t, "Caddy's log", string(logs))
+	lc.AssertNone(e.t, "Caddy's log", string(logs))
 	for i, b := range bodies {
-		lc.assertNone(e.t, fmt.Sprintf("answer body %d", i+1), b)
+		lc.AssertNone(e.t, fmt.Sprintf("answer body %d", i+1), b)
 	}
 }
 
 // leakCheck checks for the test secret and every token the stand-in ever
 // issued.
-func (e *e2e) leakCheck() leakCheck {
-	return newLeakCheck(testClientID, testSecret, e.desko.Issued()...)
+func (e *e2e) leakCheck() scrubtest.Check {
+	return scrubtest.NewCheck(testClientID, testSecret, e.desko.Issued()...)
 }
 
 type apiAnswer struct {
@@ -259,18 +264,16 @@ func TestE2EInjectsTokenAndReplacesClientAuthorization(t *testing.T) {
 	e.assertNoLeaks(bodies...)
 }
 
-func TestE2ERejectedCredentialsAnswer502AndForwardNothing(t *testing.T) {
+func TestE2ERefusedCredentialsAnswer502AndForwardNothing(t *testing.T) {
 	e := newE2E(t, time.Hour)
 	e.desko.SetClientSecret("the-real-one-is-different")
 	e.load("warm_up off")
 
-	// Rejections back off from rejectedBackoffMin (5 s, less 20% jitter):
-	// traffic for less than that may cause one more token request, never
-	// one per client request.
+	// Refusals back off (5 s at first, less 20% jitter): traffic for less
+	// than that may cause one more token request, never one per client
+	// request. The source's status says when it retries: the traffic must
+	// end before, or the bound below would prove nothing.
 	const traffic = 1500 * time.Millisecond
-	if traffic >= rejectedBackoffMin*4/5 {
-		t.Fatalf("traffic of %v outlasts the shortest rejection backoff", traffic)
-	}
 	var bodies []string
 	deadline := time.Now().Add(traffic)
 	n := 0
@@ -284,14 +287,23 @@ func TestE2ERejectedCredentialsAnswer502AndForwardNothing(t *testing.T) {
 			t.Errorf("Content-Type = %q", ct)
 		}
 		d := decodeErr(t, body)
-		if d.Error != 502 || d.ID != "desko_auth" || d.Message != msgRejected {
+		if d.Error != 502 || d.ID != "desko_auth" || d.Message != msgRefused {
 			t.Fatalf("error body = %+v", d)
 		}
 		if got, want := e.detail(d), "token endpoint answered 401: Client authentication failed"; got != want {
 			t.Fatalf("logged detail %q, want %q", got, want)
 		}
 		bodies = append(bodies, body)
-		time.Sleep(20 * time.Millisecond) // pace the traffic; nothing is asserted on timing
+		if n == 1 {
+			st := onlySource(t)
+			if st.State != token.StateRefused || st.NextRetryAt.Sub(st.LastFetchAt) <= traffic {
+				t.Fatalf("after the refusal: state %s, retry %v after the fetch; want refused, and the retry after the %v of traffic",
+					st.State, st.NextRetryAt.Sub(st.LastFetchAt), traffic)
+			}
+		}
+		// Load pacing: a steady trickle of requests over the traffic's
+		// time (nothing is awaited here, nothing asserted on timing).
+		time.Sleep(20 * time.Millisecond)
 	}
 	if got := e.desko.APIRequests(); got != 0 {
 		t.Errorf("%d requests reached the API without a token", got)
@@ -301,8 +313,8 @@ func TestE2ERejectedCredentialsAnswer502AndForwardNothing(t *testing.T) {
 	}
 	e.assertNoLeaks(bodies...)
 	logs, _ := os.ReadFile(e.logFile)
-	if c := strings.Count(string(logs), "token endpoint rejected the credentials"); c != 1 {
-		t.Errorf("rejection logged %d times, want once per state change", c)
+	if c := strings.Count(string(logs), "token endpoint refused the credentials"); c != 1 {
+		t.Errorf("refusal logged %d times, want once per state change", c)
 	}
 }
 
@@ -388,10 +400,7 @@ func TestE2ESitesWithTheSameCredentialsShareOneToken(t *testing.T) {
 func TestE2EWarmUpFetchesAtStartup(t *testing.T) {
 	e := newE2E(t, time.Hour)
 	e.load("") // warm_up defaults to on
-	deadline := time.Now().Add(5 * time.Second)
-	for e.desko.TokenRequests() == 0 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitFor(t, "the warm-up's token request", func() bool { return e.desko.TokenRequests() > 0 })
 	if n := e.desko.TokenRequests(); n != 1 {
 		t.Fatalf("token requests after warm-up = %d, want 1", n)
 	}
@@ -531,6 +540,8 @@ func TestE2ETokenEndpointDown(t *testing.T) {
 			if s, _, body := e.do("GET", "/b", ""); s != 200 {
 				t.Fatalf("request %d: status %d: %s", i, s, body)
 			}
+			// Load pacing: steady traffic across the refresh point
+			// (nothing is awaited here).
 			time.Sleep(25 * time.Millisecond)
 		}
 		if n := e.desko.TokenRequests(); n < 2 {
@@ -572,13 +583,9 @@ func TestE2EHTMLAnswerThenRecovery(t *testing.T) {
 		t.Errorf("message %q", d.Message)
 	}
 	e.desko.SetMode(deskotest.ModeOK)
-	// The first backoff step is ~1 s (±20%): the background retry must
-	// have a token by then, without any client request causing a fetch.
-	recovered := time.Now()
-	deadline := recovered.Add(5 * time.Second)
-	for e.desko.TokenRequests() < 2 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	// The first backoff step is ~1 s (±20%): the background retry gets a
+	// token then, without any client request causing a fetch.
+	waitFor(t, "the background retry", func() bool { return e.desko.TokenRequests() >= 2 })
 	if s, _, body := e.do("GET", "/b", ""); s != 200 {
 		t.Fatalf("after recovery: status %d %s", s, body)
 	}
@@ -626,7 +633,7 @@ func TestE2ERFCErrorShape(t *testing.T) {
 	if s != 502 {
 		t.Fatalf("status %d", s)
 	}
-	if d := decodeErr(t, body); d.Message != msgRejected ||
+	if d := decodeErr(t, body); d.Message != msgRefused ||
 		!strings.Contains(e.detail(d), "token endpoint answered 400: invalid_client: Client authentication failed") {
 		t.Errorf("message %q", d.Message)
 	}
@@ -679,12 +686,38 @@ func TestE2EChunkedBodyIsNotBuffered(t *testing.T) {
 	}
 }
 
+// Extra parameters and token request headers set credential sets apart in
+// the shared cache: an entry's key covers them (header names canonical),
+// and a set with neither keeps the key it had before they existed.
 func TestSharedIdentitySeparatesAudiences(t *testing.T) {
-	if sharedIdentity(engineConfig{}) != nil {
-		t.Error("no params and no token headers must leave the shared key as it is")
-	}
-	a := sharedIdentity(engineConfig{Params: map[string]string{"audience": "x"}, Headers: map[string]string{"x-tenant": "acme"}})
-	if a["param:audience"] != "x" || a["header:X-Tenant"] != "acme" || len(a) != 2 {
-		t.Errorf("sharedIdentity = %v", a)
+	const tokenURL = "https://auth.example/token"
+	scopes := []string{"a"}
+	now := time.Now()
+	stored := &token.Stored{AccessToken: "tok", Obtained: now, Expiry: now.Add(time.Hour)}
+	for _, tc := range []struct {
+		name  string
+		creds token.Credentials
+		extra map[string]string
+	}{
+		{"no params and no token headers", token.Credentials{}, nil},
+		{"an audience and a tenant", token.Credentials{Params: map[string]string{"audience": "x"}, Headers: map[string]string{"x-tenant": "acme"}},
+			map[string]string{"param:audience": "x", "header:X-Tenant": "acme"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			entry, err := fleet.New(&certmagic.FileStorage{Path: dir}, tokenURL, scopes, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c := tc.creds
+			c.ClientID, c.ClientSecret = "id", "secret"
+			if err := entry.Save(context.Background(), &c, stored); err != nil {
+				t.Fatal(err)
+			}
+			want := filepath.Join(dir, filepath.FromSlash(fleet.Key(tokenURL, "id", scopes, tc.extra)))
+			if files := filesUnder(t, dir); len(files) != 1 || files[0] != want {
+				t.Errorf("entry stored as %v, want %s", files, want)
+			}
+		})
 	}
 }

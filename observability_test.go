@@ -10,12 +10,14 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/deskoproxy/caddy-desko-auth/internal/token"
 )
 
 // End-to-end tests of what operators see: /metrics, the admin API, and
 // several credential sets in one Caddy.
 
-// adminGet reads a path of the test Caddy's admin API.
+// adminDo sends a request to the test Caddy's admin API.
 func adminDo(t *testing.T, method, path string) (int, string) {
 	t.Helper()
 	req, _ := http.NewRequest(method, "http://localhost:2999"+path, nil)
@@ -26,6 +28,18 @@ func adminDo(t *testing.T, method, path string) (int, string) {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(b)
+}
+
+// onlySource returns the status of the one token source of the running
+// config, from the admin API.
+func onlySource(t *testing.T) SourceStatus {
+	t.Helper()
+	code, body := adminDo(t, "GET", "/desko_auth/status")
+	var list []SourceStatus
+	if err := json.Unmarshal([]byte(body), &list); code != 200 || err != nil || len(list) != 1 {
+		t.Fatalf("status endpoint: %d %s (%v), want one source", code, body, err)
+	}
+	return list[0]
 }
 
 // metricValue finds one sample in Prometheus text output; labels must all
@@ -60,7 +74,7 @@ func metricValue(t *testing.T, text, name string, labels map[string]string) floa
 
 // label is the source label the handler uses for the test's credentials.
 func (e *e2e) label(scopes ...string) string {
-	return sourceLabel(engineConfig{ClientID: testClientID, TokenURL: e.tokenURL(), Scopes: scopes})
+	return sourceLabel(token.Config{TokenURL: e.tokenURL(), Scopes: scopes}, &token.Credentials{ClientID: testClientID})
 }
 
 func TestE2EMetricsSurviveReload(t *testing.T) {
@@ -104,7 +118,7 @@ func TestE2EMetricsSurviveReload(t *testing.T) {
 	if now := float64(time.Now().Unix()); exp < now+3500 || exp > now+3601 {
 		t.Errorf("expiry gauge = %v, want about now+3600 (%v)", exp, now+3600)
 	}
-	e.leakCheck().assertNone(t, "/metrics", text)
+	e.leakCheck().AssertNone(t, "/metrics", text)
 }
 
 func TestE2EMetricsCountFailures(t *testing.T) {
@@ -118,8 +132,8 @@ func TestE2EMetricsCountFailures(t *testing.T) {
 	}
 	_, text := adminDo(t, "GET", "/metrics")
 	src := e.label("booking.show", "organization.show")
-	if got := metricValue(t, text, "desko_auth_token_fetches_total", map[string]string{"source": src, "result": "rejected"}); got != 1 {
-		t.Errorf("rejected fetches = %v, want 1", got)
+	if got := metricValue(t, text, "desko_auth_token_fetches_total", map[string]string{"source": src, "result": "refused"}); got != 1 {
+		t.Errorf("refused fetches = %v, want 1", got)
 	}
 	if got := metricValue(t, text, "desko_auth_requests_total", map[string]string{"source": src, "outcome": "unavailable"}); got != 3 {
 		t.Errorf("unavailable requests = %v, want 3", got)
@@ -145,10 +159,10 @@ func TestE2EAdminStatusAndRefresh(t *testing.T) {
 	}
 	s := list[0]
 	if s.ClientID != testClientID || s.TokenURL != e.tokenURL() || strings.Join(s.Scopes, " ") != "booking.show organization.show" ||
-		s.State != stateFresh || s.Fetches != 1 || s.Sites != 1 || s.ExpiresAt.IsZero() || s.LastFetchAt.IsZero() {
+		s.State != "fresh" || s.Fetches != 1 || s.Sites != 1 || s.ExpiresAt.IsZero() || s.LastFetchAt.IsZero() {
 		t.Errorf("unexpected status %+v", s)
 	}
-	e.leakCheck().assertNone(t, "the status", body)
+	e.leakCheck().AssertNone(t, "the status", body)
 
 	if code, _ := adminDo(t, "POST", "/desko_auth/status"); code != http.StatusMethodNotAllowed {
 		t.Errorf("POST status: %d, want 405", code)
@@ -171,22 +185,22 @@ func TestE2EAdminStatusAndRefresh(t *testing.T) {
 	if ans.Serial != 2 {
 		t.Errorf("after refresh the upstream saw token #%d, want #2", ans.Serial)
 	}
-	e.leakCheck().assertNone(t, "the refresh answer", body)
+	e.leakCheck().AssertNone(t, "the refresh answer", body)
 
-	// Rejected credentials show up as such, with the server's message.
+	// Refused credentials show up as such, with the server's message.
 	e.desko.SetClientSecret("changed-on-the-server")
 	if code, body := adminDo(t, "POST", "/desko_auth/refresh"); code != 200 || !strings.Contains(body, `"refresh_error"`) {
-		t.Errorf("refresh with rejected credentials: %d %s", code, body)
+		t.Errorf("refresh with refused credentials: %d %s", code, body)
 	}
 	_, body = adminDo(t, "GET", "/desko_auth/status")
 	list = nil
 	_ = json.Unmarshal([]byte(body), &list)
-	if len(list) != 1 || list[0].State != stateRejected || !strings.Contains(list[0].LastError, "Client authentication failed") {
-		t.Errorf("after a rejected refresh: %s", body)
+	if len(list) != 1 || list[0].State != "refused" || !strings.Contains(list[0].LastError, "Client authentication failed") {
+		t.Errorf("after a refused refresh: %s", body)
 	}
 	// The old token is still valid and still served.
 	if s, _, _ := e.do("GET", "/c", ""); s != 200 {
-		t.Errorf("a rejected refresh must not stop the valid token: %d", s)
+		t.Errorf("a refused refresh must not stop the valid token: %d", s)
 	}
 }
 

@@ -7,68 +7,80 @@ import (
 	"net/url"
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 	"golang.org/x/net/http/httpguts"
+
+	"github.com/deskoproxy/caddy-desko-auth/internal/token"
 )
 
 // This file holds the steps of Provision: the token request's settings
-// expanded into the engine's configuration, the request options, and the
-// attachment to the shared token source.
+// expanded into the token source's configuration, and the request options.
+// The attachment to the shared token source is in tokensource.go.
 
-// engineConfig expands the placeholders of the token request's settings
-// and returns the engine's configuration, with the defaults applied, and
-// the fingerprint of the TLS files read.
-func (h *Handler) engineConfig() (engineConfig, string, error) {
-	var cfg engineConfig
-	var err error
-	if cfg.ClientID, err = expand("client_id", h.ClientID); err != nil {
-		return cfg, "", err
-	}
-	if cfg.ClientSecret, err = expand("client_secret", h.ClientSecret); err != nil {
-		return cfg, "", err
+// tokenConfig expands the placeholders of the token request's settings
+// and returns the token source's configuration, with the defaults applied,
+// its credentials, and the fingerprint of the TLS files read.
+func (h *Handler) tokenConfig() (token.Config, *token.Credentials, string, error) {
+	var cfg token.Config
+	creds, err := h.credentials()
+	if err != nil {
+		return cfg, nil, "", err
 	}
 	if h.TokenURL != "" {
 		if cfg.TokenURL, err = expand("token_url", h.TokenURL); err != nil {
-			return cfg, "", err
+			return cfg, nil, "", err
 		}
 		if err := checkTokenURL(cfg.TokenURL); err != nil {
-			return cfg, "", err
+			return cfg, nil, "", err
 		}
 	}
 	if u, _ := url.Parse(cfg.TokenURL); u.Scheme == "http" && !isLoopbackHost(u) {
 		if !h.InsecureHTTP {
-			return cfg, "", fmt.Errorf("token_url: http:// to %s would send the client secret in clear text; use https, or add insecure_http if you must", u.Host)
+			return cfg, nil, "", fmt.Errorf("token_url: http:// to %s would send the client secret in clear text; use https, or add insecure_http if you must", u.Host)
 		}
-		h.logger.Warn("insecure_http: the client secret and tokens cross the network in clear text", zap.String("token_url", redactURL(cfg.TokenURL)))
+		h.logger.Warn("insecure_http: the client secret and tokens cross the network in clear text", zap.String("token_url", token.RedactURL(cfg.TokenURL)))
 	}
-	var paramSecrets, headerSecrets []string
-	if cfg.Params, paramSecrets, err = expandValues("param", h.Params); err != nil {
-		return cfg, "", err
-	}
-	if cfg.Headers, headerSecrets, err = expandValues("token_header", h.TokenHeaders); err != nil {
-		return cfg, "", err
-	}
-	for k, v := range cfg.Headers {
-		if !httpguts.ValidHeaderFieldValue(v) {
-			return cfg, "", fmt.Errorf("token_header %s: the expanded value holds control characters (a line break in a file?)", k)
-		}
-	}
-	cfg.Secrets = append(paramSecrets, headerSecrets...)
+	cfg.Credentials = (*token.Static)(creds)
 	cfg.Scopes = h.Scopes
 	cfg.Timeout = time.Duration(h.Timeout)
 	cfg.DefaultTTL = time.Duration(h.DefaultTTL)
-	cfg.AuthStyle, _ = parseAuthStyle(h.AuthStyle) // Validate checked it
+	cfg.Auth, _ = token.ParseAuthStyle(h.AuthStyle) // Validate checked it
 	// Defaults now, so that a source's identity (sourceKey) is the same
 	// whether a default is written out or not.
-	cfg = cfg.withDefaults()
+	cfg = cfg.WithDefaults()
 	client, tlsFingerprint, err := h.acquireTransport()
 	if err != nil {
-		return cfg, "", err
+		return cfg, nil, "", err
 	}
 	cfg.HTTPClient = client
-	return cfg, tlsFingerprint, nil
+	return cfg, creds, tlsFingerprint, nil
+}
+
+// credentials expands the placeholders of the client ID, the secret and
+// the param and token_header values.
+func (h *Handler) credentials() (*token.Credentials, error) {
+	var c token.Credentials
+	var err error
+	if c.ClientID, err = expand("client_id", h.ClientID); err != nil {
+		return nil, err
+	}
+	if c.ClientSecret, err = expand("client_secret", h.ClientSecret); err != nil {
+		return nil, err
+	}
+	var paramSecrets, headerSecrets []string
+	if c.Params, paramSecrets, err = expandValues("param", h.Params); err != nil {
+		return nil, err
+	}
+	if c.Headers, headerSecrets, err = expandValues("token_header", h.TokenHeaders); err != nil {
+		return nil, err
+	}
+	for k, v := range c.Headers {
+		if !httpguts.ValidHeaderFieldValue(v) {
+			return nil, fmt.Errorf("token_header %s: the expanded value holds control characters (a line break in a file?)", k)
+		}
+	}
+	c.Secrets = append(paramSecrets, headerSecrets...)
+	return &c, nil
 }
 
 // applyRequestOptions sets how requests carry the token and whether they
@@ -98,62 +110,4 @@ func (h *Handler) applyRequestOptions() {
 	if h.ReplayMemory != nil {
 		setReplayMemory(h, *h.ReplayMemory)
 	}
-}
-
-// attachSource attaches the handler to the shared token source of its
-// credential set (creating it if this is the first handler to use it),
-// with this config's metrics, events and shared storage, and starts the
-// warm-up.
-func (h *Handler) attachSource(ctx caddy.Context, cfg engineConfig, tlsFingerprint string) error {
-	var store certmagic.Storage
-	shared := "" // part of the source's identity: cluster mode or not, and where
-	if h.SharedCache != nil {
-		var err error
-		if store, err = h.sharedStorage(ctx); err != nil {
-			return err
-		}
-		shared = "storage:" + string(h.SharedCache.StorageRaw)
-		if h.SharedCache.StorageRaw == nil {
-			shared = "storage:default"
-		}
-	}
-	h.key = sourceKey(cfg, shared, tlsFingerprint)
-	label := sourceLabel(cfg)
-	h.metrics = registerMetrics(ctx, label)
-	// The engine outlives this config: it gets a logger that does not
-	// depend on the Provision ctx, and never uses ctx for its requests.
-	engineLog := sourceLogger(h.logger, label, cfg.ClientID, cfg.TokenURL)
-	val, _, err := sources.LoadOrNew(h.key, func() (caddy.Destructor, error) {
-		obs := &sourceObserver{sourceMetrics: h.metrics, label: label}
-		cfg.Logger = engineLog
-		cfg.Observer = obs
-		e, err := newTokenEngine(cfg)
-		if err != nil {
-			return nil, err
-		}
-		return &source{key: h.key, engine: e, obs: obs, label: label, clientID: cfg.ClientID, tokenURL: redactURL(cfg.TokenURL), scopes: h.Scopes}, nil
-	})
-	if err != nil {
-		return fmt.Errorf("starting the token engine: %w", err)
-	}
-	h.src = val.(*source)
-	h.logger = engineLog
-	if err := h.src.obs.useEvents(ctx); err != nil {
-		return fmt.Errorf("loading the events app: %w", err)
-	}
-	if store != nil {
-		sc, err := newSharedCache(store, cfg.TokenURL, cfg.ClientID, h.Scopes, sharedIdentity(cfg), cfg.ClientSecret)
-		if err != nil {
-			return fmt.Errorf("shared_cache: %w", err)
-		}
-		sc.unlockFailed = func(err error) { engineLog.Warn("releasing the shared token cache lock", zap.Error(err)) }
-		// The newest config's storage: a storage module of the old config
-		// may be cleaned up after a reload.
-		h.src.engine.setShared(sc)
-	}
-	if h.WarmUp == nil || *h.WarmUp {
-		warmUpWaiters.Add(1)
-		go warmUpWhenRunning(ctx, h.src.engine)
-	}
-	return nil
 }

@@ -8,51 +8,171 @@ import (
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
+
+	"github.com/deskoproxy/caddy-desko-auth/internal/token"
 )
 
-// This file replays a request after an upstream 401: the header snapshot
-// and the second attempt. The body is kept by replaybody.go, the 401 held
-// by watchwriter.go.
+// This file is one request's way through the handler once it has a token:
+// the first attempt, and after an upstream 401 the report to the token
+// source and the replay with a new token. The body is kept by
+// replaybody.go, the 401 held by watchwriter.go.
 
-// replayWith sends r once more with the fresh token, streaming the answer.
-func (h *Handler) replayWith(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, fresh *accessToken, body io.ReadCloser, saved *headerSnapshot) error {
+// attempt is one request on its way upstream. ServeHTTP keeps it on its
+// stack.
+type attempt struct {
+	h       *Handler
+	w       http.ResponseWriter // the client's writer
+	r       *http.Request
+	tok     *token.Token // the token the request carries
+	value   string       // the token header's value, as set
+	replay  bool         // the request may be sent again after a 401
+	body    *replayBody  // the body kept for that, if it has one
+	saved   headerSnapshot
+	ww      *watchWriter // watches (and may hold back) the answer
+	status  int          // the upstream's final status, 0 if none
+	outcome outcome
+}
+
+// prepare sets the token header, decides whether the request could be
+// replayed and keeps its body for that if it has one.
+func (a *attempt) prepare(tok *token.Token) {
+	a.tok = tok
+	a.value = a.h.setToken(a.r, tok)
+	if _, ok := a.r.Header["Connection"]; ok {
+		a.h.keepTokenHeader(a.r)
+	}
+	a.replay = a.h.replay && a.keepBody()
+	if a.replay {
+		a.saved.take(a.w.Header())
+	}
+}
+
+// keepBody reports whether the request could be replayed, and keeps its
+// body for that if it has one: within replay_body_limit and the memory
+// budget.
+func (a *attempt) keepBody() bool {
+	r := a.r
+	if up := r.Header["Upgrade"]; r.Method == http.MethodConnect || (len(up) > 0 && up[0] != "") {
+		return false
+	}
+	if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
+		return true
+	}
+	if r.ContentLength > a.h.limit {
+		return false
+	}
+	if a.body = newReplayBody(r.Body, r.ContentLength, a.h.limit); a.body == nil {
+		a.outcome = outcomeOverReplayBudget
+		return false
+	}
+	r.Body = a.body
+	return true
+}
+
+// forward sends the request on through next, watching the answer: a 401
+// is held back when the request may be replayed.
+func (a *attempt) forward(next caddyhttp.Handler) error {
+	a.ww = newWatchWriter(a.w, a.replay)
+	err := next.ServeHTTP(a.ww, a.r)
+	a.status = a.ww.status
+	if a.status != 0 && a.status != http.StatusUnauthorized {
+		a.tok.Worked()
+	}
+	return err
+}
+
+// unauthorized handles an upstream 401: the token source hears of it if
+// the request still carried the token, and the request is replayed once
+// with a new token where it can be; else the 401 goes to the client as it
+// came.
+func (a *attempt) unauthorized(next caddyhttp.Handler) error {
+	carried := a.h.carries(a.r, a.value)
+	body, ok := a.rewind()
+	if !ok {
+		if carried {
+			a.h.src.engine.Rejected(a.tok)
+		}
+		return a.ww.sendHeld()
+	}
+	var fresh *token.Token
+	if carried {
+		fresh = a.h.src.engine.Replace(a.r.Context(), a.tok)
+	}
+	if fresh == nil {
+		a.outcome = outcomeReplayFailed
+		a.h.logger.Debug("upstream answered 401 and no newer token is available; passing it through")
+		return a.ww.sendHeld()
+	}
+	return a.replayWith(next, fresh, body)
+}
+
+// rewind returns the body for a replay; ok is false when the request
+// cannot be replayed: its 401 was not held back, or its body was not kept
+// whole.
+func (a *attempt) rewind() (body io.ReadCloser, ok bool) {
+	if !a.ww.held {
+		return nil, false
+	}
+	if a.body == nil {
+		return nil, true
+	}
+	return a.body.rewind()
+}
+
+// replayWith sends the request once more with the fresh token, streaming
+// the answer.
+func (a *attempt) replayWith(next caddyhttp.Handler, fresh *token.Token, body io.ReadCloser) error {
 	// Undo what the first attempt wrote into the shared header map.
-	saved.restoreInto(w.Header())
+	a.saved.restoreInto(a.w.Header())
 	// The first attempt's transport may still be dialing in the background,
 	// reading the request's vars (reverse_proxy's dial hints); the replay's
 	// reverse_proxy writes them. So the replay gets a copy of the vars: a
 	// map read and written at once would crash the process.
+	r := a.r
 	if vars, ok := r.Context().Value(caddyhttp.VarsCtxKey).(map[string]any); ok {
 		r = r.WithContext(context.WithValue(r.Context(), caddyhttp.VarsCtxKey, maps.Clone(vars)))
 	}
 	if body != nil {
 		r.Body = body
 	}
-	value := h.setAuthorization(r, fresh)
-	ww := newWatchWriter(w, false)
-	err := next.ServeHTTP(ww, r)
-	status := ww.status
-	if status != http.StatusSwitchingProtocols {
-		defer ww.free()
-	}
+	value := a.h.setToken(r, fresh)
+	a.ww.reset()
+	err := next.ServeHTTP(a.ww, r)
+	a.status = a.ww.status
 	switch {
 	case err != nil:
-		h.metrics.request("replay_failed")
+		a.outcome = outcomeReplayFailed
 		return err
-	case status == http.StatusUnauthorized:
-		if h.carries(r, value) {
-			h.src.engine.Invalidate(fresh)
+	case a.status == http.StatusUnauthorized:
+		if a.h.carries(r, value) {
+			a.h.src.engine.Rejected(fresh)
 		}
-		h.metrics.request("replay_failed")
-		h.logger.Warn("upstream answered 401 again after a token refresh; passing it through",
+		a.outcome = outcomeReplayFailed
+		a.h.logger.Warn("upstream answered 401 again after a token refresh; passing it through",
 			zap.String("method", r.Method), zap.String("uri", r.URL.Path))
 		return nil
 	}
-	if status != 0 {
-		fresh.Accepted()
+	if a.status != 0 {
+		fresh.Worked()
 	}
-	h.metrics.request("replayed")
+	a.outcome = outcomeReplayed
 	return nil
+}
+
+// end counts the request's outcome and gives back what the attempt holds:
+// the kept body and the watcher (unless the connection was upgraded, which
+// may outlive the handler).
+func (a *attempt) end() {
+	if a.body != nil {
+		if a.outcome == outcomeInjected && a.body.skippedForBudget() {
+			a.outcome = outcomeOverReplayBudget
+		}
+		a.body.release()
+	}
+	if a.ww != nil && a.status != http.StatusSwitchingProtocols {
+		a.ww.free()
+	}
+	a.h.src.metrics.count(a.outcome)
 }
 
 // headerSnapshot remembers what a response header map held, to restore it

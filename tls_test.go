@@ -1,6 +1,7 @@
 package deskoauth
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -9,6 +10,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"io"
 	"log"
@@ -24,6 +26,9 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2/caddytest"
+
+	"github.com/deskoproxy/caddy-desko-auth/internal/scrub/scrubtest"
+	"github.com/deskoproxy/caddy-desko-auth/internal/token"
 )
 
 // Mutual TLS to the token endpoint: a CA made by the test, a server
@@ -181,12 +186,49 @@ func (s *mtlsTokenServer) snapshot() (issued, clients []string) {
 	return append([]string(nil), s.issued...), append([]string(nil), s.clients...)
 }
 
-// tokenEngine level: the client built from tls_ca and tls_client_cert gets a
-// token; without the certificate, or without the CA, it does not.
+// newTLSSource is a token source with the test credentials and client
+// (nil: the source's own, with the system's roots), closed at the end of
+// the test.
+func newTLSSource(t *testing.T, tokenURL string, client *http.Client) *token.Source {
+	t.Helper()
+	src, err := token.New(token.Config{
+		TokenURL:    tokenURL,
+		Credentials: &token.Static{ClientID: testClientID, ClientSecret: testSecret},
+		HTTPClient:  client,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { src.Close() })
+	return src
+}
+
+// sourceGet asks src for a token, bounded by waitLimit.
+func sourceGet(t *testing.T, src *token.Source) (*token.Token, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
+	defer cancel()
+	return src.Get(ctx)
+}
+
+// sourceGetErr asks src for a token and returns the *token.Error it must
+// fail with.
+func sourceGetErr(t *testing.T, src *token.Source) *token.Error {
+	t.Helper()
+	tok, err := sourceGet(t, src)
+	var te *token.Error
+	if !errors.As(err, &te) {
+		t.Fatalf("Get = %v, %v; want a *token.Error", tok, err)
+	}
+	return te
+}
+
+// Token source level: the client built from tls_ca and tls_client_cert
+// gets a token; without the certificate, or without the CA, it does not.
 func TestTLSEngineMutualTLS(t *testing.T) {
 	pki := newTestPKI(t)
 	srv := newMTLSTokenServer(t, pki)
-	engine := func(t *testing.T, h *Handler) *tokenEngine {
+	engine := func(t *testing.T, h *Handler) *token.Source {
 		t.Helper()
 		client, fp, err := h.tokenTransport()
 		if err != nil {
@@ -195,14 +237,15 @@ func TestTLSEngineMutualTLS(t *testing.T) {
 		if client == nil || fp == "" {
 			t.Fatalf("tokenTransport returned transport %v, fingerprint %q: want a custom one", client, fp)
 		}
-		return newTestEngine(t, srv.tokenURL(), newFakeClock(t), func(c *engineConfig) {
-			c.ClientID, c.ClientSecret, c.HTTPClient = testClientID, testSecret, &http.Client{Transport: client}
-		})
+		return newTLSSource(t, srv.tokenURL(), &http.Client{Transport: client})
 	}
 
 	t.Run("ca and client certificate", func(t *testing.T) {
 		e := engine(t, &Handler{TLSCA: pki.caFile, TLSClientCert: []string{pki.clientCertFile, pki.clientKeyFile}})
-		tok := mustGet(t, e)
+		tok, err := sourceGet(t, e)
+		if err != nil {
+			t.Fatalf("Get: %v", err)
+		}
 		issued, clients := srv.snapshot()
 		if len(issued) == 0 || issued[len(issued)-1] != tok.Value || clients[len(clients)-1] != "desko-mtls-client" {
 			t.Fatalf("token %q; server issued %q to %q", tok.Value, issued, clients)
@@ -211,8 +254,8 @@ func TestTLSEngineMutualTLS(t *testing.T) {
 	t.Run("no client certificate", func(t *testing.T) {
 		before, _ := srv.snapshot()
 		e := engine(t, &Handler{TLSCA: pki.caFile})
-		te := mustGetErr(t, e)
-		if te.Kind != kindTransient || te.Status != 0 {
+		te := sourceGetErr(t, e)
+		if te.Kind != token.KindTransient || te.Status != 0 {
 			t.Errorf("error %v: kind %v status %d, want a transient transport error", te, te.Kind, te.Status)
 		}
 		if !strings.Contains(te.Error(), "certificate") {
@@ -224,18 +267,16 @@ func TestTLSEngineMutualTLS(t *testing.T) {
 	})
 	t.Run("system roots", func(t *testing.T) {
 		e := engine(t, &Handler{TLSClientCert: []string{pki.clientCertFile, pki.clientKeyFile}})
-		te := mustGetErr(t, e)
+		te := sourceGetErr(t, e)
 		// A certificate that does not verify is a configuration problem:
-		// rejected, so it is retried slowly and answered 502.
-		if te.Kind != kindRejected || !strings.Contains(te.Error(), "x509") {
-			t.Errorf("error %v (kind %v), want a rejected x509 error", te, te.Kind)
+		// refused, so it is retried slowly and answered 502.
+		if te.Kind != token.KindRefused || !strings.Contains(te.Error(), "x509") {
+			t.Errorf("error %v (kind %v), want a refused x509 error", te, te.Kind)
 		}
 	})
 	t.Run("default client", func(t *testing.T) {
-		e := newTestEngine(t, srv.tokenURL(), newFakeClock(t), func(c *engineConfig) {
-			c.ClientID, c.ClientSecret = testClientID, testSecret
-		})
-		if te := mustGetErr(t, e); !strings.Contains(te.Error(), "x509") {
+		e := newTLSSource(t, srv.tokenURL(), nil)
+		if te := sourceGetErr(t, e); !strings.Contains(te.Error(), "x509") {
 			t.Errorf("error %v, want an x509 error", te)
 		}
 	})
@@ -390,9 +431,9 @@ func TestTLSE2EMutualTLSTokenEndpoint(t *testing.T) {
 	if err != nil || len(logs) == 0 {
 		t.Fatalf("Caddy's log: %v (%d bytes)", err, len(logs))
 	}
-	lc := newLeakCheck(testClientID, testSecret, issued[0])
+	lc := scrubtest.NewCheck(testClientID, testSecret, issued[0])
 	for i, h := range append(bodies, string(logs)) {
-		lc.assertNone(t, fmt.Sprintf("output %d", i+1), h)
+		lc.AssertNone(t, fmt.Sprintf("output %d", i+1), h)
 	}
 }
 

@@ -3,6 +3,8 @@ package deskoauth
 import (
 	"net/http"
 	"strings"
+
+	"github.com/deskoproxy/caddy-desko-auth/internal/token"
 )
 
 // This file sets the token header on a request and keeps a client from
@@ -11,13 +13,13 @@ import (
 // headerValue caches the Authorization value built for one token, so the
 // hot path does not concatenate strings.
 type headerValue struct {
-	tok   *accessToken
+	tok   *token.Token
 	value string
 }
 
-// setAuthorization replaces every inbound value of the token header
+// setToken replaces every inbound value of the token header
 // (Authorization unless configured otherwise) and returns the value set.
-func (h *Handler) setAuthorization(r *http.Request, tok *accessToken) string {
+func (h *Handler) setToken(r *http.Request, tok *token.Token) string {
 	hv := h.hdrCache.Load()
 	if hv == nil || hv.tok != tok {
 		hv = &headerValue{tok: tok, value: h.prefix + tok.Value}

@@ -12,6 +12,8 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
+
+	"github.com/deskoproxy/caddy-desko-auth/internal/token"
 )
 
 // This file answers the requests for which no token could be had.
@@ -20,7 +22,7 @@ import (
 // for. They never hold what the token endpoint said, its address, or Go's
 // error text: those go to the operator's log under the correlation ID.
 const (
-	msgRejected    = "could not obtain a Desko access token: the token endpoint refused this proxy's credentials"
+	msgRefused     = "could not obtain a Desko access token: the token endpoint refused this proxy's credentials"
 	msgUnavailable = "could not obtain a Desko access token: the token endpoint is unavailable; try again later"
 )
 
@@ -37,8 +39,8 @@ const (
 const (
 	// phSource is the source label of the request's credential set.
 	phSource = "http.desko_auth.source"
-	// phError is why no token could be had: rejected, transient,
-	// invalid_response or canceled.
+	// phError is why no token could be had: refused, transient,
+	// invalid_answer or canceled.
 	phError = "http.desko_auth.error"
 )
 
@@ -48,12 +50,12 @@ const (
 func (h *Handler) unavailable(w http.ResponseWriter, r *http.Request, err error) error {
 	status := http.StatusServiceUnavailable
 	msg, why := msgUnavailable, "transient"
-	var te *tokenError
+	var te *token.Error
 	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	if errors.As(err, &te) {
 		why = te.Kind.String()
-		if te.Kind == kindRejected {
-			status, msg = http.StatusBadGateway, msgRejected
+		if te.Kind == token.KindRefused {
+			status, msg = http.StatusBadGateway, msgRefused
 		} else {
 			secs := int((te.RetryAfter + time.Second - 1) / time.Second)
 			w.Header().Set("Retry-After", strconv.Itoa(max(secs, 1)))

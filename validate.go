@@ -10,6 +10,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"golang.org/x/net/http/httpguts"
+
+	"github.com/deskoproxy/caddy-desko-auth/internal/token"
 )
 
 // This file checks the written configuration: each check names the
@@ -125,11 +127,11 @@ func (h *Handler) checkHeaderOptions() error {
 		if k == "" {
 			return errors.New("param: empty name")
 		}
-		if slices.Contains(reservedParams, k) {
+		if slices.Contains(token.ReservedParams, k) {
 			return fmt.Errorf("param: %s is set by the module itself (scopes go in scope)", k)
 		}
 	}
-	if _, err := parseAuthStyle(h.AuthStyle); err != nil {
+	if _, err := token.ParseAuthStyle(h.AuthStyle); err != nil {
 		return fmt.Errorf("auth_style: %w", err)
 	}
 	if len(h.TLSClientCert) != 0 && len(h.TLSClientCert) != 2 {

@@ -13,6 +13,8 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	_ "github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+
+	"github.com/deskoproxy/caddy-desko-auth/internal/fleet"
 )
 
 // Issue 11 point 6: `caddy validate` (and `caddy adapt --validate`)
@@ -90,16 +92,13 @@ func TestValidateSendsNoTokenRequest(t *testing.T) {
 	}
 
 	// Validation is over and its context cancelled: the warm-up must give
-	// up (bounded wait for its goroutine).
-	for deadline := time.Now().Add(5 * time.Second); warmUpWaiters.Load() != 0; {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d warm-ups still waiting after validation", warmUpWaiters.Load())
-		}
-		time.Sleep(time.Millisecond)
-	}
+	// up.
+	waitFor(t, "the warm-ups to give up after validation", func() bool { return warmUpWaiters.Load() == 0 })
 	// Nothing is left that could send a request. A regression (a warm-up
-	// started at Provision) sends one within milliseconds: give it a
-	// moment to show up rather than pass by luck.
+	// started at Provision) sends one within milliseconds. A request that
+	// is not sent is no event to wait for: this is the one bounded look
+	// for an absence in the tests, short, and only long enough to see such
+	// a regression rather than pass by luck.
 	select {
 	case <-srv.arrived:
 		t.Errorf("validation sent a token request")
@@ -153,15 +152,12 @@ func TestE2EWarmUpWithSharedCacheWhenRunning(t *testing.T) {
 	e := newE2E(t, time.Hour)
 	dir := t.TempDir()
 	e.load("shared_cache {\n\t\t\tstorage file_system " + dir + "\n\t\t}")
-	entry := filepath.Join(dir, filepath.FromSlash(sharedCacheKey(e.tokenURL(), testClientID, []string{"booking.show", "organization.show"}, nil)))
-	for deadline := time.Now().Add(5 * time.Second); ; {
-		if _, err := os.Stat(entry); err == nil && e.desko.TokenRequests() == 1 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no warm-up after the config started: %d token requests, entry files %v", e.desko.TokenRequests(), filesUnder(t, dir))
-		}
-		time.Sleep(10 * time.Millisecond)
+	entry := filepath.Join(dir, filepath.FromSlash(fleet.Key(e.tokenURL(), testClientID, []string{"booking.show", "organization.show"}, nil)))
+	if !eventually(func() bool {
+		_, err := os.Stat(entry)
+		return err == nil && e.desko.TokenRequests() == 1
+	}) {
+		t.Fatalf("no warm-up after the config started: %d token requests, entry files %v", e.desko.TokenRequests(), filesUnder(t, dir))
 	}
 	if s, _, body := e.do("GET", "/a", ""); s != 200 {
 		t.Fatalf("status %d: %s", s, body)

@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+
+	"github.com/deskoproxy/caddy-desko-auth/internal/token"
 )
 
 // This file starts a source's first token request once its config runs,
@@ -17,7 +19,7 @@ const warmUpPoll = 25 * time.Millisecond
 // tests).
 var warmUpWaiters atomic.Int64
 
-// warmUpWhenRunning starts e's warm-up once the config provisioned with ctx
+// warmUpWhenRunning starts src's warm-up once the config provisioned with ctx
 // is the running one, and gives up when ctx ends first. So `caddy
 // validate`, `caddy adapt --validate` and a config that fails to start send
 // no token request and write nothing to the shared storage. Caddy has no
@@ -26,7 +28,7 @@ var warmUpWaiters atomic.Int64
 // config's context when validation ends, when the config fails to start and
 // when it is replaced. Polling is cheap (a read lock) and lasts only from
 // Provision to the start of the servers.
-func warmUpWhenRunning(ctx caddy.Context, e *tokenEngine) {
+func warmUpWhenRunning(ctx caddy.Context, src *token.Source) {
 	defer warmUpWaiters.Add(-1)
 	tick := time.NewTicker(warmUpPoll)
 	defer tick.Stop()
@@ -35,7 +37,7 @@ func warmUpWhenRunning(ctx caddy.Context, e *tokenEngine) {
 			return
 		}
 		if isActiveConfig(ctx) {
-			e.WarmUp()
+			src.WarmUp()
 			return
 		}
 		select {

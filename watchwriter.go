@@ -33,6 +33,12 @@ func newWatchWriter(w http.ResponseWriter, hold bool) *watchWriter {
 	return ww
 }
 
+// reset makes ww watch another attempt, holding nothing back: a held
+// answer is dropped.
+func (ww *watchWriter) reset() {
+	ww.status, ww.hold, ww.held, ww.buf = 0, false, false, ww.buf[:0]
+}
+
 // free returns ww to the pool, dropping a large held buffer.
 func (ww *watchWriter) free() {
 	buf := ww.buf[:0]

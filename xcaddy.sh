@@ -31,7 +31,7 @@ build() {
 }
 
 ensure_built() {
-	if [ ! -x "$CADDY_BIN" ] || [ -n "$(find "$ROOT" -maxdepth 1 -name '*.go' -newer "$CADDY_BIN" -print -quit)" ]; then
+	if [ ! -x "$CADDY_BIN" ] || [ -n "$(find "$ROOT" -name '*.go' ! -name '*_test.go' -newer "$CADDY_BIN" -print -quit)" ]; then
 		build
 	fi
 }

@@ -1,0 +1,192 @@
+package token
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"time"
+)
+
+// AuthStyle is how the client authenticates to the token endpoint.
+type AuthStyle int
+
+// The client authentication styles.
+const (
+	// AuthJSON sends grant_type, client_id, client_secret and scope in a
+	// JSON body: Desko's documented format.
+	AuthJSON AuthStyle = iota
+	// AuthForm is RFC 6749 client_secret_post: the credentials in an
+	// application/x-www-form-urlencoded body.
+	AuthForm
+	// AuthBasic is RFC 6749 client_secret_basic: the credentials, each
+	// form-encoded first (§2.3.1), in an Authorization: Basic header.
+	AuthBasic
+)
+
+// ParseAuthStyle reads "json", "form" or "basic"; "" is json.
+func ParseAuthStyle(s string) (AuthStyle, error) {
+	switch s {
+	case "", "json":
+		return AuthJSON, nil
+	case "form":
+		return AuthForm, nil
+	case "basic":
+		return AuthBasic, nil
+	}
+	return 0, fmt.Errorf("unknown auth style %q (want json, form or basic)", s)
+}
+
+// String is the style's name in the configuration.
+func (a AuthStyle) String() string {
+	switch a {
+	case AuthForm:
+		return "form"
+	case AuthBasic:
+		return "basic"
+	}
+	return "json"
+}
+
+// requestFields are the parameters of a token request, whatever the style
+// that encodes them: grant_type, scope, the extra params (never one of
+// ReservedParams), and, unless the style authenticates in a header, the
+// client ID and secret.
+func (s *Source) requestFields(c *Credentials) map[string]string {
+	f := make(map[string]string, len(c.Params)+4)
+	for k, v := range c.Params {
+		if !slices.Contains(ReservedParams, k) {
+			f[k] = v
+		}
+	}
+	f["grant_type"] = "client_credentials"
+	if len(s.cfg.Scopes) > 0 {
+		f["scope"] = strings.Join(s.cfg.Scopes, " ")
+	}
+	if s.cfg.Auth != AuthBasic {
+		f["client_id"] = c.ClientID
+		f["client_secret"] = c.ClientSecret
+	}
+	return f
+}
+
+// newRequest builds the token request of the source's auth style. The
+// form and basic styles send what golang.org/x/oauth2/clientcredentials
+// sends with AuthStyleInParams and AuthStyleInHeader; every style's answer
+// then goes through the one parser, parseAnswer.
+func (s *Source) newRequest(ctx context.Context, c *Credentials) (*http.Request, error) {
+	fields := s.requestFields(c)
+	var body []byte
+	contentType := "application/json"
+	if s.cfg.Auth == AuthJSON {
+		var err error
+		if body, err = json.Marshal(fields); err != nil {
+			return nil, fmt.Errorf("encoding the token request: %w", err)
+		}
+	} else {
+		form := url.Values{}
+		for k, v := range fields {
+			form.Set(k, v)
+		}
+		body, contentType = []byte(form.Encode()), "application/x-www-form-urlencoded"
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.cfg.TokenURL, bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	for k, v := range c.Headers {
+		req.Header.Set(k, v)
+	}
+	req.Header.Set("User-Agent", "caddy-desko-auth")
+	req.Header.Set("Content-Type", contentType)
+	req.Header.Set("Accept", "application/json")
+	if s.cfg.Auth == AuthBasic {
+		req.SetBasicAuth(url.QueryEscape(c.ClientID), url.QueryEscape(c.ClientSecret))
+	}
+	return req, nil
+}
+
+// sameHostClient returns a copy of c (or a new client) whose redirect
+// policy only follows redirects to the same scheme and host, so the secret
+// in a re-sent body never reaches another server.
+func sameHostClient(c *http.Client) *http.Client {
+	var nc http.Client
+	if c != nil {
+		nc = *c
+	}
+	if nc.Transport == nil {
+		nc.Transport = http.DefaultTransport.(*http.Transport).Clone()
+	}
+	nc.Timeout = 0 // the source sets a per-fetch deadline
+	nc.CheckRedirect = func(req *http.Request, via []*http.Request) error {
+		if len(via) >= 3 {
+			return errors.New("stopped after 3 redirects")
+		}
+		first := via[0].URL
+		if req.URL.Scheme != first.Scheme || req.URL.Host != first.Host {
+			return fmt.Errorf("%w (%s://%s)", errCrossHostRedirect, req.URL.Scheme, req.URL.Host)
+		}
+		return nil
+	}
+	return &nc
+}
+
+// post sends one token request with the credentials c, counts it for
+// Status and the observer, and returns the parsed token.
+func (s *Source) post(ctx context.Context, c *Credentials) (*Token, *Error) {
+	start := time.Now()
+	s.mu.Lock()
+	s.lastRequestAt = start
+	s.mu.Unlock()
+	tok, terr := s.exchange(ctx, c)
+	took := time.Since(start)
+	s.mu.Lock()
+	s.fetches++
+	s.lastFetchAt = time.Now().Round(0)
+	s.mu.Unlock()
+	if s.obs != nil {
+		s.obs.Fetched(terr, took)
+	}
+	return tok, terr
+}
+
+// exchange sends the token request and reads its answer.
+func (s *Source) exchange(ctx context.Context, c *Credentials) (*Token, *Error) {
+	req, err := s.newRequest(ctx, c)
+	if err != nil {
+		return nil, &Error{Kind: KindRefused, Message: "building the token request", Err: s.scrubber().Error(redactURLError(err))}
+	}
+	resp, err := s.client.Do(req)
+	if err != nil {
+		return nil, s.transportError(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxBodyBytes+1))
+	if err != nil {
+		return nil, &Error{Kind: KindTransient, Status: resp.StatusCode, Message: "reading the answer", Err: s.scrubber().Error(redactURLError(err))}
+	}
+	if len(body) > maxBodyBytes {
+		return nil, &Error{Kind: KindInvalidAnswer, Status: resp.StatusCode, Message: "answer larger than 1 MiB"}
+	}
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		return nil, s.statusError(resp, body)
+	}
+	p, perr := parseAnswer(resp.Header.Get("Content-Type"), body, time.Now(), s.cfg.DefaultTTL)
+	if errors.Is(perr, errOAuthErrorAnswer) {
+		return nil, s.statusError(resp, body)
+	}
+	if perr != nil {
+		// perr may quote the answer (token_type), so it is scrubbed too.
+		return nil, &Error{Kind: KindInvalidAnswer, Status: resp.StatusCode, Message: "unusable token answer", Err: s.scrubber().Error(perr)}
+	}
+	if p.usedDefaultTTL {
+		s.warnDefaultTTL()
+	}
+	return p.Token, nil
+}

@@ -1,0 +1,221 @@
+package token
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/deskoproxy/caddy-desko-auth/internal/deskotest"
+)
+
+// Sending the token request: its format, the answer size limit, redirects.
+
+func TestEngineRequestFormat(t *testing.T) {
+	documented := []string{"organization.show", "organization.upsert", "integration.checkin", "booking.show", "organization.remove"}
+	tests := []struct {
+		name      string
+		scopes    []string
+		wantScope string // "" means the field must be absent
+	}{
+		{"no scopes", nil, ""},
+		{"empty scope list", []string{}, ""},
+		{"one scope", []string{"organization.show"}, "organization.show"},
+		{"documented scopes", documented, "organization.show organization.upsert integration.checkin booking.show organization.remove"},
+	}
+	for _, tt := range tests {
+		inBubble(t, tt.name, func(t *testing.T) {
+			desko := deskotest.New(tsClientID, tsSecret, time.Hour)
+			url := serveInMemory(t, desko)
+			s := newTestSource(t, url+deskotest.TokenPath, func(c *Config) { c.Scopes = tt.scopes })
+
+			tok := mustGet(t, s)
+			if !desko.Valid(tok.Value) {
+				t.Fatalf("the stand-in does not recognise token %q", tok.Value)
+			}
+			req, body := desko.LastTokenRequest()
+			if req.Method != http.MethodPost {
+				t.Errorf("method = %s, want POST", req.Method)
+			}
+			if req.URL.Path != deskotest.TokenPath {
+				t.Errorf("path = %s, want %s", req.URL.Path, deskotest.TokenPath)
+			}
+			if got := req.Header.Get("Content-Type"); got != "application/json" {
+				t.Errorf("Content-Type = %q, want application/json", got)
+			}
+			if got := req.Header.Get("Accept"); got != "application/json" {
+				t.Errorf("Accept = %q, want application/json", got)
+			}
+			if got := req.Header.Get("User-Agent"); got != "caddy-desko-auth" {
+				t.Errorf("User-Agent = %q, want caddy-desko-auth", got)
+			}
+			if got := req.Header.Get("Authorization"); got != "" {
+				t.Errorf("token request carries Authorization %q; the credentials belong in the JSON body", got)
+			}
+			var fields map[string]any
+			if err := json.Unmarshal(body, &fields); err != nil {
+				t.Fatalf("body %q is not a JSON object: %v", body, err)
+			}
+			want := map[string]any{
+				"grant_type":    "client_credentials",
+				"client_id":     tsClientID,
+				"client_secret": tsSecret,
+			}
+			if tt.wantScope != "" {
+				want["scope"] = tt.wantScope
+			}
+			if !reflect.DeepEqual(fields, want) {
+				t.Errorf("body fields = %v\nwant          %v", fields, want)
+			}
+		})
+	}
+}
+
+// Params never override the fields the source sets itself, and headers
+// never override its fixed ones, whatever the credentials hold.
+func TestEngineRequestReservedFields(t *testing.T) {
+	inBubble(t, "", func(t *testing.T) {
+		var got capturedRequest
+		url := serveInMemory(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			got = capture(r)
+			okToken(60)(w, r, 1)
+		}))
+		s := newTestSource(t, url+"/token", func(c *Config) {
+			c.Scopes = []string{"a"}
+			static(c).Params = map[string]string{
+				"grant_type": "password", "client_id": "other", "client_secret": "other-secret", "scope": "admin",
+				"audience": "https://api.example",
+			}
+			static(c).Headers = map[string]string{"Content-Type": "text/plain", "User-Agent": "spoof", "Accept": "*/*", "X-Tenant": "acme"}
+		})
+		mustGet(t, s)
+		var fields map[string]string
+		if err := json.Unmarshal([]byte(got.body), &fields); err != nil {
+			t.Fatalf("body %q: %v", got.body, err)
+		}
+		want := map[string]string{
+			"grant_type": "client_credentials", "client_id": tsClientID, "client_secret": tsSecret,
+			"scope": "a", "audience": "https://api.example",
+		}
+		if !reflect.DeepEqual(fields, want) {
+			t.Errorf("body fields = %v\nwant          %v", fields, want)
+		}
+		for k, v := range map[string]string{"Content-Type": "application/json", "User-Agent": "caddy-desko-auth", "Accept": "application/json", "X-Tenant": "acme"} {
+			if h := got.header.Values(k); len(h) != 1 || h[0] != v {
+				t.Errorf("%s = %q, want [%s]", k, h, v)
+			}
+		}
+	})
+}
+
+func TestParseAuthStyle(t *testing.T) {
+	for in, want := range map[string]AuthStyle{"": AuthJSON, "json": AuthJSON, "form": AuthForm, "basic": AuthBasic} {
+		got, err := ParseAuthStyle(in)
+		if err != nil || got != want {
+			t.Errorf("ParseAuthStyle(%q) = %v, %v; want %v", in, got, err, want)
+		}
+		if in != "" && got.String() != in {
+			t.Errorf("%v.String() = %q, want %q", got, got.String(), in)
+		}
+	}
+	for _, in := range []string{"JSON", "post", "client_secret_basic", " form"} {
+		if _, err := ParseAuthStyle(in); err == nil || !strings.Contains(err.Error(), "want json, form or basic") {
+			t.Errorf("ParseAuthStyle(%q) error = %v, want one naming the styles", in, err)
+		}
+	}
+}
+
+func TestEngineBodyLimit(t *testing.T) {
+	// A valid answer padded with whitespace to exactly 1 MiB is read whole;
+	// one byte more is refused.
+	valid := `{"token_type":"Bearer","expires_in":60,"access_token":"abc"}`
+	for _, tc := range []struct {
+		size   int
+		wantOK bool
+	}{{maxBodyBytes, true}, {maxBodyBytes + 1, false}} {
+		inBubble(t, fmt.Sprint(tc.size), func(t *testing.T) {
+			body := valid + strings.Repeat(" ", tc.size-len(valid))
+			srv := newTokenServer(t, answer(200, "application/json", body))
+			s := newTestSource(t, srv.tokenURL())
+			tok, err := s.Get(t.Context())
+			if tc.wantOK {
+				if err != nil || tok.Value != "abc" {
+					t.Fatalf("Get = %v, %v; want token abc", tok, err)
+				}
+				return
+			}
+			var te *Error
+			if !errors.As(err, &te) || te.Kind != KindInvalidAnswer || te.Status != 200 {
+				t.Fatalf("Get error = %v, want an invalid_answer *Error with status 200", err)
+			}
+		})
+	}
+}
+
+func TestEngineRedirects(t *testing.T) {
+	for _, code := range []int{http.StatusTemporaryRedirect, http.StatusPermanentRedirect, http.StatusFound} {
+		inBubble(t, fmt.Sprintf("%d to another host is not followed", code), func(t *testing.T) {
+			other := newTokenServer(t, okToken(3600))
+			srv := newTokenServer(t, func(w http.ResponseWriter, r *http.Request, n int64) {
+				http.Redirect(w, r, other.tokenURL(), code)
+			})
+			s := newTestSource(t, srv.tokenURL())
+			te := mustGetErr(t, s)
+			if other.count() != 0 {
+				t.Fatalf("the other host received %d requests (and the secret)", other.count())
+			}
+			if !strings.Contains(te.Error(), "redirect") {
+				t.Errorf("Error() = %q, want it to mention the redirect", te.Error())
+			}
+			if te.Kind != KindRefused {
+				t.Errorf("Kind = %v, want refused: a redirect elsewhere is a configuration problem", te.Kind)
+			}
+			if leaksSecret(te.Error()) {
+				t.Errorf("Error() leaks the secret: %q", te.Error())
+			}
+		})
+	}
+	inBubble(t, "307 on the same host is followed with the body", func(t *testing.T) {
+		var bodies []string
+		srv := newTokenServer(t, func(w http.ResponseWriter, r *http.Request, n int64) {
+			b, _ := io.ReadAll(r.Body)
+			bodies = append(bodies, r.Method+" "+r.URL.Path+" "+string(b))
+			if r.URL.Path != deskotest.TokenPath {
+				http.Redirect(w, r, deskotest.TokenPath, http.StatusTemporaryRedirect)
+				return
+			}
+			if !strings.Contains(string(b), tsSecret) {
+				answer(400, "application/json", `{"error":"invalid_request"}`)(w, r, n)
+				return
+			}
+			okToken(3600)(w, r, n)
+		})
+		s := newTestSource(t, srv.url+"/old/token")
+		tok := mustGet(t, s)
+		if tok.Value != "tok-2" || srv.count() != 2 {
+			t.Fatalf("got token %q after %d requests, want tok-2 after 2 (requests: %q)", tok.Value, srv.count(), bodies)
+		}
+		if !strings.HasPrefix(bodies[1], "POST "+deskotest.TokenPath+" {") {
+			t.Fatalf("redirected request = %q, want a POST with the JSON body", bodies[1])
+		}
+	})
+	inBubble(t, "same-host redirect loop stops", func(t *testing.T) {
+		srv := newTokenServer(t, func(w http.ResponseWriter, r *http.Request, n int64) {
+			http.Redirect(w, r, fmt.Sprintf("/loop/%d", n), http.StatusTemporaryRedirect)
+		})
+		s := newTestSource(t, srv.tokenURL())
+		te := mustGetErr(t, s)
+		// The first request and two redirects; the third is refused.
+		if n := srv.count(); n != 3 {
+			t.Fatalf("%d requests, want the first and 2 redirects", n)
+		}
+		if !strings.Contains(te.Error(), "stopped after 3 redirects") {
+			t.Errorf("Error() = %q, want it to say the redirects stopped", te.Error())
+		}
+	})
+}
