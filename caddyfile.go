@@ -10,8 +10,6 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/dustin/go-humanize"
-
-	"github.com/deskoproxy/caddy-desko-auth/internal/token"
 )
 
 func init() {
@@ -85,28 +83,8 @@ var subdirectives = map[string]func(h *Handler, d *caddyfile.Dispenser) error{
 		h.Prefix = &v
 		return err
 	},
-	"auth_style": func(h *Handler, d *caddyfile.Dispenser) error {
-		v, err := oneArg(d)
-		if err != nil {
-			return err
-		}
-		if _, err := token.ParseAuthStyle(v); err != nil {
-			return d.Errf("auth_style: %v", err)
-		}
-		h.AuthStyle = v
-		return nil
-	},
-	"errors": func(h *Handler, d *caddyfile.Dispenser) error {
-		v, err := oneArg(d)
-		if err != nil {
-			return err
-		}
-		if v != ErrorsDesko && v != ErrorsCaddy {
-			return d.Errf("errors: expected desko or caddy, got %q", v)
-		}
-		h.Errors = v
-		return nil
-	},
+	"auth_style":   stringArg(func(h *Handler) *string { return &h.AuthStyle }),
+	"errors":       stringArg(func(h *Handler) *string { return &h.Errors }),
 	"param":        pairArg(func(h *Handler) *map[string]string { return &h.Params }),
 	"token_header": pairArg(func(h *Handler) *map[string]string { return &h.TokenHeaders }),
 	"tls_client_cert": func(h *Handler, d *caddyfile.Dispenser) error {

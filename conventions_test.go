@@ -219,7 +219,6 @@ func TestCaddyfileErrorsOption(t *testing.T) {
 	}{
 		{"errors caddy", ErrorsCaddy, ""},
 		{"errors desko", ErrorsDesko, ""},
-		{"errors json", "", `errors: expected desko or caddy, got "json"`},
 		{"errors", "", "errors"},
 	} {
 		var h Handler

@@ -14,6 +14,8 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
+
+	"github.com/deskoproxy/caddy-desko-auth/internal/token"
 )
 
 func init() {
@@ -97,6 +99,7 @@ type Handler struct {
 	prefix       string
 	src          *source
 	logger       *zap.Logger
+	auth         token.AuthStyle // AuthStyle as Validate parsed it
 	replay       bool
 	limit        int64
 	hdrCache     *atomic.Pointer[headerValue]
@@ -164,8 +167,13 @@ func (h *Handler) Validate() error {
 		return errors.New("replay_body_limit: must not be negative")
 	}
 	if h.Errors != "" && h.Errors != ErrorsDesko && h.Errors != ErrorsCaddy {
-		return fmt.Errorf("errors: %q is not desko or caddy", h.Errors)
+		return fmt.Errorf("errors: expected desko or caddy, got %q", h.Errors)
 	}
+	style, err := token.ParseAuthStyle(h.AuthStyle)
+	if err != nil {
+		return fmt.Errorf("auth_style: %w", err)
+	}
+	h.auth = style
 	if h.ReplayMemory != nil && *h.ReplayMemory < 0 {
 		return errors.New("replay_memory: must not be negative")
 	}
@@ -206,13 +214,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	a := attempt{h: h, w: w, r: r}
 	defer a.end() // counts the outcome, gives back what the attempt holds
-	tok, err := h.src.engine.Get(r.Context())
+	tok, err := a.token()
 	if err != nil {
 		a.outcome = outcomeUnavailable
 		return h.unavailable(w, r, err)
 	}
-	a.prepare(tok)
-	if err := a.forward(next); err != nil || a.status != http.StatusUnauthorized {
+	if err := a.forward(next, tok); err != nil || a.status != http.StatusUnauthorized {
 		return err
 	}
 	return a.unauthorized(next)

@@ -44,7 +44,7 @@ func (h *Handler) tokenConfig() (token.Config, *token.Credentials, string, error
 	cfg.Scopes = h.Scopes
 	cfg.Timeout = time.Duration(h.Timeout)
 	cfg.DefaultTTL = time.Duration(h.DefaultTTL)
-	cfg.Auth, _ = token.ParseAuthStyle(h.AuthStyle) // Validate checked it
+	cfg.Auth = h.auth
 	// Defaults now, so that a source's identity (sourceKey) is the same
 	// whether a default is written out or not.
 	cfg = cfg.WithDefaults()

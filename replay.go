@@ -33,18 +33,16 @@ type attempt struct {
 	outcome outcome
 }
 
-// prepare sets the token header, decides whether the request could be
-// replayed and keeps its body for that if it has one.
-func (a *attempt) prepare(tok *token.Token) {
-	a.tok = tok
-	a.value = a.h.setToken(a.r, tok)
-	if _, ok := a.r.Header["Connection"]; ok {
-		a.h.keepTokenHeader(a.r)
-	}
+// token decides whether the request could be replayed (keeping its body
+// for that if it has one) and gets its token: a request that can be
+// replayed does not wait for the replacement of a token another request's
+// 401 rejected.
+func (a *attempt) token() (*token.Token, error) {
 	a.replay = a.h.replay && a.keepBody()
 	if a.replay {
-		a.saved.take(a.w.Header())
+		return a.h.src.engine.GetReplayable(a.r.Context())
 	}
+	return a.h.src.engine.Get(a.r.Context())
 }
 
 // keepBody reports whether the request could be replayed, and keeps its
@@ -69,9 +67,18 @@ func (a *attempt) keepBody() bool {
 	return true
 }
 
-// forward sends the request on through next, watching the answer: a 401
-// is held back when the request may be replayed.
-func (a *attempt) forward(next caddyhttp.Handler) error {
+// forward sets the token header and sends the request on through next,
+// watching the answer: a 401 is held back when the request may be
+// replayed.
+func (a *attempt) forward(next caddyhttp.Handler, tok *token.Token) error {
+	a.tok = tok
+	a.value = a.h.setToken(a.r, tok)
+	if _, ok := a.r.Header["Connection"]; ok {
+		a.h.keepTokenHeader(a.r)
+	}
+	if a.replay {
+		a.saved.take(a.w.Header())
+	}
 	a.ww = newWatchWriter(a.w, a.replay)
 	err := next.ServeHTTP(a.ww, a.r)
 	a.status = a.ww.status
@@ -90,13 +97,13 @@ func (a *attempt) unauthorized(next caddyhttp.Handler) error {
 	body, ok := a.rewind()
 	if !ok {
 		if carried {
-			a.h.src.engine.Rejected(a.tok)
+			a.h.src.engine.Rejected(a.refusal(a.tok, false))
 		}
 		return a.ww.sendHeld()
 	}
 	var fresh *token.Token
 	if carried {
-		fresh = a.h.src.engine.Replace(a.r.Context(), a.tok)
+		fresh = a.h.src.engine.Replace(a.r.Context(), a.refusal(a.tok, false))
 	}
 	if fresh == nil {
 		a.outcome = outcomeReplayFailed
@@ -104,6 +111,17 @@ func (a *attempt) unauthorized(next caddyhttp.Handler) error {
 		return a.ww.sendHeld()
 	}
 	return a.replayWith(next, fresh, body)
+}
+
+// refusal describes the upstream's 401 to this request carrying tok;
+// replayed says that tok is the replay's fresh token.
+func (a *attempt) refusal(tok *token.Token, replayed bool) token.Refusal {
+	return token.Refusal{
+		Token:    tok,
+		Route:    a.r.Method + " " + a.r.Host + a.r.URL.Path,
+		Said:     token.SignalOf(a.w.Header()),
+		Replayed: replayed,
+	}
 }
 
 // rewind returns the body for a replay; ok is false when the request
@@ -145,7 +163,7 @@ func (a *attempt) replayWith(next caddyhttp.Handler, fresh *token.Token, body io
 		return err
 	case a.status == http.StatusUnauthorized:
 		if a.h.carries(r, value) {
-			a.h.src.engine.Rejected(fresh)
+			a.h.src.engine.Rejected(a.refusal(fresh, true))
 		}
 		a.outcome = outcomeReplayFailed
 		a.h.logger.Warn("upstream answered 401 again after a token refresh; passing it through",

@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -78,9 +77,6 @@ func (h *Handler) tokenTransport() (*http.Transport, string, error) {
 		fp.Write(pem)
 	}
 	if len(h.TLSClientCert) > 0 {
-		if len(h.TLSClientCert) != 2 {
-			return nil, "", errors.New("tls_client_cert: needs a certificate file and a key file")
-		}
 		certPEM, err := os.ReadFile(h.TLSClientCert[0])
 		if err != nil {
 			return nil, "", fmt.Errorf("tls_client_cert: %w", err)

@@ -131,9 +131,6 @@ func (h *Handler) checkHeaderOptions() error {
 			return fmt.Errorf("param: %s is set by the module itself (scopes go in scope)", k)
 		}
 	}
-	if _, err := token.ParseAuthStyle(h.AuthStyle); err != nil {
-		return fmt.Errorf("auth_style: %w", err)
-	}
 	if len(h.TLSClientCert) != 0 && len(h.TLSClientCert) != 2 {
 		return errors.New("tls_client_cert: needs a certificate file and a key file")
 	}

@@ -285,7 +285,7 @@ func TestFleetRejected(t *testing.T) {
 
 		// Another 401 with the old token (a request that was in flight)
 		// changes nothing.
-		b.src.Rejected(tb1)
+		b.src.Rejected(token.Refusal{Token: tb1})
 		synctest.Wait()
 		if got := mustGet(t, b.src); got != tb2 {
 			t.Errorf("a stale rejection replaced B's token")
@@ -589,7 +589,7 @@ func TestFleetRetryAfterFailedReplacement(t *testing.T) {
 		// The upstream answered 401; the replacement fetch fails, and the
 		// token A had stays in use (a 401 never leaves it worse off).
 		failedAt := time.Now()
-		if fresh := a.src.Replace(context.Background(), t1); fresh != nil {
+		if fresh := a.src.Replace(context.Background(), token.Refusal{Token: t1}); fresh != nil {
 			t.Fatalf("Replace returned %q while the token endpoint is down", fresh.Value)
 		}
 		if got := mustGet(t, a.src); got != t1 {
@@ -633,7 +633,7 @@ func TestFleetRepeatedPeerRevocations(t *testing.T) {
 		for i := range rejections {
 			time.Sleep(100 * time.Millisecond) // far younger than any guard step
 			fresh := mustRefresh(t, a.src)     // a peer refreshes; the server revokes tb
-			next := b.src.Replace(context.Background(), tb)
+			next := b.src.Replace(context.Background(), token.Refusal{Token: tb})
 			if next == nil {
 				t.Fatalf("rejection %d: B found no replacement (held back by the guard or the budget?)", i+1)
 			}

@@ -661,7 +661,7 @@ func mustRefresh(t testing.TB, src *token.Source) *token.Token {
 // mustReplace tells src that tok was rejected and returns its replacement.
 func mustReplace(t testing.TB, src *token.Source, tok *token.Token) *token.Token {
 	t.Helper()
-	fresh := src.Replace(context.Background(), tok)
+	fresh := src.Replace(context.Background(), token.Refusal{Token: tok})
 	if fresh == nil || fresh.Value == tok.Value {
 		t.Fatalf("Replace(%q) found no newer token (status %+v)", tok.Value, src.Status())
 	}

@@ -313,7 +313,7 @@ func mustGetErr(t testing.TB, s *Source) *Error {
 // mustReplace tells s that tok was rejected and returns its replacement.
 func mustReplace(t testing.TB, s *Source, tok *Token) *Token {
 	t.Helper()
-	fresh := s.Replace(t.Context(), tok)
+	fresh := s.Replace(t.Context(), Refusal{Token: tok})
 	if fresh == nil || fresh.Value == tok.Value {
 		t.Fatalf("Replace(%q) found no newer token (status %+v)", tok.Value, s.Status())
 	}

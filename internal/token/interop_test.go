@@ -251,7 +251,7 @@ func TestInteropGoOAuth2Engine(t *testing.T) {
 			if _, err := as.mgr.LoadAccessToken(context.Background(), tok.Value); err == nil {
 				t.Fatal("go-oauth2 still accepts the revoked token")
 			}
-			s.Rejected(tok)
+			s.Rejected(Refusal{Token: tok})
 			tok2 := mustGet(t, s)
 			if tok2 == tok || tok2.Value == tok.Value {
 				t.Fatalf("after Rejected Get returned the revoked token")

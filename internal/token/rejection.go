@@ -9,47 +9,98 @@ import (
 
 // This file is what an upstream 401 does to a source: the rejected token is
 // replaced, within a budget for revocations of tokens that worked and a
-// guard against upstreams that reject every token.
+// guard against upstreams that reject every token, unless what the
+// upstream said, or what it did with a fresh token, shows that the 401 was
+// not about the token.
+
+// Signal is what an upstream said about a token it answered 401 to: the
+// error of its Bearer challenge in WWW-Authenticate (RFC 6750 §3.1).
+type Signal uint8
+
+// The signals of a 401.
+const (
+	// SaidNothing: no Bearer error. The 401 may be about the token or
+	// about the request.
+	SaidNothing Signal = iota
+	// SaidInvalidToken: error="invalid_token": the token is expired,
+	// revoked or otherwise dead.
+	SaidInvalidToken
+	// SaidOther: another Bearer error (insufficient_scope,
+	// invalid_request…): the request was refused, not the token.
+	SaidOther
+)
+
+// Refusal is an upstream 401 to a request that carried a token.
+type Refusal struct {
+	// Token is the token the request carried.
+	Token *Token
+	// Route is where the request went (its method, host and path).
+	Route string
+	// Said is what the upstream said about the token.
+	Said Signal
+	// Replayed is set when the request was a replay with a token newer than
+	// the one first refused on it: the route refused a fresh token too.
+	Replayed bool
+}
 
 // Rejected tells the source that the upstream answered 401 to a request
-// that carried tok. If tok is still the current token, a fetch of its
-// replacement starts (or the one in flight is joined); tok stays in use until
-// the replacement arrives, and, if that fetch fails, until tok expires: a 401
-// never leaves the source without a token it had. It never blocks.
+// that carried r.Token. If that token is still the current one, a fetch of
+// its replacement starts (or the one in flight is joined); the token stays
+// in use until the replacement arrives, and, if that fetch fails, until it
+// expires: a 401 never leaves the source without a token it had. It never
+// blocks.
 //
-// What a 401 may cost is bounded two ways. A token that worked and is then
-// rejected was revoked: it is replaced at once, within a budget of
-// revocationBurst token requests and then one per revocationEvery. A
-// token that replaced a rejected one and is rejected before it worked (an
+// A 401 that is not about the token costs nothing: one whose upstream
+// named another error (SaidOther), and one on a route that has refused
+// fresh tokens too (routeStrikes replays with a newer token refused there
+// within routeMemory), whatever it said.
+//
+// What any other 401 may cost is bounded two ways. A token that worked and
+// is then rejected was revoked: it is replaced at once, within a budget of
+// revocationBurst token requests and then one per revocationEvery. A token
+// that replaced a rejected one and is rejected before it worked (an
 // upstream that rejects every token, a wrong scope) is replaced only once
 // it is 1 s old, then 2 s, 4 s … up to 1 min with each such replacement in
 // a row; a success, a normal refresh or two quiet minutes reset that
 // guard. A replacement adopted from the store costs neither. During a
 // backoff after a failed fetch nothing new starts.
-func (s *Source) Rejected(tok *Token) { s.replace(tok) }
+func (s *Source) Rejected(r Refusal) { s.replace(r) }
 
 // Replace is Rejected followed by a wait for the replacement. It returns a
-// valid token other than tok, or nil when none can be had now: the fetch
-// failed, the budget or the guard held it back, or ctx ended.
-func (s *Source) Replace(ctx context.Context, tok *Token) *Token {
-	if tok == nil {
+// valid token other than r.Token, or nil when none can be had now: the 401
+// was not about the token, the fetch failed, the budget or the guard held
+// it back, or ctx ended.
+func (s *Source) Replace(ctx context.Context, r Refusal) *Token {
+	if r.Token == nil {
 		return nil
 	}
 	var fresh *Token
-	if f := s.replace(tok); f != nil {
+	if f := s.replace(r); f != nil {
 		fresh, _ = f.wait(ctx)
-	} else if cur := s.cur.Load(); cur != tok && cur.Valid(time.Now()) {
+	} else if cur := s.cur.Load(); cur != r.Token && cur.Valid(time.Now()) && !s.routes.refuses(r.Route) && r.Said != SaidOther {
 		fresh = cur // another request replaced it already
 	}
-	if fresh == nil || fresh.Value == tok.Value {
+	if fresh == nil || fresh.Value == r.Token.Value {
 		return nil
 	}
 	return fresh
 }
 
-// replace is Rejected; it returns the fetch that replaces tok, if any.
-func (s *Source) replace(tok *Token) *flight {
-	if tok == nil {
+// replace is Rejected; it returns the fetch that replaces the token, if
+// any.
+func (s *Source) replace(r Refusal) *flight {
+	tok := r.Token
+	if tok == nil || r.Said == SaidOther {
+		return nil
+	}
+	if r.Replayed {
+		if s.routes.refusedFresh(r.Route) {
+			s.log.Info("a route refused fresh tokens too: its 401s no longer count against tokens",
+				zap.String("route", r.Route), zap.Duration("for", routeMemory))
+		}
+		return nil
+	}
+	if s.routes.refuses(r.Route) {
 		return nil
 	}
 	s.mu.Lock()
@@ -57,8 +108,11 @@ func (s *Source) replace(tok *Token) *flight {
 	if s.cur.Load() != tok {
 		return nil // replaced already, or never served
 	}
-	if s.flight != nil {
-		return s.flight // its token replaces tok
+	if f := s.flight; f != nil {
+		// Its token replaces tok: a refresh in flight now replaces it too.
+		f.replacing = true
+		s.rejected.Store(tok)
+		return f
 	}
 	now := time.Now()
 	if s.lastErr != nil && now.Before(s.nextAttempt) {
@@ -87,7 +141,8 @@ func (s *Source) replace(tok *Token) *flight {
 	}
 	s.rejected.Store(tok)
 	s.log.Info("upstream rejected the current token; fetching a new one",
-		zap.Int("attempt", s.guard.n+1), zap.Bool("had_worked", tok.worked.Load()))
+		zap.Int("attempt", s.guard.n+1), zap.Bool("had_worked", tok.worked.Load()),
+		zap.Bool("invalid_token", r.Said == SaidInvalidToken))
 	return s.startLocked(true)
 }
 

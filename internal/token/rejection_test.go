@@ -37,8 +37,8 @@ func TestEngineRejectedReplacesAndSharesOneFetch(t *testing.T) {
 		s := newTestSource(t, srv.tokenURL())
 		tok1 := mustGet(t, s)
 
-		s.Rejected(nil) // no-op, no panic
-		if s.Replace(t.Context(), nil) != nil {
+		s.Rejected(Refusal{}) // no-op, no panic
+		if s.Replace(t.Context(), Refusal{}) != nil {
 			t.Fatal("Replace(nil) returned a token")
 		}
 		assertNoFetchStarted(t, s, "Rejected(nil)", tok1)
@@ -47,7 +47,7 @@ func TestEngineRejectedReplacesAndSharesOneFetch(t *testing.T) {
 		// Many requests rejected with the same token share one fetch, and new
 		// requests wait for it rather than take the token just rejected.
 		release := srv.holdRequests(t)
-		s.Rejected(tok1)
+		s.Rejected(Refusal{Token: tok1})
 		synctest.Wait()
 		if n := srv.count(); n != 2 {
 			t.Fatalf("%d token requests after the rejection, want 2", n)
@@ -57,7 +57,7 @@ func TestEngineRejectedReplacesAndSharesOneFetch(t *testing.T) {
 		for i := range 20 {
 			wg.Go(func() {
 				if i%2 == 0 {
-					got <- s.Replace(t.Context(), tok1)
+					got <- s.Replace(t.Context(), Refusal{Token: tok1})
 					return
 				}
 				tok, err := s.Get(t.Context())
@@ -86,11 +86,11 @@ func TestEngineRejectedReplacesAndSharesOneFetch(t *testing.T) {
 
 		// A rejection of a token that was already replaced starts nothing, and
 		// Replace answers the newer token.
-		if fresh := s.Replace(t.Context(), tok1); fresh != tok2 {
+		if fresh := s.Replace(t.Context(), Refusal{Token: tok1}); fresh != tok2 {
 			t.Fatalf("Replace(replaced token) = %v, want the current tok-2", fresh)
 		}
 		assertNoFetchStarted(t, s, "rejecting a replaced token", tok2)
-		s.Rejected(tok1)
+		s.Rejected(Refusal{Token: tok1})
 		assertNoFetchStarted(t, s, "rejecting a replaced token again", tok2)
 	})
 }
@@ -119,12 +119,12 @@ func TestEngineGuardForTokensRejectedBeforeAnySuccess(t *testing.T) {
 		for i, guard := range []time.Duration{1, 2, 4, 8, 16, 32, 60, 60} {
 			guard *= time.Second
 			step := fmt.Sprintf("replacement %d", i+1)
-			if s.Replace(t.Context(), cur) != nil {
+			if s.Replace(t.Context(), Refusal{Token: cur}) != nil {
 				t.Fatalf("%s, brand new: replaced", step)
 			}
 			assertNoFetchStarted(t, s, step+", brand new", cur)
 			settle(guard - time.Nanosecond)
-			s.Rejected(cur)
+			s.Rejected(Refusal{Token: cur})
 			assertNoFetchStarted(t, s, fmt.Sprintf("%s, 1ns under %v old", step, guard), cur)
 			settle(time.Nanosecond)
 			cur = replaced(fmt.Sprintf("%s, %v old", step, guard), cur)
@@ -133,7 +133,7 @@ func TestEngineGuardForTokensRejectedBeforeAnySuccess(t *testing.T) {
 		// Two quiet minutes reset the guard.
 		settle(guardQuiet)
 		cur = replaced("after a quiet period", cur)
-		s.Rejected(cur)
+		s.Rejected(Refusal{Token: cur})
 		assertNoFetchStarted(t, s, "after a quiet period, second replacement, brand new", cur)
 		settle(time.Second)
 		cur = replaced("after a quiet period, second replacement, 1s old", cur)
@@ -144,7 +144,7 @@ func TestEngineGuardForTokensRejectedBeforeAnySuccess(t *testing.T) {
 		cur = replaced("after a success", cur)
 
 		// … and a normal refresh.
-		s.Rejected(cur)
+		s.Rejected(Refusal{Token: cur})
 		assertNoFetchStarted(t, s, "second replacement in a row, brand new", cur)
 		cur, err := s.Refresh(t.Context())
 		if err != nil {
@@ -168,7 +168,7 @@ func TestEngineRevocationBudget(t *testing.T) {
 		revoke := func() *Token {
 			t.Helper()
 			cur.Worked()
-			return s.Replace(t.Context(), cur)
+			return s.Replace(t.Context(), Refusal{Token: cur})
 		}
 		budgetWarns := func() int {
 			return len(logs.FilterLevelExact(zapcore.WarnLevel).FilterMessageSnippet("budget").All())
@@ -261,7 +261,7 @@ func TestEngineRevocationBudgetChargedPerRequest(t *testing.T) {
 		release := srv.holdRequests(t)
 		cur.Worked()
 		for range 10 {
-			s.Rejected(cur)
+			s.Rejected(Refusal{Token: cur})
 		}
 		synctest.Wait()
 		if left := s.budget.TokensAt(time.Now()); left != revocationBurst-1 {
@@ -275,7 +275,7 @@ func TestEngineRevocationBudgetChargedPerRequest(t *testing.T) {
 		// A replacement that fails is charged too.
 		srv.setRespond(answer(503, "", ""))
 		next.Worked()
-		if s.Replace(t.Context(), next) != nil {
+		if s.Replace(t.Context(), Refusal{Token: next}) != nil {
 			t.Fatal("Replace succeeded against a failing endpoint")
 		}
 		if left := s.budget.TokensAt(time.Now()); left != revocationBurst-2 {
@@ -299,9 +299,9 @@ func TestEngineFailedReplacementKeepsTheCurrentToken(t *testing.T) {
 		// Requests that wait for the replacement get the token they had
 		// when it fails.
 		release := srv.holdRequests(t)
-		s.Rejected(tok1) // the replacement starts, and is held
+		s.Rejected(Refusal{Token: tok1}) // the replacement starts, and is held
 		replaced := make(chan *Token, 1)
-		go func() { replaced <- s.Replace(t.Context(), tok1) }()
+		go func() { replaced <- s.Replace(t.Context(), Refusal{Token: tok1}) }()
 		waiting := make(chan *Token, 1)
 		go func() {
 			tok, _ := s.Get(t.Context()) // nil on an error
@@ -323,7 +323,7 @@ func TestEngineFailedReplacementKeepsTheCurrentToken(t *testing.T) {
 			if got := mustGet(t, s); got != tok1 {
 				t.Fatalf("request %d after the failed replacement got %q, want the token it had", i+1, got.Value)
 			}
-			s.Rejected(tok1) // the next request's 401 (an attacker's path)
+			s.Rejected(Refusal{Token: tok1}) // the next request's 401 (an attacker's path)
 		}
 		synctest.Wait()
 		// The fetches that happened were the replacement and the
@@ -349,8 +349,8 @@ func TestEngineUpstreamRejectingEverythingUnderLoad(t *testing.T) {
 		for range 2000 { // 200/s for 10 s
 			settle(5 * time.Millisecond)
 			tok := mustGet(t, s)
-			if fresh := s.Replace(t.Context(), tok); fresh != nil {
-				s.Rejected(fresh) // the replay is rejected too; no second replay
+			if fresh := s.Replace(t.Context(), Refusal{Token: tok}); fresh != nil {
+				s.Rejected(Refusal{Token: fresh}) // the replay is rejected too; no second replay
 			}
 		}
 		assertArrivals(t, srv, start, secs(0, 0.005, 1.005, 3.005, 7.005))
@@ -370,10 +370,10 @@ func TestEngineRejectedWhileBackingOff(t *testing.T) {
 			t.Fatalf("%d requests, want 2", n)
 		}
 		tok1.Worked()
-		if s.Replace(t.Context(), tok1) != nil {
+		if s.Replace(t.Context(), Refusal{Token: tok1}) != nil {
 			t.Fatal("Replace during a backoff found a token")
 		}
-		s.Rejected(tok1)
+		s.Rejected(Refusal{Token: tok1})
 		if got := mustGet(t, s); got != tok1 {
 			t.Fatalf("the current token was dropped")
 		}
@@ -383,6 +383,151 @@ func TestEngineRejectedWhileBackingOff(t *testing.T) {
 		}
 		if left := s.budget.TokensAt(time.Now()); left != revocationBurst {
 			t.Fatalf("a rejection during a backoff spent %v of the budget", revocationBurst-left)
+		}
+	})
+}
+
+// A 401 whose upstream named another Bearer error is about the request,
+// not the token: it costs nothing, and Replace finds nothing.
+func TestEngineRefusalThatNamesAnotherError(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		srv := newTokenServer(t, okToken(3600))
+		s := newTestSource(t, srv.tokenURL())
+		tok := mustGet(t, s)
+		tok.Worked()
+		for range 20 {
+			if s.Replace(t.Context(), Refusal{Token: tok, Route: "GET h /a", Said: SaidOther}) != nil {
+				t.Fatal("Replace found a token for a refusal that named another error")
+			}
+			s.Rejected(Refusal{Token: tok, Route: "GET h /a", Said: SaidOther})
+		}
+		synctest.Wait()
+		assertNoFetchStarted(t, s, "SaidOther", tok)
+		if n := srv.count(); n != 1 {
+			t.Fatalf("%d token requests, want 1", n)
+		}
+	})
+}
+
+// A route that refuses a fresh token on a replay twice refuses for reasons
+// of its own: from then on its 401s cost no token request, whatever the
+// upstream says, for routeMemory; other routes' 401s still replace the
+// token. The first strike alone marks nothing.
+func TestEngineRouteThatRefusesFreshTokens(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		srv := newTokenServer(t, okToken(3600))
+		s := newTestSource(t, srv.tokenURL())
+		mustGet(t, s).Worked()
+		const denied = "GET api.test /denied/x"
+		probe := func() *Token { // a 401 on the denied route, and its replay
+			tok := mustGet(t, s)
+			tok.Worked()
+			fresh := s.Replace(t.Context(), Refusal{Token: tok, Route: denied, Said: SaidInvalidToken})
+			if fresh != nil {
+				s.Rejected(Refusal{Token: fresh, Route: denied, Said: SaidInvalidToken, Replayed: true})
+			}
+			return fresh
+		}
+		if probe() == nil || probe() == nil {
+			t.Fatal("the first two refusals on the route were not replayed with a fresh token")
+		}
+		if n := srv.count(); n != 3 {
+			t.Fatalf("%d token requests after two strikes, want 3", n)
+		}
+		for i := range 50 {
+			settle(time.Second)
+			if probe() != nil {
+				t.Fatalf("refusal %d on a route that refuses fresh tokens was replayed", i+3)
+			}
+		}
+		if n := srv.count(); n != 3 {
+			t.Fatalf("%d token requests after the route was known, want 3", n)
+		}
+		// A genuine revocation, seen on another route, is still acted on.
+		tok := mustGet(t, s)
+		if fresh := s.Replace(t.Context(), Refusal{Token: tok, Route: "GET api.test /ok"}); fresh == nil {
+			t.Fatal("a refusal on another route was not replaced")
+		}
+		if n := srv.count(); n != 4 {
+			t.Fatalf("%d token requests, want 4", n)
+		}
+		// The memory lasts routeMemory after the last strike.
+		settle(routeMemory)
+		if probe() == nil {
+			t.Fatal("the route was still ignored after routeMemory")
+		}
+	})
+}
+
+// The route memory is bounded: past maxRoutes the route with the least
+// time left is forgotten first.
+func TestRouteMemoryIsBounded(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var rs routes
+		for i := range maxRoutes + 10 {
+			rs.refusedFresh(fmt.Sprintf("GET h /%d", i))
+			rs.refusedFresh(fmt.Sprintf("GET h /%d", i))
+			time.Sleep(time.Millisecond)
+		}
+		if n := len(rs.m); n != maxRoutes {
+			t.Fatalf("%d routes remembered, want %d", n, maxRoutes)
+		}
+		if rs.refuses("GET h /0") || !rs.refuses(fmt.Sprintf("GET h /%d", maxRoutes+9)) {
+			t.Fatal("the oldest route was kept or the newest forgotten")
+		}
+	})
+}
+
+// While the token is being replaced after a 401, a request that could be
+// replayed goes on with the current token (the 401 may have been about
+// another request); one that could not waits for the replacement. A 401
+// during a refresh in flight makes that refresh the replacement.
+func TestEngineWhoWaitsForAReplacement(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		srv := newTokenServer(t, okToken(100))
+		s := newTestSource(t, srv.tokenURL())
+		tok1 := mustGet(t, s)
+		tok1.Worked()
+		release := srv.holdRequests(t)
+		s.Rejected(Refusal{Token: tok1, Route: "GET h /a"})
+		synctest.Wait()
+		if got, err := s.GetReplayable(t.Context()); err != nil || got != tok1 {
+			t.Fatalf("GetReplayable = %v, %v during the replacement; want the current token at once", got, err)
+		}
+		waiting := make(chan *Token, 1)
+		go func() { tok, _ := s.Get(t.Context()); waiting <- tok }()
+		synctest.Wait()
+		if len(waiting) != 0 {
+			t.Fatal("Get did not wait for the replacement")
+		}
+		release()
+		if got := <-waiting; got == tok1 || got.Value != "tok-2" {
+			t.Fatalf("Get = %v, want tok-2", got)
+		}
+
+		// A refresh in flight that a 401 catches up with.
+		tok2 := mustGet(t, s)
+		tok2.Worked()
+		release = srv.holdRequests(t)
+		settle(78 * time.Second) // the refresh at 77.5 s starts, and is held
+		if st := s.Status(); st.State != StateRefreshing {
+			t.Fatalf("state %s, want refreshing", st.State)
+		}
+		if got := mustGet(t, s); got != tok2 {
+			t.Fatal("Get waited for a plain refresh")
+		}
+		s.Rejected(Refusal{Token: tok2, Route: "GET h /a"})
+		go func() { tok, _ := s.Get(t.Context()); waiting <- tok }()
+		synctest.Wait()
+		if len(waiting) != 0 {
+			t.Fatal("Get did not wait for the refresh that now replaces a rejected token")
+		}
+		release()
+		if got := <-waiting; got == tok2 {
+			t.Fatal("Get returned the rejected token")
+		}
+		if n := srv.count(); n != 3 {
+			t.Fatalf("%d token requests, want 3 (the refresh replaced the token)", n)
 		}
 	})
 }

@@ -34,6 +34,9 @@ type Source struct {
 	// it back from the store.
 	rejected atomic.Pointer[Token]
 
+	// routes remembers the routes that refuse fresh tokens too.
+	routes routes
+
 	// store is the fleet-wide token store (nil: none).
 	store atomic.Pointer[storeHolder]
 	// storeDown is set while the store fails (to log once).
@@ -143,13 +146,26 @@ func (s *Source) Get(ctx context.Context) (*Token, error) {
 	return s.slowGet(ctx)
 }
 
+// GetReplayable is Get for a request that can be sent again after a 401:
+// while the current token is being replaced because the upstream rejected
+// it, it returns the current token rather than wait for the replacement
+// (the rejection may have been about another request; if it was about the
+// token, this request's 401 is replayed with the replacement).
+func (s *Source) GetReplayable(ctx context.Context) (*Token, error) {
+	if t := s.cur.Load(); t != nil && time.Until(t.expiry) > 0 {
+		return t, nil
+	}
+	return s.slowGet(ctx)
+}
+
 func (s *Source) slowGet(ctx context.Context) (*Token, error) {
 	s.mu.Lock()
 	now := time.Now()
 	if t := s.cur.Load(); t.Valid(now) {
 		f := s.flight
+		replacing := f != nil && f.replacing // f.replacing changes under s.mu
 		s.mu.Unlock()
-		if f == nil || !f.replacing || t != s.rejected.Load() {
+		if !replacing || t != s.rejected.Load() {
 			return t, nil
 		}
 		// t was rejected and its replacement is on the way.
@@ -223,16 +239,18 @@ func (s *Source) startLocked(replacing bool) *flight {
 	f := &flight{done: make(chan struct{}), replacing: replacing}
 	s.flight = f
 	s.timer.Stop()
-	go s.run(f)
+	go s.run(f, replacing)
 	return f
 }
 
-// run is a flight's goroutine: one fetch, then its outcome.
-func (s *Source) run(f *flight) {
+// run is a flight's goroutine: one fetch, then its outcome. replacing is
+// the flight's purpose when it started (a refresh in flight may be asked
+// to replace a rejected token too, which changes only who waits for it).
+func (s *Source) run(f *flight, replacing bool) {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Timeout)
 	c := s.credentials()
-	tok, terr, adopted := s.fetch(ctx, c, f.replacing)
+	tok, terr, adopted := s.fetch(ctx, c, replacing)
 	cancel()
 	s.land(f, tok, terr, adopted, time.Since(start))
 }
@@ -263,6 +281,9 @@ func (s *Source) land(f *flight, tok *Token, terr *Error, adopted bool, took tim
 		s.lastErr, s.failures, s.nextAttempt, s.everOK = nil, 0, time.Time{}, true
 		if !f.replacing {
 			s.guard.reset()
+		}
+		if r := s.rejected.Load(); r != nil && r.Value != tok.Value {
+			s.rejected.Store(nil) // another token is obtained
 		}
 		s.cur.Store(tok)
 		f.tok = tok
