@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/http"
 	"slices"
 	"sync"
@@ -41,12 +42,22 @@ func (a *AdminAPI) Routes() []caddy.AdminRoute {
 	}
 }
 
-// SourceStatus is one token source as the admin API shows it.
+// SourceStatus is one token source as the admin API shows it: its label,
+// what tells it apart from other sources (never a value that may be
+// secret: parameter and header names only, the token URL without its
+// query), and its health.
 type SourceStatus struct {
-	Source   string   `json:"source"`
-	ClientID string   `json:"client_id"`
-	TokenURL string   `json:"token_url"`
-	Scopes   []string `json:"scopes"`
+	Source       string         `json:"source"`
+	ClientID     string         `json:"client_id"`
+	TokenURL     string         `json:"token_url"`
+	Scopes       []string       `json:"scopes"`
+	AuthStyle    string         `json:"auth_style"`
+	Params       []string       `json:"params,omitempty"`
+	TokenHeaders []string       `json:"token_headers,omitempty"`
+	Timeout      caddy.Duration `json:"timeout"`
+	DefaultTTL   caddy.Duration `json:"default_ttl"`
+	SharedCache  bool           `json:"shared_cache,omitempty"`
+	CustomTLS    bool           `json:"custom_tls,omitempty"`
 	token.Status
 	// Sites is how many handlers share the source.
 	Sites int `json:"sites"`
@@ -73,12 +84,19 @@ func describe(s *source) SourceStatus {
 		scopes = []string{}
 	}
 	return SourceStatus{
-		Source:   s.label,
-		ClientID: s.clientID,
-		TokenURL: s.tokenURL,
-		Scopes:   scopes,
-		Status:   s.engine.Status(),
-		Sites:    sites,
+		Source:       s.label,
+		ClientID:     s.clientID,
+		TokenURL:     s.tokenURL,
+		Scopes:       scopes,
+		AuthStyle:    s.id.AuthStyle,
+		Params:       slices.Sorted(maps.Keys(s.id.Params)),
+		TokenHeaders: slices.Sorted(maps.Keys(s.id.TokenHeaders)),
+		Timeout:      caddy.Duration(s.id.Timeout),
+		DefaultTTL:   caddy.Duration(s.id.DefaultTTL),
+		SharedCache:  s.id.SharedCache != "",
+		CustomTLS:    s.id.TLS != "",
+		Status:       s.engine.Status(),
+		Sites:        sites,
 	}
 }
 

@@ -14,7 +14,6 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
 	"github.com/deskoproxy/caddy-desko-auth/internal/deskotest"
-	"github.com/deskoproxy/caddy-desko-auth/internal/token"
 )
 
 // Caddy's conventions: errors through handle_errors (opt-in), placeholders
@@ -36,7 +35,7 @@ func TestE2EErrorsThroughHandleErrors(t *testing.T) {
 		respond "handled {err.status_code} why={http.desko_auth.error} source={http.desko_auth.source}"
 	}
 }`, testClientID, e.tokenURL(), e.srv.Listener.Addr()))
-	source := sourceLabel(token.Config{TokenURL: e.tokenURL()}, &token.Credentials{ClientID: testClientID})
+	source := onlySource(t).Source
 
 	e.desko.SetMode(deskotest.ModeDown)
 	s, hdr, body := e.do("GET", "/a", "")
@@ -94,7 +93,7 @@ func TestE2ESourcePlaceholder(t *testing.T) {
 	}
 }`, testClientID, e.tokenURL(), e.srv.Listener.Addr()))
 	s, hdr, _ := e.do("GET", "/a", "")
-	if want := sourceLabel(token.Config{TokenURL: e.tokenURL()}, &token.Credentials{ClientID: testClientID}); s != 200 || hdr.Get("X-Desko-Source") != want {
+	if want := onlySource(t).Source; s != 200 || hdr.Get("X-Desko-Source") != want {
 		t.Fatalf("status %d, X-Desko-Source %q, want %q", s, hdr.Get("X-Desko-Source"), want)
 	}
 }
@@ -184,7 +183,7 @@ func TestE2EEvents(t *testing.T) {
 	if s, _, _ := e.do("GET", "/a", ""); s != 200 {
 		t.Fatalf("status %d", s)
 	}
-	source := sourceLabel(token.Config{TokenURL: e.tokenURL()}, &token.Credentials{ClientID: testClientID})
+	source := onlySource(t).Source
 	if d := waitEvent(t, EventTokenObtained); d["source"] != source || d["result"] != "ok" {
 		t.Errorf("%s data %v, want source %q and result ok", EventTokenObtained, d, source)
 	}

@@ -25,6 +25,9 @@ const (
 	EventRefreshFailed = "desko_auth_refresh_failed"
 	// EventCredentialsRefused: the token endpoint refused the credentials.
 	EventCredentialsRefused = "desko_auth_credentials_refused"
+	// EventCredentialsChanged: a source picked up credentials that
+	// changed in their files (data "source" only).
+	EventCredentialsChanged = "desko_auth_credentials_changed"
 )
 
 // emitter is a config's events app and the context to emit with.
@@ -72,4 +75,11 @@ func (r *emitterRef) fetched(label string, err *token.Error, result string, took
 	}
 	data := map[string]any{"source": label, "result": result, "took_ms": took.Milliseconds()}
 	go em.app.Emit(em.ctx, name, data)
+}
+
+// credentialsChanged emits EventCredentialsChanged.
+func (r *emitterRef) credentialsChanged(label string) {
+	if em := r.p.Load(); em != nil && em.app.ShouldEmit(EventCredentialsChanged) {
+		go em.app.Emit(em.ctx, EventCredentialsChanged, map[string]any{"source": label})
+	}
 }

@@ -18,6 +18,7 @@ var metrics = struct {
 	expiry   *prometheus.GaugeVec
 	requests *prometheus.CounterVec
 	shared   *prometheus.CounterVec
+	creds    *prometheus.CounterVec
 }{
 	fetches: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "desko_auth",
@@ -45,6 +46,11 @@ var metrics = struct {
 		Name:      "shared_cache_total",
 		Help:      "Uses of the shared (cluster) token cache, by result (hit, miss, adopted, lock_timeout, timeout, error).",
 	}, []string{"source", "result"}),
+	creds: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "desko_auth",
+		Name:      "credentials_total",
+		Help:      "Credentials read again from their files, by result (changed: new ones picked up; unreadable: a file missing, unreadable or empty, the last good ones kept).",
+	}, []string{"source", "result"}),
 }
 
 // fetchOK is the result label of a token request that succeeded; the
@@ -69,13 +75,23 @@ var outcomeNames = [numOutcomes]string{"injected", "unavailable", "replayed", "r
 
 func (o outcome) String() string { return outcomeNames[o] }
 
+// The results of reading credentials again: the credentials_total label.
+const (
+	credentialsChanged    = iota // new credentials picked up
+	credentialsUnreadable        // a file could not give a credential
+	numCredentialResults
+)
+
+var credentialResultNames = [numCredentialResults]string{"changed", "unreadable"}
+
 // sourceMetrics holds one source's curried collectors.
 type sourceMetrics struct {
-	fetches  *prometheus.CounterVec
-	duration prometheus.Observer
-	expiry   prometheus.Gauge
-	requests [numOutcomes]prometheus.Counter
-	shared   *prometheus.CounterVec
+	fetches     *prometheus.CounterVec
+	duration    prometheus.Observer
+	expiry      prometheus.Gauge
+	requests    [numOutcomes]prometheus.Counter
+	shared      *prometheus.CounterVec
+	credentials [numCredentialResults]prometheus.Counter
 }
 
 var (
@@ -88,7 +104,7 @@ var (
 // metrics.
 func registerMetrics(ctx caddy.Context, label string) *sourceMetrics {
 	if reg := ctx.GetMetricsRegistry(); reg != nil {
-		for _, c := range []prometheus.Collector{metrics.fetches, metrics.duration, metrics.expiry, metrics.requests, metrics.shared} {
+		for _, c := range []prometheus.Collector{metrics.fetches, metrics.duration, metrics.expiry, metrics.requests, metrics.shared, metrics.creds} {
 			if err := reg.Register(c); err != nil && !errors.As(err, new(prometheus.AlreadyRegisteredError)) {
 				ctx.Logger().Warn("registering metrics") // a programming error; metrics are not vital
 			}
@@ -112,6 +128,9 @@ func metricsFor(label string) *sourceMetrics {
 	}
 	for o := range numOutcomes {
 		m.requests[o] = metrics.requests.WithLabelValues(label, o.String())
+	}
+	for r, name := range credentialResultNames {
+		m.credentials[r] = metrics.creds.WithLabelValues(label, name)
 	}
 	sourceMetricsBy[label] = m
 	return m

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"go.uber.org/zap"
-	"golang.org/x/net/http/httpguts"
 
 	"github.com/deskoproxy/caddy-desko-auth/internal/token"
 )
@@ -22,7 +21,7 @@ import (
 // its credentials, and the fingerprint of the TLS files read.
 func (h *Handler) tokenConfig() (token.Config, *token.Credentials, string, error) {
 	var cfg token.Config
-	creds, err := h.credentials()
+	creds, err := h.credentialValues().expand()
 	if err != nil {
 		return cfg, nil, "", err
 	}
@@ -40,7 +39,6 @@ func (h *Handler) tokenConfig() (token.Config, *token.Credentials, string, error
 		}
 		h.logger.Warn("insecure_http: the client secret and tokens cross the network in clear text", zap.String("token_url", token.RedactURL(cfg.TokenURL)))
 	}
-	cfg.Credentials = (*token.Static)(creds)
 	cfg.Scopes = h.Scopes
 	cfg.Timeout = time.Duration(h.Timeout)
 	cfg.DefaultTTL = time.Duration(h.DefaultTTL)
@@ -54,33 +52,6 @@ func (h *Handler) tokenConfig() (token.Config, *token.Credentials, string, error
 	}
 	cfg.HTTPClient = client
 	return cfg, creds, tlsFingerprint, nil
-}
-
-// credentials expands the placeholders of the client ID, the secret and
-// the param and token_header values.
-func (h *Handler) credentials() (*token.Credentials, error) {
-	var c token.Credentials
-	var err error
-	if c.ClientID, err = expand("client_id", h.ClientID); err != nil {
-		return nil, err
-	}
-	if c.ClientSecret, err = expand("client_secret", h.ClientSecret); err != nil {
-		return nil, err
-	}
-	var paramSecrets, headerSecrets []string
-	if c.Params, paramSecrets, err = expandValues("param", h.Params); err != nil {
-		return nil, err
-	}
-	if c.Headers, headerSecrets, err = expandValues("token_header", h.TokenHeaders); err != nil {
-		return nil, err
-	}
-	for k, v := range c.Headers {
-		if !httpguts.ValidHeaderFieldValue(v) {
-			return nil, fmt.Errorf("token_header %s: the expanded value holds control characters (a line break in a file?)", k)
-		}
-	}
-	c.Secrets = append(paramSecrets, headerSecrets...)
-	return &c, nil
 }
 
 // applyRequestOptions sets how requests carry the token and whether they

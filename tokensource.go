@@ -5,7 +5,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -34,7 +33,12 @@ type source struct {
 	clientID string
 	tokenURL string
 	scopes   []string
+	id       identity
 }
+
+// credentialPoll is how often a source whose credentials come from files
+// reads them again while the token endpoint refuses the ones it has.
+const credentialPoll = time.Second
 
 // Destruct closes the source when the last handler using it is cleaned up.
 func (s *source) Destruct() error { return s.engine.Close() }
@@ -55,21 +59,27 @@ func (h *Handler) attachSource(ctx caddy.Context, cfg token.Config, creds *token
 			shared = "storage:default"
 		}
 	}
-	h.key = sourceKey(cfg, creds, shared, tlsFingerprint)
-	label := sourceLabel(cfg, creds)
+	id := h.identity(cfg, shared, tlsFingerprint)
+	h.key = id.key()
+	label := id.label(creds.ClientID)
 	metrics := registerMetrics(ctx, label)
 	// The source outlives this config: it gets a logger that does not
 	// depend on the Provision ctx, and never uses ctx for its requests.
 	logger := sourceLogger(h.logger, label, creds.ClientID, cfg.TokenURL)
 	val, _, err := sources.LoadOrNew(h.key, func() (caddy.Destructor, error) {
 		obs := &sourceObserver{metrics: metrics, label: label}
+		values := h.credentialValues()
+		cfg.Credentials = credentialSource(values, creds, logger, metrics)
+		if _, static := cfg.Credentials.(*token.Static); !static {
+			cfg.PollCredentials = credentialPoll
+		}
 		cfg.Logger, cfg.Observer = logger, obs
 		e, err := token.New(cfg)
 		if err != nil {
 			return nil, err
 		}
 		return &source{key: h.key, engine: e, obs: obs, metrics: metrics, label: label,
-			clientID: creds.ClientID, tokenURL: token.RedactURL(cfg.TokenURL), scopes: cfg.Scopes}, nil
+			clientID: creds.ClientID, tokenURL: token.RedactURL(cfg.TokenURL), scopes: cfg.Scopes, id: id}, nil
 	})
 	if err != nil {
 		return fmt.Errorf("starting the token source: %w", err)
@@ -126,21 +136,67 @@ func sourceLogger(l *zap.Logger, label, clientID, tokenURL string) *zap.Logger {
 	)
 }
 
-// sourceKey identifies a credential set and its fetch settings; the secret
-// enters only as its SHA-256.
-func sourceKey(c token.Config, creds *token.Credentials, shared, tls string) string {
-	secret := sha256.Sum256([]byte(creds.ClientSecret))
-	b, _ := json.Marshal([]any{c.TokenURL, creds.ClientID, hex.EncodeToString(secret[:]), c.Scopes, c.Timeout, c.DefaultTTL,
-		c.Auth, creds.Params, creds.Headers, shared, tls})
-	sum := sha256.Sum256(b)
-	return hex.EncodeToString(sum[:])
+// identity is what makes a source a source of its own: two blocks share
+// one only when all of it is the same, after defaults. Credential values
+// enter as configured — a placeholder, not the value it expands to, whose
+// file may change while the source runs — and every value as its SHA-256,
+// so that a literal secret is never in clear; the token URL and scopes,
+// which do not change, as expanded.
+type identity struct {
+	TokenURL     string            `json:"token_url"`
+	ClientID     string            `json:"client_id"`
+	ClientSecret string            `json:"client_secret"`
+	Scopes       []string          `json:"scopes"`
+	Timeout      time.Duration     `json:"timeout"`
+	DefaultTTL   time.Duration     `json:"default_ttl"`
+	AuthStyle    string            `json:"auth_style"`
+	Params       map[string]string `json:"params"`
+	TokenHeaders map[string]string `json:"token_headers"`
+	SharedCache  string            `json:"shared_cache"`
+	TLS          string            `json:"tls"`
 }
 
-// sourceLabel is the non-secret name of a source in metrics, logs and the
-// admin API: the client ID and a short hash of the token URL and scopes.
-func sourceLabel(c token.Config, creds *token.Credentials) string {
-	sum := sha256.Sum256([]byte(c.TokenURL + "\x00" + strings.Join(c.Scopes, " ")))
-	return creds.ClientID + "@" + hex.EncodeToString(sum[:4])
+func (h *Handler) identity(cfg token.Config, shared, tlsFingerprint string) identity {
+	hashed := func(m map[string]string) map[string]string {
+		out := make(map[string]string, len(m))
+		for k, v := range m {
+			out[k] = sha256Hex(v)
+		}
+		return out
+	}
+	return identity{
+		TokenURL:     cfg.TokenURL,
+		ClientID:     sha256Hex(h.ClientID),
+		ClientSecret: sha256Hex(h.ClientSecret),
+		Scopes:       cfg.Scopes,
+		Timeout:      cfg.Timeout,
+		DefaultTTL:   cfg.DefaultTTL,
+		AuthStyle:    cfg.Auth.String(),
+		Params:       hashed(h.Params),
+		TokenHeaders: hashed(h.TokenHeaders),
+		SharedCache:  shared,
+		TLS:          tlsFingerprint,
+	}
+}
+
+// key is the sources pool's key of the identity: its SHA-256, in hex.
+func (id identity) key() string {
+	b, err := json.Marshal(id)
+	if err != nil {
+		panic("desko_auth: encoding a source identity: " + err.Error()) // strings, maps and durations always encode
+	}
+	return sha256Hex(string(b))
+}
+
+// label is the non-secret name of a source in metrics, logs and the admin
+// API: the client ID it was started with and the first 8 hex digits of
+// its key. It is the same across reloads and restarts for the same
+// configuration.
+func (id identity) label(clientID string) string { return clientID + "@" + id.key()[:8] }
+
+func sha256Hex(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(sum[:])
 }
 
 // sourceObserver is a source's token.Observer: it counts into the metrics and
@@ -168,3 +224,12 @@ func (o *sourceObserver) TokenChanged(expiry time.Time) { o.metrics.expiry.Set(f
 func (o *sourceObserver) StoreUsed(r token.StoreResult) {
 	o.metrics.shared.WithLabelValues(string(r)).Inc()
 }
+
+// CredentialsChanged implements token.CredentialsObserver: a metric and an
+// event.
+func (o *sourceObserver) CredentialsChanged() {
+	o.metrics.credentials[credentialsChanged].Inc()
+	o.emit.credentialsChanged(o.label)
+}
+
+var _ token.CredentialsObserver = (*sourceObserver)(nil)

@@ -50,10 +50,10 @@ const (
 // Server is the Desko stand-in. It is safe for concurrent use; change it
 // with the setters.
 type Server struct {
-	clientID     string
-	clientSecret string
+	clientID string
 
 	mu             sync.Mutex
+	secrets        []string // the client secrets accepted
 	mode           Mode
 	ttl            time.Duration
 	delay          time.Duration
@@ -75,12 +75,21 @@ type Server struct {
 // New returns a stand-in that issues tokens of the given lifetime to id and
 // secret.
 func New(id, secret string, ttl time.Duration) *Server {
-	return &Server{clientID: id, clientSecret: secret, ttl: ttl, tokens: map[string]time.Time{}, scopes: map[string]string{}}
+	return &Server{clientID: id, secrets: []string{secret}, ttl: ttl, tokens: map[string]time.Time{}, scopes: map[string]string{}}
 }
 
 // SetClientSecret changes the secret the token endpoint accepts. Tokens
 // already issued stay valid.
-func (s *Server) SetClientSecret(secret string) { s.mu.Lock(); s.clientSecret = secret; s.mu.Unlock() }
+func (s *Server) SetClientSecret(secret string) { s.SetClientSecrets(secret) }
+
+// SetClientSecrets makes the token endpoint accept any of these secrets,
+// as during a rotation with a grace period. Tokens already issued stay
+// valid.
+func (s *Server) SetClientSecrets(secrets ...string) {
+	s.mu.Lock()
+	s.secrets = append([]string(nil), secrets...)
+	s.mu.Unlock()
+}
 
 // SetMode changes how the token endpoint answers.
 func (s *Server) SetMode(m Mode) { s.mu.Lock(); s.mode = m; s.mu.Unlock() }
@@ -218,9 +227,9 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.mu.Lock()
-	id, secret := s.clientID, s.clientSecret
+	ok := req.ClientID == s.clientID && slices.Contains(s.secrets, req.ClientSecret)
 	s.mu.Unlock()
-	if req.ClientID != id || req.ClientSecret != secret {
+	if !ok {
 		deskoError(w, http.StatusUnauthorized, "Client authentication failed")
 		return
 	}

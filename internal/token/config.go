@@ -17,6 +17,11 @@ type Config struct {
 	// token request authenticates with; it is asked before every token
 	// request. Required.
 	Credentials CredentialSource
+	// PollCredentials, when not zero, is how often the credentials are
+	// asked again while the token endpoint refuses them: new ones (a
+	// rotated secret file) lift the refusal's backoff at once. Zero: only
+	// before each token request and right after a refusal.
+	PollCredentials time.Duration
 	// Scopes are requested joined by single spaces; none means no scope.
 	Scopes []string
 	// Timeout bounds one fetch (default DefaultTimeout).

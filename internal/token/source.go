@@ -252,7 +252,10 @@ func (s *Source) run(f *flight, replacing bool) {
 	c := s.credentials()
 	tok, terr, adopted := s.fetch(ctx, c, replacing)
 	cancel()
-	s.land(f, tok, terr, adopted, time.Since(start))
+	// A refusal may be of credentials that have changed since (a secret
+	// file rewritten during the request): then retry at once.
+	retryNow := terr != nil && terr.Kind == KindRefused && s.cfg.Credentials.Current() != c
+	s.land(f, tok, terr, adopted, time.Since(start), retryNow)
 }
 
 // credentials returns the credentials to use now, and takes note when they
@@ -265,13 +268,17 @@ func (s *Source) credentials() *Credentials {
 	s.mu.Unlock()
 	if c != prev {
 		s.scrub.Store(s.newScrubber(c, prev))
+		s.log.Info("credentials changed; the token request uses the new ones")
+		if o, ok := s.obs.(CredentialsObserver); ok {
+			o.CredentialsChanged()
+		}
 	}
 	return c
 }
 
 // land records a flight's outcome: the new token, or the failure and the
 // backoff that follows it, and wakes its waiters.
-func (s *Source) land(f *flight, tok *Token, terr *Error, adopted bool, took time.Duration) {
+func (s *Source) land(f *flight, tok *Token, terr *Error, adopted bool, took time.Duration, retryNow bool) {
 	s.mu.Lock()
 	attempt := s.failures + 1
 	if terr == nil {
@@ -302,6 +309,9 @@ func (s *Source) land(f *flight, tok *Token, terr *Error, adopted bool, took tim
 		prev := s.lastErr
 		s.failures++
 		backoff := s.backoff(terr)
+		if retryNow {
+			backoff = 0
+		}
 		s.lastErr = terr
 		s.nextAttempt = time.Now().Add(backoff)
 		f.err = terr

@@ -18,6 +18,12 @@ type Observer interface {
 	StoreUsed(r StoreResult)
 }
 
+// CredentialsObserver is an Observer that also hears when the source picks
+// up new credentials from its CredentialSource.
+type CredentialsObserver interface {
+	CredentialsChanged()
+}
+
 // State is a source's health, as shown to operators.
 type State string
 
