@@ -30,7 +30,7 @@ import (
 // it when the run may include them.
 var caddyBinTests = []string{
 	"TestFleetSharesOneTokenPerLifetime", "TestFleetRevokingServer", "TestRotationThroughCaddyReload",
-	"TestCaddyValidateCommandSendsNoTokenRequest", "TestRotationWithGracePeriod", "TestRotationHard", "TestRotationFileVanishes",
+	"TestCaddyValidateCommandSendsNoTokenRequest", "TestRotationWithGracePeriod", "TestRotationHard", "TestRotationFileVanishes", "TestCheckCommand",
 }
 
 // coldCompiles is how many packages a build compiles before it counts as

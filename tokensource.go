@@ -48,18 +48,13 @@ func (s *source) Destruct() error { return s.engine.Close() }
 // with this config's metrics, events and shared storage.
 func (h *Handler) attachSource(ctx caddy.Context, cfg token.Config, creds *token.Credentials, tlsFingerprint string) error {
 	var store certmagic.Storage
-	shared := "" // part of the source's identity: cluster mode or not, and where
 	if h.SharedCache != nil {
 		var err error
 		if store, err = h.sharedStorage(ctx); err != nil {
 			return err
 		}
-		shared = "storage:" + string(h.SharedCache.StorageRaw)
-		if h.SharedCache.StorageRaw == nil {
-			shared = "storage:default"
-		}
 	}
-	id := h.identity(cfg, shared, tlsFingerprint)
+	id := h.identity(cfg, h.sharedIdentity(), tlsFingerprint)
 	h.key = id.key()
 	label := id.label(creds.ClientID)
 	metrics := registerMetrics(ctx, label)
@@ -106,6 +101,18 @@ func (h *Handler) attachSource(ctx caddy.Context, cfg token.Config, creds *token
 		go warmUpWhenRunning(ctx, h.src.engine)
 	}
 	return nil
+}
+
+// sharedIdentity is the part of a source's identity that says whether it
+// shares its tokens, and through which storage.
+func (h *Handler) sharedIdentity() string {
+	switch {
+	case h.SharedCache == nil:
+		return ""
+	case h.SharedCache.StorageRaw == nil:
+		return "storage:default"
+	}
+	return "storage:" + string(h.SharedCache.StorageRaw)
 }
 
 // sharedStorage loads the shared_cache storage module, or the config's.

@@ -36,6 +36,7 @@ type answerFields struct {
 	accessToken *string
 	tokenType   *string
 	expiresIn   json.RawMessage // a JSON number or string, or absent
+	scope       string          // the scopes granted, if the answer says
 	hasError    bool            // an "error" field is present
 }
 
@@ -104,6 +105,9 @@ func jsonAnswerFields(body []byte) (answerFields, error) {
 		case "error":
 			f.hasError = string(raw) != "null"
 			continue
+		case "scope":
+			_ = json.Unmarshal(raw, &f.scope) // a string, or it says nothing
+			continue
 		default:
 			continue
 		}
@@ -161,6 +165,7 @@ func formAnswerFields(body []byte) (answerFields, error) {
 		}
 	}
 	f.hasError = vals.Has("error")
+	f.scope = vals.Get("scope")
 	return f, nil
 }
 
@@ -173,7 +178,11 @@ func (f answerFields) token(now time.Time, defaultTTL time.Duration) (parsed, er
 		return parsed{}, errors.New("answer has no access_token")
 	}
 	ttl, ok := parseExpiresIn(f.expiresIn)
-	return newParsed(*f.accessToken, f.tokenType, ttl, ok, now, defaultTTL)
+	p, err := newParsed(*f.accessToken, f.tokenType, ttl, ok, now, defaultTTL)
+	if err == nil {
+		p.granted = grantedScopes(f.scope, p.Value)
+	}
+	return p, err
 }
 
 // newParsed checks an access token and decides its expiry: ttl (ok)

@@ -17,6 +17,9 @@ type Token struct {
 	wallExpiry time.Time
 	// refreshAt is when the source replaces it (monotonic).
 	refreshAt time.Time
+	// granted is the scopes granted, as the answer or the JWT says ("" if
+	// neither does).
+	granted string
 	// worked is set once the upstream answered a request that carried
 	// the token with anything but 401: a later 401 then means a
 	// revocation.
@@ -36,3 +39,8 @@ func (t *Token) Valid(now time.Time) bool { return t != nil && now.Before(t.expi
 
 // Expiry is when the token expires, on the wall clock.
 func (t *Token) Expiry() time.Time { return t.wallExpiry }
+
+// Granted is the scopes the token was granted, space-separated, as the
+// token answer's scope field or else the JWT's scope or scp claim says;
+// "" when neither says.
+func (t *Token) Granted() string { return t.granted }
