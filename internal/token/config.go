@@ -42,6 +42,9 @@ type Config struct {
 	// redirect policy is replaced in either case so that the secret is
 	// never sent to another host.
 	HTTPClient *http.Client
+	// Endpoint, when not nil, paces the token requests of every source
+	// that shares it (one per token endpoint).
+	Endpoint *Endpoint
 	// Logger defaults to a no-op logger.
 	Logger *zap.Logger
 	// Observer may be nil.

@@ -140,12 +140,27 @@ func sameHostClient(c *http.Client) *http.Client {
 // post sends one token request with the credentials c, counts it for
 // Status and the observer, and returns the parsed token.
 func (s *Source) post(ctx context.Context, c *Credentials) (*Token, *Error) {
+	if ep := s.cfg.Endpoint; ep != nil {
+		if d := ep.pausedFor(time.Now()); d > 0 {
+			// Not sent, so not counted: the endpoint asked every source
+			// to wait.
+			return nil, &Error{Kind: KindTransient, Message: "the token endpoint asked to wait (Retry-After); not sending", RetryAfter: d}
+		}
+		if err := ep.acquire(ctx); err != nil {
+			return nil, &Error{Kind: KindTransient, Message: "no turn at the token endpoint within the timeout (token_concurrency)", Err: err}
+		}
+		defer ep.release()
+	}
 	start := time.Now()
 	s.mu.Lock()
 	s.lastRequestAt = start
 	s.mu.Unlock()
 	tok, terr := s.exchange(ctx, c)
 	took := time.Since(start)
+	if ep := s.cfg.Endpoint; ep != nil && terr != nil && terr.RetryAfter > 0 &&
+		(terr.Status == http.StatusTooManyRequests || terr.Status == http.StatusServiceUnavailable) {
+		ep.pause(time.Now().Add(terr.RetryAfter))
+	}
 	s.mu.Lock()
 	s.fetches++
 	s.lastFetchAt = time.Now().Round(0)
