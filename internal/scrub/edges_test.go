@@ -121,8 +121,9 @@ func TestScrubConcurrent(t *testing.T) {
 // found them.
 func TestScrubSpacedMixedWidths(t *testing.T) {
 	for secret, in := range map[string]string{
-		"0é0éÅ":  "00 é 0 é Å0",
-		"0000éÅ": "00   0   0   0   é   Å0",
+		"0é0éÅ":                 "00 é 0 é Å0",
+		"0000éÅ":                "00   0   0   0   é   Å0",
+		"0\U0004ad13\U00064d13": "00 \U0004ad13 \U00064d130", // three characters, 9 bytes
 	} {
 		if out := scrub.New("c", secret).Scrub(in); out != "0"+scrub.Redacted+"0" {
 			t.Errorf("Scrub(%q) = %q", in, out)

@@ -52,11 +52,12 @@
 // characters that are not letters or digits, repeated identically
 // ("s e c", "s-e-c", "s, e, c"); and the text read backwards, for
 // escapes. A decoded run that is not mostly (three quarters of its first
-// 256 bytes) valid UTF-8 is searched but not decoded further: it is
-// binary data or noise of a wrong alignment, and every layer of encoding
-// writes text. A leak found in a view redacts the original span it came
-// from: at the edges of a base64 or hex run, whole characters that hold
-// bits of the secret and of its neighbours.
+// 256 bytes) valid UTF-8 is searched whole but decoded further only in its
+// stretches of valid UTF-8 of R bytes or more: it is binary data or noise
+// of a wrong alignment, and every layer of encoding writes text. A leak
+// found in a view redacts the original span it came from: at the edges of
+// a base64 or hex run, whole characters that hold bits of the secret and
+// of its neighbours.
 //
 // Views that are the same text with the same spans (escape decodings that
 // commute, base64 runs an escape decoding left as they were) are looked

@@ -39,7 +39,8 @@ func (w *walker) spacedViews(v *view, child node) {
 }
 
 // spacedAt reports whether a separator of one or two characters starting
-// at t[i] comes back twice, one character apart each time.
+// at t[i] comes back one character later (three characters spaced out, a
+// secret of 8 bytes or more at 4 bytes a character, need two).
 func spacedAt(t []byte, i int) bool {
 	if c := t[i]; c < utf8.RuneSelf && isAlnum(c) {
 		return false
@@ -50,16 +51,8 @@ func spacedAt(t []byte, i int) bool {
 			_, n := utf8.DecodeRune(t[end:])
 			end += n
 		}
-		sep, j, ok := t[i:end], end, true
-		for range 2 {
-			_, n := utf8.DecodeRune(t[j:])
-			j += n
-			if ok = n > 0 && bytes.HasPrefix(t[j:], sep); !ok {
-				break
-			}
-			j += len(sep)
-		}
-		if ok {
+		_, n := utf8.DecodeRune(t[end:])
+		if n > 0 && bytes.HasPrefix(t[end+n:], t[i:end]) {
 			return true
 		}
 	}

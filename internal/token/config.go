@@ -32,6 +32,9 @@ type Config struct {
 	// Auth is how the client authenticates (default AuthJSON, Desko's
 	// documented format).
 	Auth AuthStyle
+	// AssertionAudience is the aud of the JWT styles' assertions (default
+	// TokenURL).
+	AssertionAudience string
 	// Secrets are values scrubbed from every error and log besides the
 	// credentials' own (keys in the token URL's query are scrubbed anyway).
 	Secrets []string
@@ -69,6 +72,22 @@ type Credentials struct {
 	// the client secret: param and header values that came from secret
 	// files or variables.
 	Secrets []string
+	// Key signs the assertions of AuthPrivateKeyJWT.
+	Key *SigningKey
+}
+
+// StoreSecret is the secret a fleet's shared store derives the encryption
+// key of the entry from: the client secret, or, for a client that
+// authenticates with a private key and has none, the key's fingerprint.
+// Only holders of the same credentials derive the same key.
+func (c *Credentials) StoreSecret() []byte {
+	if c.ClientSecret != "" {
+		return []byte(c.ClientSecret)
+	}
+	if c.Key != nil {
+		return c.Key.Fingerprint()
+	}
+	return nil
 }
 
 // CredentialSource hands out the current credentials of a source.

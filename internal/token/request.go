@@ -2,6 +2,7 @@ package token
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -28,37 +29,51 @@ const (
 	// AuthBasic is RFC 6749 client_secret_basic: the credentials, each
 	// form-encoded first (§2.3.1), in an Authorization: Basic header.
 	AuthBasic
+	// AuthPrivateKeyJWT is private_key_jwt (RFC 7523 §2.2): a JWT signed
+	// with the client's private key (Credentials.Key) in a form body, and
+	// no secret.
+	AuthPrivateKeyJWT
+	// AuthClientSecretJWT is client_secret_jwt: a JWT signed with the
+	// client secret (HS256) in a form body; the secret itself is not sent.
+	AuthClientSecretJWT
 )
 
-// ParseAuthStyle reads "json", "form" or "basic"; "" is json.
+// authStyleNames are the styles' names in the configuration.
+var authStyleNames = []string{
+	AuthJSON: "json", AuthForm: "form", AuthBasic: "basic",
+	AuthPrivateKeyJWT: "private_key_jwt", AuthClientSecretJWT: "client_secret_jwt",
+}
+
+// ParseAuthStyle reads a style's name; "" is json.
 func ParseAuthStyle(s string) (AuthStyle, error) {
-	switch s {
-	case "", "json":
+	if s == "" {
 		return AuthJSON, nil
-	case "form":
-		return AuthForm, nil
-	case "basic":
-		return AuthBasic, nil
 	}
-	return 0, fmt.Errorf("unknown auth style %q (want json, form or basic)", s)
+	for i, name := range authStyleNames {
+		if s == name {
+			return AuthStyle(i), nil
+		}
+	}
+	return 0, fmt.Errorf("unknown auth style %q (want json, form, basic, private_key_jwt or client_secret_jwt)", s)
 }
 
 // String is the style's name in the configuration.
 func (a AuthStyle) String() string {
-	switch a {
-	case AuthForm:
-		return "form"
-	case AuthBasic:
-		return "basic"
+	if int(a) < len(authStyleNames) {
+		return authStyleNames[a]
 	}
 	return "json"
 }
 
+// signs reports whether the style authenticates with a signed JWT.
+func (a AuthStyle) signs() bool { return a == AuthPrivateKeyJWT || a == AuthClientSecretJWT }
+
 // requestFields are the parameters of a token request, whatever the style
 // that encodes them: grant_type, scope, the extra params (never one of
-// ReservedParams), and, unless the style authenticates in a header, the
-// client ID and secret.
-func (s *Source) requestFields(c *Credentials) map[string]string {
+// ReservedParams), and the client's authentication: its ID and secret in
+// the body (json, form), nothing (basic: in a header), or its ID and a
+// signed assertion (the JWT styles).
+func (s *Source) requestFields(c *Credentials) (map[string]string, error) {
 	f := make(map[string]string, len(c.Params)+4)
 	for k, v := range c.Params {
 		if !slices.Contains(ReservedParams, k) {
@@ -69,23 +84,46 @@ func (s *Source) requestFields(c *Credentials) map[string]string {
 	if len(s.cfg.Scopes) > 0 {
 		f["scope"] = strings.Join(s.cfg.Scopes, " ")
 	}
-	if s.cfg.Auth != AuthBasic {
+	switch s.cfg.Auth {
+	case AuthBasic:
+	case AuthPrivateKeyJWT, AuthClientSecretJWT:
+		audience := cmp.Or(s.cfg.AssertionAudience, s.cfg.TokenURL)
+		var assertion string
+		var err error
+		if s.cfg.Auth == AuthPrivateKeyJWT {
+			if c.Key == nil {
+				return nil, errors.New("private_key_jwt: no client key")
+			}
+			assertion, err = c.Key.sign(c.ClientID, audience, time.Now())
+		} else {
+			assertion, err = signHMAC(c.ClientSecret, c.ClientID, audience, time.Now())
+		}
+		if err != nil {
+			return nil, fmt.Errorf("signing the client assertion: %w", err)
+		}
+		f["client_id"] = c.ClientID
+		f["client_assertion_type"] = AssertionType
+		f["client_assertion"] = assertion
+	default:
 		f["client_id"] = c.ClientID
 		f["client_secret"] = c.ClientSecret
 	}
-	return f
+	return f, nil
 }
 
 // newRequest builds the token request of the source's auth style. The
 // form and basic styles send what golang.org/x/oauth2/clientcredentials
-// sends with AuthStyleInParams and AuthStyleInHeader; every style's answer
-// then goes through the one parser, parseAnswer.
+// sends with AuthStyleInParams and AuthStyleInHeader, the JWT styles what
+// RFC 7523 §2.2 says; every style's answer then goes through the one
+// parser, parseAnswer.
 func (s *Source) newRequest(ctx context.Context, c *Credentials) (*http.Request, error) {
-	fields := s.requestFields(c)
+	fields, err := s.requestFields(c)
+	if err != nil {
+		return nil, err
+	}
 	var body []byte
 	contentType := "application/json"
 	if s.cfg.Auth == AuthJSON {
-		var err error
 		if body, err = json.Marshal(fields); err != nil {
 			return nil, fmt.Errorf("encoding the token request: %w", err)
 		}

@@ -116,6 +116,9 @@ func New(cfg Config) (*Source, error) {
 func (s *Source) newScrubber(c, prev *Credentials) *scrub.Scrubber {
 	extra := append(scrub.URLSecrets(s.cfg.TokenURL), s.cfg.Secrets...)
 	extra = append(extra, c.Secrets...)
+	if c.Key != nil {
+		extra = append(extra, c.Key.Secrets()...)
+	}
 	if prev != nil {
 		extra = append(extra, prev.ClientSecret)
 		extra = append(extra, prev.Secrets...)
