@@ -19,7 +19,7 @@ import (
 // testKey is a private key in each PEM form the module reads.
 type testKey struct {
 	name, alg, pem string
-	public        crypto.PublicKey
+	public         crypto.PublicKey
 }
 
 func testKeys(t testing.TB) []testKey {
@@ -163,14 +163,14 @@ func TestParseSigningKeyErrors(t *testing.T) {
 	p224DER, _ := x509.MarshalPKCS8PrivateKey(p224)
 	cert := "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 	for name, tc := range map[string]struct{ pem, alg, want string }{
-		"not PEM":           {"just text", "", "holds no PEM block"},
-		"a certificate":     {cert, "", `"CERTIFICATE" PEM block`},
-		"two keys":          {keys[0].pem + keys[3].pem, "", "more than one PEM block"},
-		"small RSA":         {string(smallPEM), "", "1024-bit RSA key"},
-		"P-224":             {string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: p224DER})), "", "P-224"},
-		"alg does not fit":  {keys[3].pem, "PS256", "holds a key for ES256, not PS256"},
-		"garbage DER":       {"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n", "", "does not parse"},
-		"encrypted PKCS#8":  {"-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n", "", "encrypted"},
+		"not PEM":          {"just text", "", "holds no PEM block"},
+		"a certificate":    {cert, "", `"CERTIFICATE" PEM block`},
+		"two keys":         {keys[0].pem + keys[3].pem, "", "more than one PEM block"},
+		"small RSA":        {string(smallPEM), "", "1024-bit RSA key"},
+		"P-224":            {string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: p224DER})), "", "P-224"},
+		"alg does not fit": {keys[3].pem, "PS256", "holds a key for ES256, not PS256"},
+		"garbage DER":      {"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n", "", "does not parse"},
+		"encrypted PKCS#8": {"-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n", "", "encrypted"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, err := ParseSigningKey([]byte(tc.pem), "", tc.alg)
