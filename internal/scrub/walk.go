@@ -235,6 +235,7 @@ func (w *walker) decodeRun(v *view, i, j int, child node, minLen, align int, c c
 				leaf.leaf = true
 				w.walk(&d, leaf)
 			}
+			w.budget -= costScan * len(w.scratch)
 			for _, s := range utf8Stretches(w.scratch, w.sc.minNeed) {
 				from, to := c.chars(s[0], s[1], len(idx)-a)
 				d := c.view(v, idx[a+from:a+to])
@@ -248,28 +249,50 @@ func (w *walker) decodeRun(v *view, i, j int, child node, minLen, align int, c c
 	}
 }
 
-// utf8Stretches returns the stretches of t, [start, end), that are valid
-// UTF-8 and at least min bytes long.
+// utf8Stretches returns the stretches of t, [start, end), that are UTF-8
+// (as far as lead and continuation bytes go) and at least min bytes long.
 func utf8Stretches(t []byte, min int) [][2]int {
 	var out [][2]int
 	start := 0
 	for i := 0; i <= len(t); {
 		size := 1
-		bad := i == len(t)
-		if !bad && t[i] >= utf8.RuneSelf {
-			var r rune
-			r, size = utf8.DecodeRune(t[i:])
-			bad = r == utf8.RuneError && size == 1
+		if i < len(t) && t[i] >= utf8.RuneSelf {
+			size = seqLen(t[i:])
 		}
-		if bad {
+		if i == len(t) || size == 0 {
 			if i-start >= min {
 				out = append(out, [2]int{start, i})
 			}
-			start = i + 1
+			start, size = i+1, 1
 		}
 		i += size
 	}
 	return out
+}
+
+// seqLen is the length of the UTF-8 sequence that b starts with (lead
+// byte and continuation bytes), 0 if none.
+func seqLen(b []byte) int {
+	n := 0
+	switch c := b[0]; {
+	case 0xC2 <= c && c <= 0xDF:
+		n = 2
+	case 0xE0 <= c && c <= 0xEF:
+		n = 3
+	case 0xF0 <= c && c <= 0xF4:
+		n = 4
+	default:
+		return 0
+	}
+	if len(b) < n {
+		return 0
+	}
+	for _, c := range b[1:n] {
+		if c&0xC0 != 0x80 {
+			return 0
+		}
+	}
+	return n
 }
 
 // A codec decodes base64 or hex characters v.text[idx[0]],

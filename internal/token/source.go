@@ -114,16 +114,22 @@ func New(cfg Config) (*Source, error) {
 // newScrubber returns a scrubber for the secrets of c and of prev (an
 // echo of the credentials just replaced is as much a leak).
 func (s *Source) newScrubber(c, prev *Credentials) *scrub.Scrubber {
+	// The secrets proper are matched by any window of them; the other
+	// values, which may be ordinary text too, whole.
+	secrets := []string{c.ClientSecret}
+	if c.Key != nil {
+		secrets = append(secrets, c.Key.Secrets()...)
+	}
 	extra := append(scrub.URLSecrets(s.cfg.TokenURL), s.cfg.Secrets...)
 	extra = append(extra, c.Secrets...)
-	if c.Key != nil {
-		extra = append(extra, c.Key.Secrets()...)
-	}
 	if prev != nil {
-		extra = append(extra, prev.ClientSecret)
+		secrets = append(secrets, prev.ClientSecret)
+		if prev.Key != nil {
+			secrets = append(secrets, prev.Key.Secrets()...)
+		}
 		extra = append(extra, prev.Secrets...)
 	}
-	return scrub.New(c.ClientID, c.ClientSecret, extra...)
+	return scrub.NewWith(c.ClientID, secrets, extra...)
 }
 
 func (s *Source) scrubber() *scrub.Scrubber { return s.scrub.Load() }
@@ -364,4 +370,14 @@ func (s *Source) warnDefaultTTL() {
 		s.log.Warn("token answer has no usable expires_in or JWT exp; assuming default_ttl",
 			zap.Duration("default_ttl", s.cfg.DefaultTTL))
 	}
+}
+
+// Lifetime is the lifetime of the current token as its answer gave it (0
+// when the source holds none).
+func (s *Source) Lifetime() time.Duration {
+	t := s.cur.Load()
+	if t == nil {
+		return 0
+	}
+	return t.expiry.Sub(t.obtained)
 }
