@@ -70,7 +70,9 @@ type SourceStatus struct {
 func snapshot() []*source {
 	var out []*source
 	sources.Range(func(_, v any) bool {
-		out = append(out, v.(*source))
+		if s := v.(*source); !s.hidden {
+			out = append(out, s)
+		}
 		return true
 	})
 	slices.SortFunc(out, func(a, b *source) int { return cmp.Compare(a.label, b.label) })

@@ -219,9 +219,13 @@ func (h *Handler) checkSource() (src *token.Source, row checkRow, creds *token.C
 	if err := h.Validate(); err != nil {
 		return nil, row, nil, "", 0, err
 	}
-	cfg, creds, tlsFingerprint, err := h.tokenConfig()
+	creds, err = h.credentialValues().expand()
 	if err != nil {
 		return nil, row, nil, "", 0, err
+	}
+	cfg, tlsFingerprint, err := h.requestConfig()
+	if err != nil {
+		return nil, row, creds, "", 0, err
 	}
 	id := h.identity(cfg, h.sharedIdentity(), tlsFingerprint)
 	cfg.Credentials = (*token.Static)(creds)

@@ -27,10 +27,15 @@ import (
 type credentialValues struct {
 	clientID, clientSecret string
 	params, headers        map[string]string
+	// key, keyID and keyAlg are the private key of private_key_jwt.
+	key, keyID, keyAlg string
+	// hmac says the secret signs client_secret_jwt assertions (HS256).
+	hmac bool
 }
 
 func (h *Handler) credentialValues() credentialValues {
-	return credentialValues{h.ClientID, h.ClientSecret, h.Params, h.TokenHeaders}
+	return credentialValues{clientID: h.ClientID, clientSecret: h.ClientSecret, params: h.Params, headers: h.TokenHeaders,
+		key: h.ClientKey, keyID: h.ClientKeyID, keyAlg: h.ClientKeyAlg, hmac: h.auth == token.AuthClientSecretJWT}
 }
 
 // expand resolves the placeholders. An empty result is an error that names
@@ -41,8 +46,22 @@ func (v credentialValues) expand() (*token.Credentials, error) {
 	if c.ClientID, err = expand("client_id", v.clientID); err != nil {
 		return nil, err
 	}
-	if c.ClientSecret, err = expand("client_secret", v.clientSecret); err != nil {
-		return nil, err
+	if v.clientSecret != "" {
+		if c.ClientSecret, err = expand("client_secret", v.clientSecret); err != nil {
+			return nil, err
+		}
+		if v.hmac && len(c.ClientSecret) < token.MinHMACSecret {
+			return nil, fmt.Errorf("client_secret: client_secret_jwt signs with HS256, which needs a secret of at least %d bytes", token.MinHMACSecret)
+		}
+	}
+	if v.key != "" {
+		pem, err := expand("client_key", v.key)
+		if err != nil {
+			return nil, err
+		}
+		if c.Key, err = token.ParseSigningKey([]byte(pem), v.keyID, v.keyAlg); err != nil {
+			return nil, fmt.Errorf("client_key: %s %v", placeholderRE.FindString(v.key), err)
+		}
 	}
 	var paramSecrets, headerSecrets []string
 	if c.Params, paramSecrets, err = expandValues("param", v.params); err != nil {
@@ -72,6 +91,7 @@ func (v credentialValues) files() []string {
 	}
 	add(v.clientID)
 	add(v.clientSecret)
+	add(v.key)
 	for _, m := range []map[string]string{v.params, v.headers} {
 		for _, s := range m {
 			add(s)
@@ -187,6 +207,6 @@ func checkCredentialFile(name string) error {
 
 // sameCredentials reports whether a and b hold the same values.
 func sameCredentials(a, b *token.Credentials) bool {
-	return a.ClientID == b.ClientID && a.ClientSecret == b.ClientSecret &&
+	return a.ClientID == b.ClientID && a.ClientSecret == b.ClientSecret && a.Key.Equal(b.Key) &&
 		maps.Equal(a.Params, b.Params) && maps.Equal(a.Headers, b.Headers)
 }

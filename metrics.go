@@ -19,6 +19,9 @@ var metrics = struct {
 	requests *prometheus.CounterVec
 	shared   *prometheus.CounterVec
 	creds    *prometheus.CounterVec
+	tenants  *prometheus.GaugeVec
+	starts   *prometheus.CounterVec
+	evicts   *prometheus.CounterVec
 }{
 	fetches: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "desko_auth",
@@ -51,6 +54,21 @@ var metrics = struct {
 		Name:      "credentials_total",
 		Help:      "Credentials read again from their files, by result (changed: new ones picked up; unreadable: a file missing, unreadable or empty, the last good ones kept).",
 	}, []string{"source", "result"}),
+	tenants: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: "desko_auth",
+		Name:      "tenants",
+		Help:      "Live credentials_dir tenants of a block (source is the block's label).",
+	}, []string{"source"}),
+	starts: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "desko_auth",
+		Name:      "tenant_starts_total",
+		Help:      "credentials_dir tenants started on their first request.",
+	}, []string{"source"}),
+	evicts: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "desko_auth",
+		Name:      "tenant_evictions_total",
+		Help:      "credentials_dir tenants released, by reason (idle, max_tenants, removed, unloaded).",
+	}, []string{"source", "reason"}),
 }
 
 // fetchOK is the result label of a token request that succeeded; the
@@ -68,10 +86,11 @@ const (
 	outcomeReplayed                        // replayed with a new token after a 401
 	outcomeReplayFailed                    // a 401 that a replay could not mend
 	outcomeOverReplayBudget                // forwarded, its body too large for the replay memory
+	outcomeUnknownTenant                   // its tenant value named no credentials: answered 403
 	numOutcomes
 )
 
-var outcomeNames = [numOutcomes]string{"injected", "unavailable", "replayed", "replay_failed", "over_replay_budget"}
+var outcomeNames = [numOutcomes]string{"injected", "unavailable", "replayed", "replay_failed", "over_replay_budget", "unknown_tenant"}
 
 func (o outcome) String() string { return outcomeNames[o] }
 
@@ -92,25 +111,44 @@ type sourceMetrics struct {
 	requests    [numOutcomes]prometheus.Counter
 	shared      *prometheus.CounterVec
 	credentials [numCredentialResults]prometheus.Counter
+	tenants     tenantMetrics
 }
+
+// tenantMetrics are a tenant block's series.
+type tenantMetrics struct {
+	live    prometheus.Gauge
+	started prometheus.Counter
+	evicts  *prometheus.CounterVec
+}
+
+// newTenantMetrics returns the series of the tenant block labelled label.
+func newTenantMetrics(label string) tenantMetrics {
+	return tenantMetrics{
+		live:    metrics.tenants.WithLabelValues(label),
+		started: metrics.starts.WithLabelValues(label),
+		evicts:  metrics.evicts.MustCurryWith(prometheus.Labels{"source": label}),
+	}
+}
+
+// evicted is the eviction counter for a reason.
+func (m tenantMetrics) evicted(why string) prometheus.Counter { return m.evicts.WithLabelValues(why) }
 
 var (
 	sourceMetricsMu sync.Mutex
 	sourceMetricsBy = map[string]*sourceMetrics{}
 )
 
-// registerMetrics registers the collectors into this config's registry
-// (every Provision: the registry is per config) and returns the source's
-// metrics.
-func registerMetrics(ctx caddy.Context, label string) *sourceMetrics {
+// registerCollectors registers the collectors into this config's registry
+// (every Provision: the registry is per config).
+func registerCollectors(ctx caddy.Context) {
 	if reg := ctx.GetMetricsRegistry(); reg != nil {
-		for _, c := range []prometheus.Collector{metrics.fetches, metrics.duration, metrics.expiry, metrics.requests, metrics.shared, metrics.creds} {
+		for _, c := range []prometheus.Collector{metrics.fetches, metrics.duration, metrics.expiry, metrics.requests, metrics.shared,
+			metrics.creds, metrics.tenants, metrics.starts, metrics.evicts} {
 			if err := reg.Register(c); err != nil && !errors.As(err, new(prometheus.AlreadyRegisteredError)) {
 				ctx.Logger().Warn("registering metrics") // a programming error; metrics are not vital
 			}
 		}
 	}
-	return metricsFor(label)
 }
 
 // metricsFor returns the (process-wide) metrics of the source label.
@@ -132,6 +170,7 @@ func metricsFor(label string) *sourceMetrics {
 	for r, name := range credentialResultNames {
 		m.credentials[r] = metrics.creds.WithLabelValues(label, name)
 	}
+
 	sourceMetricsBy[label] = m
 	return m
 }

@@ -16,26 +16,24 @@ import (
 // expanded into the token source's configuration, and the request options.
 // The attachment to the shared token source is in tokensource.go.
 
-// tokenConfig expands the placeholders of the token request's settings
-// and returns the token source's configuration, with the defaults applied,
-// its credentials, and the fingerprint of the TLS files read.
-func (h *Handler) tokenConfig() (token.Config, *token.Credentials, string, error) {
+// requestConfig expands the placeholders of the token request's settings
+// other than the credentials and returns the token source's configuration,
+// with the defaults applied, and the fingerprint of the TLS files read. It
+// holds the handler's transport and token endpoint until Cleanup.
+func (h *Handler) requestConfig() (token.Config, string, error) {
 	var cfg token.Config
-	creds, err := h.credentialValues().expand()
-	if err != nil {
-		return cfg, nil, "", err
-	}
+	var err error
 	if h.TokenURL != "" {
 		if cfg.TokenURL, err = expand("token_url", h.TokenURL); err != nil {
-			return cfg, nil, "", err
+			return cfg, "", err
 		}
 		if err := checkTokenURL(cfg.TokenURL); err != nil {
-			return cfg, nil, "", err
+			return cfg, "", err
 		}
 	}
 	if u, _ := url.Parse(cfg.TokenURL); u.Scheme == "http" && !isLoopbackHost(u) {
 		if !h.InsecureHTTP {
-			return cfg, nil, "", fmt.Errorf("token_url: http:// to %s would send the client secret in clear text; use https, or add insecure_http if you must", u.Host)
+			return cfg, "", fmt.Errorf("token_url: http:// to %s would send the client secret in clear text; use https, or add insecure_http if you must", u.Host)
 		}
 		h.logger.Warn("insecure_http: the client secret and tokens cross the network in clear text", zap.String("token_url", token.RedactURL(cfg.TokenURL)))
 	}
@@ -43,15 +41,17 @@ func (h *Handler) tokenConfig() (token.Config, *token.Credentials, string, error
 	cfg.Timeout = time.Duration(h.Timeout)
 	cfg.DefaultTTL = time.Duration(h.DefaultTTL)
 	cfg.Auth = h.auth
-	// Defaults now, so that a source's identity (sourceKey) is the same
-	// whether a default is written out or not.
+	cfg.AssertionAudience = h.ClientAssertionAudience
+	// Defaults now, so that a source's identity is the same whether a
+	// default is written out or not.
 	cfg = cfg.WithDefaults()
 	client, tlsFingerprint, err := h.acquireTransport()
 	if err != nil {
-		return cfg, nil, "", err
+		return cfg, "", err
 	}
 	cfg.HTTPClient = client
-	return cfg, creds, tlsFingerprint, nil
+	cfg.Endpoint = h.acquireEndpoint(cfg.TokenURL)
+	return cfg, tlsFingerprint, nil
 }
 
 // applyRequestOptions sets how requests carry the token and whether they

@@ -3,6 +3,9 @@ package deskoauth
 import (
 	"net/http"
 	"strings"
+	"sync/atomic"
+
+	"go.uber.org/zap"
 
 	"github.com/deskoproxy/caddy-desko-auth/internal/token"
 )
@@ -10,8 +13,19 @@ import (
 // This file sets the token header on a request and keeps a client from
 // having it removed on the way to the upstream.
 
-// headerValue caches the Authorization value built for one token, so the
-// hot path does not concatenate strings.
+// binding is a token source as a handler (or one of its tenants) uses
+// it: the source, and how requests carry its token.
+type binding struct {
+	src    *source
+	header string // canonical name of the header that carries the token
+	prefix string
+	log    *zap.Logger // the source's fields
+	// cache holds the header value built for the current token, so that
+	// the hot path does not concatenate strings.
+	cache atomic.Pointer[headerValue]
+}
+
+// headerValue is a token header value and the token it was built for.
 type headerValue struct {
 	tok   *token.Token
 	value string
@@ -19,35 +33,35 @@ type headerValue struct {
 
 // setToken replaces every inbound value of the token header
 // (Authorization unless configured otherwise) and returns the value set.
-func (h *Handler) setToken(r *http.Request, tok *token.Token) string {
-	hv := h.hdrCache.Load()
+func (b *binding) setToken(r *http.Request, tok *token.Token) string {
+	hv := b.cache.Load()
 	if hv == nil || hv.tok != tok {
-		hv = &headerValue{tok: tok, value: h.prefix + tok.Value}
-		h.hdrCache.Store(hv)
+		hv = &headerValue{tok: tok, value: b.prefix + tok.Value}
+		b.cache.Store(hv)
 	}
-	r.Header[h.header] = []string{hv.value}
+	r.Header[b.header] = []string{hv.value}
 	return hv.value
 }
 
 // carries reports whether r still holds the token header as set, so that a
 // 401 to a request whose token something downstream removed or changed
 // does not count against the token.
-func (h *Handler) carries(r *http.Request, value string) bool {
-	v := r.Header[h.header]
+func (b *binding) carries(r *http.Request, value string) bool {
+	v := r.Header[b.header]
 	return len(v) == 1 && v[0] == value
 }
 
 // keepTokenHeader removes the token header's name from the inbound
 // Connection header: a client could otherwise mark it hop-by-hop, and
 // reverse_proxy would strip the token before the upstream sees it.
-func (h *Handler) keepTokenHeader(r *http.Request) {
+func (b *binding) keepTokenHeader(r *http.Request) {
 	vals := r.Header["Connection"]
 	var kept []string
 	changed := false
 	for _, v := range vals {
 		var parts []string
 		for _, f := range strings.Split(v, ",") {
-			if strings.EqualFold(strings.TrimSpace(f), h.header) {
+			if strings.EqualFold(strings.TrimSpace(f), b.header) {
 				changed = true
 				continue
 			}

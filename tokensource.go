@@ -1,6 +1,7 @@
 package deskoauth
 
 import (
+	"cmp"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -34,6 +35,9 @@ type source struct {
 	tokenURL string
 	scopes   []string
 	id       identity
+	// hidden keeps a credentials_dir tenant's source out of the status
+	// endpoint's list of sources (its tenants are listed, paged, apart).
+	hidden bool
 }
 
 // credentialPoll is how often a source whose credentials come from files
@@ -43,28 +47,60 @@ const credentialPoll = time.Second
 // Destruct closes the source when the last handler using it is cleaned up.
 func (s *source) Destruct() error { return s.engine.Close() }
 
-// attachSource attaches the handler to the shared token source of its
-// credential set (creating it if this is the first handler to use it),
-// with this config's metrics, events and shared storage.
-func (h *Handler) attachSource(ctx caddy.Context, cfg token.Config, creds *token.Credentials, tlsFingerprint string) error {
-	var store certmagic.Storage
+// sourceEnv is what a config gives the sources its handlers attach to: it
+// is taken at Provision, and kept by a tenant block for the tenants it
+// starts later, on their first request.
+type sourceEnv struct {
+	ctx    caddy.Context     // the events app; the warm-up's config
+	logger *zap.Logger       // the handler's logger
+	store  certmagic.Storage // the shared_cache storage, nil without one
+}
+
+// sourceEnv registers the collectors into this config's registry and
+// loads the shared_cache storage, if any.
+func (h *Handler) sourceEnv(ctx caddy.Context) (sourceEnv, error) {
+	registerCollectors(ctx)
+	env := sourceEnv{ctx: ctx, logger: h.logger}
 	if h.SharedCache != nil {
 		var err error
-		if store, err = h.sharedStorage(ctx); err != nil {
+		if env.store, err = h.sharedStorage(ctx); err != nil {
+			return env, err
+		}
+	}
+	return env, nil
+}
+
+// attachWith attaches h to the shared token source of its credential set,
+// starting it if h is the first to use it. creds and cs, when given, are
+// the credentials and their source (a credentials_dir tenant's); else h's
+// values are expanded. metricsLabel, when given, is the label the
+// source's series are counted under (the tenant block's) instead of its
+// own. With warmUp, the first token is fetched once the config runs.
+func (h *Handler) attachWith(env sourceEnv, creds *token.Credentials, cs token.CredentialSource, metricsLabel string, warmUp bool) error {
+	values := h.credentialValues()
+	if creds == nil {
+		var err error
+		if creds, err = values.expand(); err != nil {
 			return err
 		}
+	}
+	cfg, tlsFingerprint, err := h.requestConfig()
+	if err != nil {
+		return err
 	}
 	id := h.identity(cfg, h.sharedIdentity(), tlsFingerprint)
 	h.key = id.key()
 	label := id.label(creds.ClientID)
-	metrics := registerMetrics(ctx, label)
+	metrics := metricsFor(cmp.Or(metricsLabel, label))
 	// The source outlives this config: it gets a logger that does not
 	// depend on the Provision ctx, and never uses ctx for its requests.
-	logger := sourceLogger(h.logger, label, creds.ClientID, cfg.TokenURL)
+	logger := sourceLogger(env.logger, label, creds.ClientID, cfg.TokenURL)
 	val, _, err := sources.LoadOrNew(h.key, func() (caddy.Destructor, error) {
 		obs := &sourceObserver{metrics: metrics, label: label}
-		values := h.credentialValues()
-		cfg.Credentials = credentialSource(values, creds, logger, metrics)
+		cfg.Credentials = cs
+		if cs == nil {
+			cfg.Credentials = credentialSource(values, creds, logger, metrics)
+		}
 		if _, static := cfg.Credentials.(*token.Static); !static {
 			cfg.PollCredentials = credentialPoll
 		}
@@ -73,7 +109,7 @@ func (h *Handler) attachSource(ctx caddy.Context, cfg token.Config, creds *token
 		if err != nil {
 			return nil, err
 		}
-		return &source{key: h.key, engine: e, obs: obs, metrics: metrics, label: label,
+		return &source{key: h.key, engine: e, obs: obs, metrics: metrics, label: label, hidden: metricsLabel != "",
 			clientID: creds.ClientID, tokenURL: token.RedactURL(cfg.TokenURL), scopes: cfg.Scopes, id: id}, nil
 	})
 	if err != nil {
@@ -81,11 +117,12 @@ func (h *Handler) attachSource(ctx caddy.Context, cfg token.Config, creds *token
 	}
 	h.src = val.(*source)
 	h.logger = logger
-	if err := h.src.obs.useEvents(ctx); err != nil {
+	h.b = &binding{src: h.src, header: h.header, prefix: h.prefix, log: logger}
+	if err := h.src.obs.useEvents(env.ctx); err != nil {
 		return fmt.Errorf("loading the events app: %w", err)
 	}
-	if store != nil {
-		entry, err := fleet.New(store, cfg.TokenURL, cfg.Scopes, func(err error) {
+	if env.store != nil {
+		entry, err := fleet.New(env.store, cfg.TokenURL, cfg.Scopes, func(err error) {
 			logger.Warn("releasing the shared token cache lock", zap.Error(err))
 		})
 		if err != nil {
@@ -96,9 +133,9 @@ func (h *Handler) attachSource(ctx caddy.Context, cfg token.Config, creds *token
 		entry.Succeed(h.src.engine.CurrentStore())
 		h.src.engine.SetStore(entry)
 	}
-	if h.WarmUp == nil || *h.WarmUp {
+	if warmUp {
 		warmUpWaiters.Add(1)
-		go warmUpWhenRunning(ctx, h.src.engine)
+		go warmUpWhenRunning(env.ctx, h.src.engine)
 	}
 	return nil
 }
@@ -153,6 +190,8 @@ type identity struct {
 	TokenURL     string            `json:"token_url"`
 	ClientID     string            `json:"client_id"`
 	ClientSecret string            `json:"client_secret"`
+	ClientKey    string            `json:"client_key"`
+	Audience     string            `json:"client_assertion_audience"`
 	Scopes       []string          `json:"scopes"`
 	Timeout      time.Duration     `json:"timeout"`
 	DefaultTTL   time.Duration     `json:"default_ttl"`
@@ -164,6 +203,11 @@ type identity struct {
 }
 
 func (h *Handler) identity(cfg token.Config, shared, tlsFingerprint string) identity {
+	clientID, clientSecret, clientKey := h.ClientID, h.ClientSecret, h.ClientKey
+	if h.dirTenant != "" { // a credentials_dir tenant: its files, as placeholders would name them
+		clientID = "dir:" + h.dirTenant + "/" + h.tenantName + "/" + dirClientID
+		clientSecret = "dir:" + h.dirTenant + "/" + h.tenantName + "/" + dirClientSecret
+	}
 	hashed := func(m map[string]string) map[string]string {
 		out := make(map[string]string, len(m))
 		for k, v := range m {
@@ -173,8 +217,10 @@ func (h *Handler) identity(cfg token.Config, shared, tlsFingerprint string) iden
 	}
 	return identity{
 		TokenURL:     cfg.TokenURL,
-		ClientID:     sha256Hex(h.ClientID),
-		ClientSecret: sha256Hex(h.ClientSecret),
+		ClientID:     sha256Hex(clientID),
+		ClientSecret: sha256Hex(clientSecret),
+		ClientKey:    sha256Hex(clientKey + "\x00" + h.ClientKeyID + "\x00" + h.ClientKeyAlg),
+		Audience:     h.ClientAssertionAudience,
 		Scopes:       cfg.Scopes,
 		Timeout:      cfg.Timeout,
 		DefaultTTL:   cfg.DefaultTTL,

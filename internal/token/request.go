@@ -65,8 +65,8 @@ func (a AuthStyle) String() string {
 	return "json"
 }
 
-// signs reports whether the style authenticates with a signed JWT.
-func (a AuthStyle) signs() bool { return a == AuthPrivateKeyJWT || a == AuthClientSecretJWT }
+// Signs reports whether the style authenticates with a signed JWT.
+func (a AuthStyle) Signs() bool { return a == AuthPrivateKeyJWT || a == AuthClientSecretJWT }
 
 // requestFields are the parameters of a token request, whatever the style
 // that encodes them: grant_type, scope, the extra params (never one of
