@@ -128,15 +128,15 @@ type Handler struct {
 	// least recently used first out (default 10000).
 	MaxTenants int `json:"max_tenants,omitempty"`
 
-	tenantName   string          // the tenant these settings are for, if any
-	dirTenant    string          // the credentials_dir of that tenant, if it is one of its
-	tenants      *tenantSet      // the block's tenants, in tenant mode
-	tenantsKey   string          // the tenantSets entry this handler holds
-	b            *binding        // the source and how requests carry its token, without tenants
-	endpointKeys []string        // the endpoints this handler holds
-	key          string // the sources entry this handler holds
-	transportKey string // the transports entry this handler holds
-	header       string // canonical name of the header that carries the token
+	tenantName   string     // the tenant these settings are for, if any
+	dirTenant    string     // the credentials_dir of that tenant, if it is one of its
+	tenants      *tenantSet // the block's tenants, in tenant mode
+	tenantsKey   string     // the tenantSets entry this handler holds
+	b            *binding   // the source and how requests carry its token, without tenants
+	endpointKeys []string   // the endpoints this handler holds
+	key          string     // the sources entry this handler holds
+	transportKey string     // the transports entry this handler holds
+	header       string     // canonical name of the header that carries the token
 	prefix       string
 	src          *source
 	logger       *zap.Logger
