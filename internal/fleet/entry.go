@@ -409,4 +409,15 @@ func (e *Entry) Succeed(prev token.Store) {
 	}
 }
 
-var _ token.Store = (*Entry)(nil)
+// StuckCalls is how many of the entry's storage calls outlived their
+// callers and have not returned (see gate): goroutines blocked in a storage
+// that does not answer. It implements token.StuckReporter.
+func (e *Entry) StuckCalls() int {
+	n, _ := e.gate.state()
+	return n
+}
+
+var (
+	_ token.Store         = (*Entry)(nil)
+	_ token.StuckReporter = (*Entry)(nil)
+)
