@@ -69,6 +69,6 @@ func (s *Source) Status() Status {
 		st.LastError = s.lastErr.Error()
 		st.NextRetryAt = s.nextAttempt.Round(0)
 	}
-	st.SharedCache = s.sharedCacheStatus()
+	st.SharedCache = s.SharedCache()
 	return st
 }

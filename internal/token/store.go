@@ -355,9 +355,9 @@ const (
 	SharedCacheDegraded = "degraded"
 )
 
-// sharedCacheStatus returns the status of the source's store, nil without
-// one.
-func (s *Source) sharedCacheStatus() *SharedCacheStatus {
+// SharedCache returns the state of the source's shared cache, nil without
+// a store. Status holds it too; this is the cheap way for metrics.
+func (s *Source) SharedCache() *SharedCacheStatus {
 	st := s.CurrentStore()
 	if st == nil {
 		return nil
