@@ -247,7 +247,8 @@ func (e *Entry) GoString() string {
 // entry replaced between the two calls) is rejected too. The calls run
 // through the gate: Load returns when ctx ends at the latest, with an error
 // wrapping ctx.Err(), and at once, with one wrapping
-// token.ErrStoreUnresponsive, while an earlier call is stuck.
+// token.ErrStoreUnresponsive, while the gate leaves the storage alone after
+// a call that did not return (see gate).
 //
 // A token is returned whatever its expiry: judging it is the caller's job.
 func (e *Entry) Load(ctx context.Context, c *token.Credentials) (*token.Stored, error) {

@@ -18,8 +18,9 @@ import (
 // Bound: lock returns at the latest when ctx ends, even if the storage's
 // Lock does not honour ctx (it then runs on in the background and, should it
 // succeed later, its lock is released at once). An already ended ctx fails
-// without touching the storage. The error then wraps ctx.Err(); while an
-// earlier storage call is stuck, it wraps token.ErrStoreUnresponsive.
+// without touching the storage. The error then wraps ctx.Err(); while the
+// gate leaves the storage alone after a call that did not return, it wraps
+// token.ErrStoreUnresponsive.
 //
 // With certmagic.FileStorage (v0.25.6) a waiter polls: it retries every
 // second, so a released lock is noticed up to 1 s late. A holder keeps its

@@ -42,8 +42,9 @@ type StuckReporter interface {
 }
 
 // ErrStoreUnresponsive is wrapped by a Store's errors when the storage did
-// not answer in time, or an earlier call to it has not returned yet: the
-// source then leaves the store alone for the rest of the fetch.
+// not answer in time, or the store leaves it alone after an earlier call
+// that has not returned: the source then leaves the store alone for the
+// rest of the fetch.
 var ErrStoreUnresponsive = errors.New("the storage does not answer")
 
 // StoreResult is the outcome of one use of the store, for metrics.
