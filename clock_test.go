@@ -168,12 +168,12 @@ func TestE2EPeerClockAhead(t *testing.T) {
 
 // TestE2ENoTokenInItsLastMoments: the upstream is 50 ms away, and the
 // token endpoint fails after the first token. A token the API accepts for
-// exactly its 4 s (an opaque token: expires_in is all Caddy knows of it)
+// exactly its 6 s (an opaque token: expires_in is all Caddy knows of it)
 // is not sent in its last moments, where it would arrive dead: no request
 // reaches the upstream with an expired token (no 401 there); clients get
-// 200s, then, past the token's safety margin (200 ms), 503s.
+// 200s, then, past the token's safety margin (300 ms), 503s.
 func TestE2ENoTokenInItsLastMoments(t *testing.T) {
-	const ttl, transit = 4 * time.Second, 50 * time.Millisecond
+	const ttl, transit = 6 * time.Second, 50 * time.Millisecond
 	e := newE2E(t, ttl)
 	e.desko.SetOpaqueTokens(true)
 	e.loadUpstream("warm_up off", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -196,8 +196,10 @@ func (s *Source) exchange(ctx context.Context, c *Credentials) (*Token, *Error) 
 
 // noteSkew reads the clock skew of the token endpoint from the Date header
 // of an answer received at now: how far its clock is ahead of this
-// machine's. Under skewFloor it is taken for none (Date has a resolution
-// of one second); an answer without a usable Date keeps the last estimate.
+// machine's. Date has a resolution of one second: the endpoint's clock is
+// taken to read the end of that second, the latest it can, so that a token
+// looks a little shorter-lived, never longer. Under skewFloor the skew is
+// taken for none; an answer without a usable Date keeps the last estimate.
 // The first skew over skewWarn is logged (WARN), once per source. It
 // returns the estimate.
 func (s *Source) noteSkew(date string, now time.Time) time.Duration {
@@ -205,7 +207,7 @@ func (s *Source) noteSkew(date string, now time.Time) time.Duration {
 	if date == "" || err != nil {
 		return s.serverSkew()
 	}
-	skew := at.Sub(now.Round(0))
+	skew := at.Add(time.Second).Sub(now.Round(0))
 	if skew.Abs() < skewFloor {
 		skew = 0
 	}

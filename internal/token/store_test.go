@@ -353,15 +353,19 @@ func TestDateSkew(t *testing.T) {
 			s := newTestSource(t, srv.tokenURL(), func(c *Config) { c.Logger = zap.New(core) })
 			s.SetStore(st)
 			tok := mustGet(t, s)
-			if got := time.Until(tok.Expiry()); got != 100*time.Second {
-				t.Fatalf("the token expires in %v, want its real 100s", got)
+			// Its real 100 s, less up to a second: the Date header's second
+			// is taken to have ended.
+			if got := time.Until(tok.Expiry()); got != 99*time.Second {
+				t.Fatalf("the token expires in %v, want 99s", got)
 			}
-			if e := st.stored(); e == nil || !e.Obtained.Equal(time.Now().Add(skew)) || !e.Expiry.Equal(time.Now().Add(skew+100*time.Second)) {
-				t.Errorf("stored %+v; want the times on the endpoint's clock (%v ahead)", e, skew)
+			// The endpoint's clock as the source reads it: a second late.
+			read := skew + time.Second
+			if e := st.stored(); e == nil || !e.Obtained.Equal(time.Now().Add(read)) || !e.Expiry.Equal(time.Now().Add(read+99*time.Second)) {
+				t.Errorf("stored %+v; want the times on the endpoint's clock (%v ahead)", e, read)
 			}
 			settle(5 * time.Minute) // a few refreshes
 			warns := logs.FilterLevelExact(zapcore.WarnLevel).All()
-			if len(warns) != 1 || !strings.Contains(warns[0].Message, "clock") || warns[0].ContextMap()["skew"] != skew {
+			if len(warns) != 1 || !strings.Contains(warns[0].Message, "clock") || warns[0].ContextMap()["skew"] != skew+time.Second {
 				t.Fatalf("WARNs %v; want one about the clock, with the skew %v", warns, skew)
 			}
 			for _, e := range logs.All() {
@@ -381,6 +385,18 @@ func TestDateSkew(t *testing.T) {
 			}
 		})
 	}
+	inBubble(t, "mid-second", func(t *testing.T) {
+		// The answer comes half a second into a second: its Date reads the
+		// second's start. The token must not look longer-lived than its exp.
+		time.Sleep(500 * time.Millisecond)
+		srv := newTokenServer(t, dated(10*time.Minute, 100*time.Second))
+		s := newTestSource(t, srv.tokenURL())
+		tok := mustGet(t, s)
+		real := time.Unix(time.Now().Add(10*time.Minute+100*time.Second).Unix(), 0).Add(-10 * time.Minute) // the exp, on this clock
+		if got := tok.Expiry(); got.After(real) || real.Sub(got) > time.Second {
+			t.Errorf("the token expires at %v; want at most its exp (%v), within a second", got, real)
+		}
+	})
 	inBubble(t, "a second off", func(t *testing.T) {
 		srv := newTokenServer(t, dated(-time.Second, 100*time.Second))
 		core, logs := observer.New(zapcore.WarnLevel)
