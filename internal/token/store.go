@@ -27,7 +27,10 @@ type Store interface {
 	Lock(ctx context.Context, c *Credentials) (unlock func(), err error)
 }
 
-// Stored is what a fleet shares: a token and its wall-clock times.
+// Stored is what a fleet shares: a token and its wall-clock times, on the
+// token endpoint's clock as the instance that stored them read it from the
+// Date header of its answers (on its own clock if they had none). Its
+// lifetime is Expiry - Obtained.
 type Stored struct {
 	AccessToken string    `json:"access_token"`
 	Obtained    time.Time `json:"obtained"`
