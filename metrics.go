@@ -7,6 +7,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/deskoproxy/caddy-desko-auth/internal/token"
 )
 
 // The collectors are created once per process and registered into each
@@ -22,6 +24,9 @@ var metrics = struct {
 	tenants  *prometheus.GaugeVec
 	starts   *prometheus.CounterVec
 	evicts   *prometheus.CounterVec
+	// sharedState reads the state of each source's shared cache when
+	// scraped.
+	sharedState sharedCacheCollector
 }{
 	fetches: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "desko_auth",
@@ -69,6 +74,12 @@ var metrics = struct {
 		Name:      "tenant_evictions_total",
 		Help:      "credentials_dir tenants released, by reason (idle, max_tenants, removed, unloaded).",
 	}, []string{"source", "reason"}),
+	sharedState: sharedCacheCollector{
+		degraded: prometheus.NewDesc("desko_auth_shared_cache_degraded",
+			"1 while the shared token cache is in an outage (tokens are fetched per instance), else 0.", []string{"source"}, nil),
+		stuck: prometheus.NewDesc("desko_auth_shared_cache_stuck_calls",
+			"Calls to the shared cache's storage that outlived their callers and have not returned.", []string{"source"}, nil),
+	},
 }
 
 // fetchOK is the result label of a token request that succeeded; the
@@ -143,7 +154,7 @@ var (
 func registerCollectors(ctx caddy.Context) {
 	if reg := ctx.GetMetricsRegistry(); reg != nil {
 		for _, c := range []prometheus.Collector{metrics.fetches, metrics.duration, metrics.expiry, metrics.requests, metrics.shared,
-			metrics.creds, metrics.tenants, metrics.starts, metrics.evicts} {
+			metrics.sharedState, metrics.creds, metrics.tenants, metrics.starts, metrics.evicts} {
 			if err := reg.Register(c); err != nil && !errors.As(err, new(prometheus.AlreadyRegisteredError)) {
 				ctx.Logger().Warn("registering metrics") // a programming error; metrics are not vital
 			}
@@ -183,3 +194,45 @@ func (m *sourceMetrics) fetched(result string, took time.Duration) {
 
 // count counts one handled request by outcome.
 func (m *sourceMetrics) count(o outcome) { m.requests[o].Inc() }
+
+// sharedCacheCollector reports, when scraped, the state of the shared
+// cache of every live source that has one: desko_auth_shared_cache_degraded
+// and desko_auth_shared_cache_stuck_calls. Sources that share a label
+// (same client ID, token URL and scopes, other settings) are added up: the
+// cache is degraded if any is, and their stuck calls are summed.
+type sharedCacheCollector struct {
+	degraded, stuck *prometheus.Desc
+}
+
+// Describe implements prometheus.Collector.
+func (c sharedCacheCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.degraded
+	ch <- c.stuck
+}
+
+// Collect implements prometheus.Collector.
+func (c sharedCacheCollector) Collect(ch chan<- prometheus.Metric) {
+	type state struct{ degraded, stuck float64 }
+	var labels []string
+	by := map[string]*state{}
+	for _, s := range snapshot() { // sorted by label
+		sc := s.engine.SharedCache()
+		if sc == nil {
+			continue
+		}
+		st, ok := by[s.label]
+		if !ok {
+			st = &state{}
+			by[s.label] = st
+			labels = append(labels, s.label)
+		}
+		if sc.State == token.SharedCacheDegraded {
+			st.degraded = 1
+		}
+		st.stuck += float64(sc.StuckCalls)
+	}
+	for _, l := range labels {
+		ch <- prometheus.MustNewConstMetric(c.degraded, prometheus.GaugeValue, by[l].degraded, l)
+		ch <- prometheus.MustNewConstMetric(c.stuck, prometheus.GaugeValue, by[l].stuck, l)
+	}
+}

@@ -60,6 +60,8 @@ type Server struct {
 	revokePrevious bool
 	retryAfter     string
 	omitExpiresIn  bool
+	clockOffset    time.Duration
+	opaque         bool
 	tokens         map[string]time.Time // token → expiry
 	scopes         map[string]string    // token → scope it was issued for
 	everIssued     []string
@@ -106,6 +108,18 @@ func (s *Server) SetRetryAfter(v string) { s.mu.Lock(); s.retryAfter = v; s.mu.U
 // SetOmitExpiresIn leaves expires_in out of token answers (the JWT exp
 // claim still carries the lifetime).
 func (s *Server) SetOmitExpiresIn(b bool) { s.mu.Lock(); s.omitExpiresIn = b; s.mu.Unlock() }
+
+// SetClockOffset makes the token endpoint's clock run d ahead of the real
+// one (behind if d is negative): its Date header and the exp claims of its
+// tokens are on that clock. The tokens still live ttl.
+func (s *Server) SetClockOffset(d time.Duration) { s.mu.Lock(); s.clockOffset = d; s.mu.Unlock() }
+
+// SetOpaqueTokens makes the token endpoint issue opaque tokens (not JWTs),
+// which the API accepts for exactly ttl after they were issued, to the
+// nanosecond: only expires_in tells a client their lifetime. JWTs, the
+// default, are accepted until their exp claim, in whole seconds, rounded
+// up.
+func (s *Server) SetOpaqueTokens(b bool) { s.mu.Lock(); s.opaque = b; s.mu.Unlock() }
 
 // SetRevokePrevious makes each new token revoke all earlier ones, as some
 // OAuth servers do.
@@ -186,8 +200,11 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 	body, _ := io.ReadAll(io.LimitReader(r.Body, 1<<20))
 	s.mu.Lock()
 	s.lastTokenReq, s.lastTokenBody = r.Clone(r.Context()), body
-	mode, ttl, delay, retryAfter, omit := s.mode, s.ttl, s.delay, s.retryAfter, s.omitExpiresIn
+	mode, ttl, delay, retryAfter, omit, offset := s.mode, s.ttl, s.delay, s.retryAfter, s.omitExpiresIn, s.clockOffset
 	s.mu.Unlock()
+	if offset != 0 {
+		w.Header().Set("Date", time.Now().Add(offset).UTC().Format(http.TimeFormat))
+	}
 	if delay > 0 {
 		select {
 		case <-time.After(delay):
@@ -242,27 +259,40 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 }
 
 // issue makes a JWT-shaped token (unsigned: the stand-in checks its own
-// list) and records it.
+// list), or an opaque one, and records it.
 func (s *Server) issue(ttl time.Duration, scope string) string {
-	// exp is in whole seconds; round up so that the claim and expires_in
-	// agree and the stand-in's own check uses the same instant.
-	exp := time.Now().Add(ttl)
-	if t := exp.Truncate(time.Second); !t.Equal(exp) {
-		exp = t.Add(time.Second)
-	}
+	s.mu.Lock()
+	offset, opaque := s.clockOffset, s.opaque
+	s.mu.Unlock()
 	var nonce [12]byte
 	_, _ = rand.Read(nonce[:])
-	enc := base64.RawURLEncoding
-	header := enc.EncodeToString([]byte(`{"alg":"none","typ":"JWT"}`))
-	claims, _ := json.Marshal(map[string]any{
-		"sub": s.clientID, "scope": scope, "exp": exp.Unix(), "jti": hex.EncodeToString(nonce[:]),
-	})
-	tok := header + "." + enc.EncodeToString(claims) + "." + enc.EncodeToString(nonce[:])
+	now := time.Now()
+	var tok string
+	var expires time.Time // on the real clock
+	if opaque {
+		tok = "opaque-" + hex.EncodeToString(nonce[:])
+		expires = now.Add(ttl)
+	} else {
+		// exp is in whole seconds on the endpoint's clock; round up so
+		// that the claim and expires_in agree and the stand-in's own check
+		// uses the same instant.
+		exp := now.Add(offset + ttl)
+		if t := exp.Truncate(time.Second); !t.Equal(exp) {
+			exp = t.Add(time.Second)
+		}
+		enc := base64.RawURLEncoding
+		header := enc.EncodeToString([]byte(`{"alg":"none","typ":"JWT"}`))
+		claims, _ := json.Marshal(map[string]any{
+			"sub": s.clientID, "scope": scope, "exp": exp.Unix(), "jti": hex.EncodeToString(nonce[:]),
+		})
+		tok = header + "." + enc.EncodeToString(claims) + "." + enc.EncodeToString(nonce[:])
+		expires = exp.Add(-offset)
+	}
 	s.mu.Lock()
 	if s.revokePrevious {
 		clear(s.tokens)
 	}
-	s.tokens[tok] = exp
+	s.tokens[tok] = expires
 	s.scopes[tok] = scope
 	s.everIssued = append(s.everIssued, tok)
 	s.mu.Unlock()

@@ -250,7 +250,8 @@ func (e *Entry) GoString() string {
 // entry replaced between the two calls) is rejected too. The calls run
 // through the gate: Load returns when ctx ends at the latest, with an error
 // wrapping ctx.Err(), and at once, with one wrapping
-// token.ErrStoreUnresponsive, while an earlier call is stuck.
+// token.ErrStoreUnresponsive, while the gate leaves the storage alone after
+// a call that did not return (see gate).
 //
 // A token is returned whatever its expiry: judging it is the caller's job.
 func (e *Entry) Load(ctx context.Context, c *token.Credentials) (*token.Stored, error) {
@@ -412,4 +413,15 @@ func (e *Entry) Succeed(prev token.Store) {
 	}
 }
 
-var _ token.Store = (*Entry)(nil)
+// StuckCalls is how many of the entry's storage calls outlived their
+// callers and have not returned (see gate): goroutines blocked in a storage
+// that does not answer. It implements token.StuckReporter.
+func (e *Entry) StuckCalls() int {
+	n, _ := e.gate.state()
+	return n
+}
+
+var (
+	_ token.Store         = (*Entry)(nil)
+	_ token.StuckReporter = (*Entry)(nil)
+)

@@ -134,6 +134,19 @@ const (
 	minTokenLifetime   = time.Second
 	minRefreshInterval = time.Second
 
+	// safetyMarginDivisor and maxSafetyMargin set a token's safety margin:
+	// it is not used in the last 1/20 (5%) of its life, nor in its last
+	// 10 s.
+	safetyMarginDivisor = 20
+	maxSafetyMargin     = 10 * time.Second
+
+	// skewFloor is the smallest difference between the token endpoint's
+	// Date header and this machine's clock that is taken for a clock skew
+	// (Date has a resolution of one second, and the answer takes a while);
+	// skewWarn the one that is worth a WARN.
+	skewFloor = 2 * time.Second
+	skewWarn  = 30 * time.Second
+
 	transientBackoffMin = 1 * time.Second
 	transientBackoffMax = 60 * time.Second
 	refusedBackoffMin   = 5 * time.Second

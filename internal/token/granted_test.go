@@ -29,7 +29,7 @@ func TestGrantedScopes(t *testing.T) {
 		"application/json":                  `{"access_token":"abc","expires_in":60,"scope":"x y"}`,
 		"application/x-www-form-urlencoded": `access_token=abc&expires_in=60&scope=x+y`,
 	} {
-		p, err := parseAnswer(ct, []byte(body), time.Now(), time.Minute)
+		p, err := parseAnswer(ct, []byte(body), time.Now(), 0, time.Minute)
 		if err != nil || p.Granted() != "x y" {
 			t.Errorf("%s: Granted() = %q, %v; want \"x y\"", ct, p.Granted(), err)
 		}

@@ -13,6 +13,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"go.uber.org/zap"
 )
 
 // AuthStyle is how the client authenticates to the token endpoint.
@@ -220,6 +222,7 @@ func (s *Source) exchange(ctx context.Context, c *Credentials) (*Token, *Error) 
 		return nil, s.transportError(err)
 	}
 	defer resp.Body.Close()
+	skew := s.noteSkew(resp.Header.Get("Date"), time.Now())
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxBodyBytes+1))
 	if err != nil {
 		return nil, &Error{Kind: KindTransient, Status: resp.StatusCode, Message: "reading the answer", Err: s.scrubber().Error(redactURLError(err))}
@@ -230,7 +233,7 @@ func (s *Source) exchange(ctx context.Context, c *Credentials) (*Token, *Error) 
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		return nil, s.statusError(resp, body)
 	}
-	p, perr := parseAnswer(resp.Header.Get("Content-Type"), body, time.Now(), s.cfg.DefaultTTL)
+	p, perr := parseAnswer(resp.Header.Get("Content-Type"), body, time.Now(), skew, s.cfg.DefaultTTL)
 	if errors.Is(perr, errOAuthErrorAnswer) {
 		return nil, s.statusError(resp, body)
 	}
@@ -243,3 +246,40 @@ func (s *Source) exchange(ctx context.Context, c *Credentials) (*Token, *Error) 
 	}
 	return p.Token, nil
 }
+
+// noteSkew reads the clock skew of the token endpoint from the Date header
+// of an answer received at now: how far its clock is ahead of this
+// machine's. Date has a resolution of one second: the endpoint's clock is
+// taken to read the end of that second, the latest it can, so that a token
+// looks a little shorter-lived, never longer. Under skewFloor the skew is
+// taken for none; an answer without a usable Date keeps the last estimate.
+// The first skew over skewWarn is logged (WARN), once per source. It
+// returns the estimate.
+func (s *Source) noteSkew(date string, now time.Time) time.Duration {
+	at, err := http.ParseTime(date)
+	if date == "" || err != nil {
+		return s.serverSkew()
+	}
+	skew := at.Add(time.Second).Sub(now.Round(0))
+	if skew.Abs() < skewFloor {
+		skew = 0
+	}
+	s.skew.Store(int64(skew))
+	if skew.Abs() > skewWarn {
+		s.mu.Lock()
+		warn := !s.warnedSkew
+		s.warnedSkew = true
+		s.mu.Unlock()
+		if warn {
+			s.log.Warn("the token endpoint's clock differs from this machine's; reading token expiries on the endpoint's clock",
+				zap.Duration("skew", skew.Round(time.Second)))
+		}
+	}
+	return skew
+}
+
+// serverSkew is the last estimate of how far the token endpoint's clock is
+// ahead of this machine's (0 if none, or under skewFloor). The entries a
+// source stores are on the endpoint's clock, so that instances whose
+// clocks differ read the same instants from them.
+func (s *Source) serverSkew() time.Duration { return time.Duration(s.skew.Load()) }

@@ -39,8 +39,12 @@ type Source struct {
 
 	// store is the fleet-wide token store (nil: none).
 	store atomic.Pointer[storeHolder]
-	// storeDown is set while the store fails (to log once).
-	storeDown atomic.Bool
+	// storeHealth is the source's view of the store: ok, or in an outage.
+	storeHealth storeHealth
+	// skew is how far the token endpoint's clock is ahead of this
+	// machine's, in nanoseconds, as its last Date header said (0 below
+	// skewFloor); see noteSkew.
+	skew atomic.Int64
 
 	mu          sync.Mutex
 	flight      *flight
@@ -55,12 +59,13 @@ type Source struct {
 	fetches       uint64
 	// guard and budget bound the token requests that upstream 401s cause
 	// (see Rejected).
-	guard     guard
-	budget    *rate.Limiter
-	budgetDry bool
-	everOK    bool
-	loggedTTL bool
-	closed    bool
+	guard      guard
+	budget     *rate.Limiter
+	budgetDry  bool
+	everOK     bool
+	loggedTTL  bool
+	warnedSkew bool
+	closed     bool
 	// timer wakes the source for its next refresh or retry.
 	timer *time.Timer
 }
@@ -147,9 +152,9 @@ func (s *Source) Scrub(text string) string { return s.scrubber().Scrub(text) }
 // it, Get waits for its replacement; if that fetch fails, the current token
 // is returned until it expires.
 func (s *Source) Get(ctx context.Context) (*Token, error) {
-	// time.Until reads only the monotonic clock (t.expiry carries a
+	// time.Until reads only the monotonic clock (t.usableUntil carries a
 	// monotonic reading), which time.Now would read with the wall clock.
-	if t := s.cur.Load(); t != nil && t != s.rejected.Load() && time.Until(t.expiry) > 0 {
+	if t := s.cur.Load(); t != nil && t != s.rejected.Load() && time.Until(t.usableUntil) > 0 {
 		return t, nil
 	}
 	return s.slowGet(ctx)
@@ -161,7 +166,7 @@ func (s *Source) Get(ctx context.Context) (*Token, error) {
 // (the rejection may have been about another request; if it was about the
 // token, this request's 401 is replayed with the replacement).
 func (s *Source) GetReplayable(ctx context.Context) (*Token, error) {
-	if t := s.cur.Load(); t != nil && time.Until(t.expiry) > 0 {
+	if t := s.cur.Load(); t != nil && time.Until(t.usableUntil) > 0 {
 		return t, nil
 	}
 	return s.slowGet(ctx)

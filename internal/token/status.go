@@ -45,6 +45,8 @@ type Status struct {
 	NextRetryAt time.Time `json:"next_retry_at,omitzero"`
 	LastError   string    `json:"last_error,omitempty"`
 	Fetches     uint64    `json:"fetches"`
+	// SharedCache is the state of the shared cache; nil without one.
+	SharedCache *SharedCacheStatus `json:"shared_cache,omitempty"`
 }
 
 // Status returns a snapshot for operators.
@@ -73,5 +75,6 @@ func (s *Source) Status() Status {
 		st.LastError = s.lastErr.Error()
 		st.NextRetryAt = s.nextAttempt.Round(0)
 	}
+	st.SharedCache = s.SharedCache()
 	return st
 }

@@ -10,9 +10,12 @@ import (
 type Token struct {
 	// Value is the raw access token.
 	Value string
-	// obtained and expiry carry the monotonic clock reading.
+	// obtained, expiry and usableUntil carry the monotonic clock reading.
 	obtained time.Time
 	expiry   time.Time
+	// usableUntil is when the token stops being handed out: its safety
+	// margin before expiry (see safetyMargin).
+	usableUntil time.Time
 	// wallExpiry is the wall-clock expiry, for status and metrics.
 	wallExpiry time.Time
 	// refreshAt is when the source replaces it (monotonic).
@@ -34,8 +37,29 @@ func (t *Token) Worked() {
 	}
 }
 
-// Valid reports whether the token is usable at now.
-func (t *Token) Valid(now time.Time) bool { return t != nil && now.Before(t.expiry) }
+// newToken returns a token obtained at obtained that expires at expiry
+// (both with the monotonic reading) and at wallExpiry on the wall clock.
+func newToken(value string, obtained, expiry, wallExpiry time.Time) *Token {
+	return &Token{
+		Value:       value,
+		obtained:    obtained,
+		expiry:      expiry,
+		wallExpiry:  wallExpiry,
+		usableUntil: expiry.Add(-safetyMargin(expiry.Sub(obtained))),
+	}
+}
+
+// safetyMargin is how long before its expiry a token of the given lifetime
+// stops being used: 5% of its life, at most maxSafetyMargin. A request
+// sent in the last moments of a token's life would reach the upstream with
+// a dead token (transit, the token endpoint's clock, a late answer).
+func safetyMargin(life time.Duration) time.Duration {
+	return min(max(life, 0)/safetyMarginDivisor, maxSafetyMargin)
+}
+
+// Valid reports whether the token is usable at now: before its safety
+// margin.
+func (t *Token) Valid(now time.Time) bool { return t != nil && now.Before(t.usableUntil) }
 
 // Expiry is when the token expires, on the wall clock.
 func (t *Token) Expiry() time.Time { return t.wallExpiry }
