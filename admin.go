@@ -56,7 +56,6 @@ type SourceStatus struct {
 	TokenHeaders []string       `json:"token_headers,omitempty"`
 	Timeout      caddy.Duration `json:"timeout"`
 	DefaultTTL   caddy.Duration `json:"default_ttl"`
-	SharedCache  bool           `json:"shared_cache,omitempty"`
 	CustomTLS    bool           `json:"custom_tls,omitempty"`
 	token.Status
 	// Sites is how many handlers share the source.
@@ -95,7 +94,6 @@ func describe(s *source) SourceStatus {
 		TokenHeaders: slices.Sorted(maps.Keys(s.id.TokenHeaders)),
 		Timeout:      caddy.Duration(s.id.Timeout),
 		DefaultTTL:   caddy.Duration(s.id.DefaultTTL),
-		SharedCache:  s.id.SharedCache != "",
 		CustomTLS:    s.id.TLS != "",
 		Status:       s.engine.Status(),
 		Sites:        sites,

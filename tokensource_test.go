@@ -94,7 +94,7 @@ func TestE2ESourceLabelsAreDistinct(t *testing.T) {
 		sawParam = sawParam || (len(s.Params) == 1 && s.Params[0] == "audience")
 		sawHeader = sawHeader || (len(s.TokenHeaders) == 1 && s.TokenHeaders[0] == "X-Tenant")
 		sawForm = sawForm || s.AuthStyle == "form"
-		sawShared = sawShared || s.SharedCache
+		sawShared = sawShared || s.Status.SharedCache != nil
 		sawTLS = sawTLS || s.CustomTLS
 		if strings.Contains(s.TokenURL, "tenant=2") {
 			t.Errorf("the status shows the token URL's query: %s", s.TokenURL)
