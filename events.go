@@ -2,8 +2,12 @@ package deskoauth
 
 import (
 	"errors"
+	"reflect"
+	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyevents"
@@ -30,7 +34,8 @@ const (
 	EventCredentialsChanged = "desko_auth_credentials_changed"
 )
 
-// emitter is a config's events app and the context to emit with.
+// emitter is a config's events app and the context to emit with, whose
+// ancestry is its own (withOwnAncestry).
 type emitter struct {
 	app *caddyevents.App
 	ctx caddy.Context
@@ -51,8 +56,47 @@ func (o *sourceObserver) useEvents(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	o.emit.p.Store(&emitter{app: app.(*caddyevents.App), ctx: ctx})
+	own, ok := withOwnAncestry(ctx)
+	if !ok {
+		ancestryWarning.Do(func() {
+			ctx.Logger().Warn("events may name another module as their origin: this Caddy's caddy.Context has no " +
+				"ancestry field of type []caddy.Module, so the module's context cannot be kept apart from its siblings'")
+		})
+	}
+	o.emit.p.Store(&emitter{app: app.(*caddyevents.App), ctx: own})
 	return nil
+}
+
+// moduleSliceType is the type of caddy.Context's unexported ancestry field.
+var moduleSliceType = reflect.TypeFor[[]caddy.Module]()
+
+// ancestryWarning makes the WARN of a caddy.Context without the expected
+// ancestry field once per process.
+var ancestryWarning sync.Once
+
+// withOwnAncestry returns ctx with a private copy of its module ancestry
+// (the modules that led to the one ctx provisions, that one last), so that
+// ctx.Module() stays the module provisioned with it.
+//
+// Events need it. caddy.NewEvent takes the event's origin from
+// ctx.Module(), the last slot of the ancestry slice. Caddy's
+// LoadModuleByID appends each module of a list to its parent's ancestry:
+// when that slice has room, the handlers of one route get ancestries that
+// share one backing array, and the handler provisioned after desko_auth
+// (reverse_proxy) overwrites the last slot of the context desko_auth kept
+// from Provision. Its events then named reverse_proxy as their origin and
+// missed subscriptions filtered by module. Caddy has no API that copies a
+// context's ancestry, so this copies the unexported field, guarded: if
+// caddy.Context has no field ancestry of type []caddy.Module, ctx is
+// returned as it is and ok is false (events_test.go fails on such a Caddy).
+func withOwnAncestry(ctx caddy.Context) (_ caddy.Context, ok bool) {
+	f := reflect.ValueOf(&ctx).Elem().FieldByName("ancestry")
+	if !f.IsValid() || f.Type() != moduleSliceType {
+		return ctx, false
+	}
+	p := (*[]caddy.Module)(unsafe.Pointer(f.UnsafeAddr()))
+	*p = slices.Clip(slices.Clone(*p))
+	return ctx, true
 }
 
 // fetched emits the event of a token request's outcome. Event handlers run
