@@ -3,6 +3,7 @@ package deskoauth
 import (
 	"bufio"
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -292,9 +293,22 @@ func TestE2ELarge401IsStreamedNotHeld(t *testing.T) {
 	if s != 401 || body != string(big) {
 		t.Fatalf("status %d, %d bytes; want the upstream's 401 with its %d bytes", s, len(body), len(big))
 	}
-	if s, _, _ := e.do("GET", "/next", ""); s != 200 {
-		t.Fatalf("status %d after the large 401", s)
-	}
+	// The replacement is fetched in the background, and a request that can
+	// be replayed does not wait for it: until it lands, requests carry the
+	// first token (which still works here). Wait for one that carries the
+	// new token, so that it has worked before the next 401 (a token
+	// rejected before it worked is replaced only once it is 1 s old).
+	waitFor(t, "a request that carries the replacement", func() bool {
+		s, _, body := e.do("GET", "/next", "")
+		if s != 200 {
+			t.Fatalf("status %d after the large 401", s)
+		}
+		var a struct {
+			Serial int `json:"token_serial"`
+		}
+		_ = json.Unmarshal([]byte(body), &a)
+		return a.Serial == 2
+	})
 	if n := e.desko.TokenRequests(); n != 2 {
 		t.Errorf("token requests = %d, want 2 (the large 401 invalidated the token)", n)
 	}

@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"slices"
 	"strings"
@@ -29,10 +30,20 @@ const SlowPrefix = "/slow/"
 const SlowDelay = 1500 * time.Millisecond
 
 // DeniedPrefix is a path prefix on which the API answers 401 whatever the
-// token, as a path guarded by some other authorisation would.
+// token, as a path guarded by some other authorisation would. Its 401s say
+// that the token is invalid (InvalidTokenChallenge), as a careless upstream
+// would: the worst case for a client that reads WWW-Authenticate. Change
+// that with SetDeniedChallenge.
 const DeniedPrefix = "/denied/"
 
-// StatsPath answers the stand-in's counters as JSON (for scripts).
+// InvalidTokenChallenge is the WWW-Authenticate field the API sends with
+// its 401s (RFC 6750 §3.1), those under DeniedPrefix included unless
+// SetDeniedChallenge changed them.
+const InvalidTokenChallenge = `Bearer error="invalid_token"`
+
+// StatsPath answers the stand-in's counters as JSON (for scripts):
+// token_requests, token_requests_by_scope (by the JSON scope they asked
+// for, as they arrive), api_requests, api_rejected.
 const StatsPath = "/_standin/stats"
 
 // Mode says how the token endpoint answers.
@@ -62,6 +73,8 @@ type Server struct {
 	omitExpiresIn  bool
 	clockOffset    time.Duration
 	opaque         bool
+	deniedSet      bool                 // deniedChal replaces InvalidTokenChallenge
+	deniedChal     string               // on DeniedPrefix's 401s; "" sends none
 	tokens         map[string]time.Time // token → expiry
 	scopes         map[string]string    // token → scope it was issued for
 	everIssued     []string
@@ -69,6 +82,7 @@ type Server struct {
 	lastTokenReq   *http.Request
 	lastTokenBody  []byte
 	tokenRequests  atomic.Int64
+	byScope        map[string]int64 // token requests by the scope they asked for
 	apiRequests    atomic.Int64
 	apiRejected    atomic.Int64
 	unauthFirst    atomic.Int64 // answer this many API requests 401 regardless
@@ -125,6 +139,15 @@ func (s *Server) SetOpaqueTokens(b bool) { s.mu.Lock(); s.opaque = b; s.mu.Unloc
 // OAuth servers do.
 func (s *Server) SetRevokePrevious(b bool) { s.mu.Lock(); s.revokePrevious = b; s.mu.Unlock() }
 
+// SetDeniedChallenge sets the WWW-Authenticate field of the 401s under
+// DeniedPrefix: v as is, or none if v is "". (The default is
+// InvalidTokenChallenge.) Other 401s keep InvalidTokenChallenge.
+func (s *Server) SetDeniedChallenge(v string) {
+	s.mu.Lock()
+	s.deniedSet, s.deniedChal = true, v
+	s.mu.Unlock()
+}
+
 // RevokeAll makes every token issued so far invalid for the API.
 func (s *Server) RevokeAll() { s.mu.Lock(); clear(s.tokens); s.mu.Unlock() }
 
@@ -168,10 +191,14 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.serveToken(w, r)
 		return
 	case StatsPath:
-		writeJSON(w, http.StatusOK, map[string]int64{
-			"token_requests": s.TokenRequests(),
-			"api_requests":   s.APIRequests(),
-			"api_rejected":   s.APIRejected(),
+		s.mu.Lock()
+		byScope := maps.Clone(s.byScope)
+		s.mu.Unlock()
+		writeJSON(w, http.StatusOK, map[string]any{
+			"token_requests":          s.TokenRequests(),
+			"token_requests_by_scope": byScope,
+			"api_requests":            s.APIRequests(),
+			"api_rejected":            s.APIRejected(),
 		})
 		return
 	}
@@ -198,7 +225,15 @@ func deskoError(w http.ResponseWriter, status int, msg string) {
 func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 	s.tokenRequests.Add(1)
 	body, _ := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+	var asked struct {
+		Scope string `json:"scope"`
+	}
+	_ = json.Unmarshal(body, &asked) // counted by scope as it arrives
 	s.mu.Lock()
+	if s.byScope == nil {
+		s.byScope = map[string]int64{}
+	}
+	s.byScope[asked.Scope]++
 	s.lastTokenReq, s.lastTokenBody = r.Clone(r.Context()), body
 	mode, ttl, delay, retryAfter, omit, offset := s.mode, s.ttl, s.delay, s.retryAfter, s.omitExpiresIn, s.clockOffset
 	s.mu.Unlock()
@@ -333,12 +368,20 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
 	if n := s.unauthFirst.Load(); n > 0 && s.unauthFirst.CompareAndSwap(n, n-1) {
 		ok = false
 	}
-	if strings.HasPrefix(r.URL.Path, DeniedPrefix) {
-		ok = false
-	}
-	if !ok || !s.Valid(tok) {
+	denied := strings.HasPrefix(r.URL.Path, DeniedPrefix)
+	if !ok || denied || !s.Valid(tok) {
 		s.apiRejected.Add(1)
-		w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
+		challenge := InvalidTokenChallenge
+		if denied {
+			s.mu.Lock()
+			if s.deniedSet {
+				challenge = s.deniedChal
+			}
+			s.mu.Unlock()
+		}
+		if challenge != "" {
+			w.Header().Set("WWW-Authenticate", challenge)
+		}
 		w.Header().Set("X-Attempt-Rejected", "yes")
 		deskoError(w, http.StatusUnauthorized, "Unauthenticated.")
 		return
