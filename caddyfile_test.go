@@ -306,12 +306,14 @@ func TestValidate(t *testing.T) {
 			h.Timeout = caddy.Duration(time.Second)
 			h.DefaultTTL = caddy.Duration(time.Minute)
 			h.ReplayBodyLimit = int64Ptr(0)
+			h.ReplayMemory = int64Ptr(MaxReplayMemory)
 			h.RetryOnUnauthorized = boolPtr(false)
 			h.WarmUp = boolPtr(false)
 		}, ""},
 		{"http token_url", func(h *Handler) { h.TokenURL = "http://127.0.0.1:8080/token" }, ""},
 		{"token_url placeholder is checked only after expansion", func(h *Handler) { h.TokenURL = "{env.DESKO_TOKEN_URL}" }, ""},
 		{"zero timeout means default", func(h *Handler) { h.Timeout = 0 }, ""},
+		{"replay_body_limit at the maximum", func(h *Handler) { h.ReplayBodyLimit = int64Ptr(MaxReplayBodyLimit) }, ""},
 
 		{"missing client_id", func(h *Handler) { h.ClientID = "" }, "client_id|required"},
 		{"blank client_id", func(h *Handler) { h.ClientID = "  \t" }, "client_id|required"},
@@ -326,6 +328,9 @@ func TestValidate(t *testing.T) {
 		{"negative default_ttl", func(h *Handler) { h.DefaultTTL = caddy.Duration(-time.Second) }, "default_ttl"},
 		{"negative replay_body_limit", func(h *Handler) { h.ReplayBodyLimit = int64Ptr(-1) }, "replay_body_limit|negative"},
 		{"negative replay_memory", func(h *Handler) { h.ReplayMemory = int64Ptr(-1) }, "replay_memory|negative"},
+		{"replay_body_limit over the maximum", func(h *Handler) { h.ReplayBodyLimit = int64Ptr(MaxReplayBodyLimit + 1) }, "replay_body_limit|maximum|64 MiB"},
+		{"replay_memory over the maximum", func(h *Handler) { h.ReplayMemory = int64Ptr(MaxReplayMemory + 1) }, "replay_memory|maximum|4.0 GiB"},
+		{"replay sizes at the Caddyfile's 1TiB", func(h *Handler) { h.ReplayBodyLimit = int64Ptr(1 << 40) }, "replay_body_limit|1.0 TiB|maximum"},
 		{"empty scope", func(h *Handler) { h.Scopes = []string{"a", ""} }, "scope"},
 		{"scope with a space (JSON config)", func(h *Handler) { h.Scopes = []string{"a b"} }, "scope"},
 		{"scope with a quote", func(h *Handler) { h.Scopes = []string{`a"b`} }, "scope"},
