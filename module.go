@@ -55,7 +55,9 @@ type Handler struct {
 	ReplayBodyLimit *int64 `json:"replay_body_limit,omitempty"`
 	// ReplayMemory is the process-wide budget, shared by every credential
 	// set, for request bodies kept for a replay (default 32 MiB, at most
-	// MaxReplayMemory). A body that does not fit is forwarded without a
+	// MaxReplayMemory). It is taken as body bytes arrive, never from a
+	// declared length, and given back once the upstream has answered
+	// anything but a 401. A body that does not fit is forwarded without a
 	// replay. When several handlers set it, the largest value applies; 0
 	// keeps no body (bodiless requests are still replayed).
 	ReplayMemory *int64 `json:"replay_memory,omitempty"`
