@@ -70,19 +70,23 @@ func (a *attempt) keepBody() bool {
 		}
 		limit = r.ContentLength
 	}
-	a.body = newReplayBody(r.Body, limit)
+	a.body = newReplayBody(r.Body, limit, tokenTrailers{r: r, name: a.h.header})
 	r.Body = a.body
 	return true
 }
 
-// forward sets the token header and sends the request on through next,
-// watching the answer: a 401 is held back when the request may be
-// replayed; any other answer gives the kept body's memory back at once.
+// forward sets the token header (and keeps the client from sending its own
+// as a trailer) and sends the request on through next, watching the
+// answer: a 401 is held back when the request may be replayed; any other
+// answer gives the kept body's memory back at once.
 func (a *attempt) forward(next caddyhttp.Handler, tok *token.Token) error {
 	a.tok = tok
 	a.value = a.h.setToken(a.r, tok)
 	if _, ok := a.r.Header["Connection"]; ok {
 		a.h.keepTokenHeader(a.r)
+	}
+	if mayCarryTrailers(a.r) {
+		a.h.guardTrailers(a.r, a.body != nil)
 	}
 	if a.replay {
 		a.saved.take(a.w.Header())

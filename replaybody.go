@@ -94,7 +94,8 @@ var errBodyDetached = errors.New("desko_auth: request body handed to the replay"
 type replayBody struct {
 	readMu   sync.Mutex // held across each read of src by the first attempt
 	src      io.ReadCloser
-	detached bool // under readMu: the replay took src over
+	trailers tokenTrailers // strips the token header from the trailers at src's EOF
+	detached bool          // under readMu: the replay took src over
 
 	mu         sync.Mutex // guards what follows
 	kept       [][]byte
@@ -107,8 +108,8 @@ type replayBody struct {
 
 // newReplayBody wraps body for a replay of at most limit bytes (the
 // body's length when it is known). It reserves and allocates nothing yet.
-func newReplayBody(body io.ReadCloser, limit int64) *replayBody {
-	return &replayBody{src: body, limit: limit, keeping: true}
+func newReplayBody(body io.ReadCloser, limit int64, trailers tokenTrailers) *replayBody {
+	return &replayBody{src: body, trailers: trailers, limit: limit, keeping: true}
 }
 
 // Read reads from the client's body and keeps what it read.
@@ -118,13 +119,24 @@ func (b *replayBody) Read(p []byte) (int, error) {
 	if b.detached {
 		return 0, errBodyDetached
 	}
-	n, err := b.src.Read(p)
+	n, err := b.readSrc(p)
 	if n > 0 {
 		b.mu.Lock()
 		if b.keeping {
 			b.keep(p[:n])
 		}
 		b.mu.Unlock()
+	}
+	return n, err
+}
+
+// readSrc reads from the client's body. At its end (where the server has
+// just merged the client's trailers into the request) the token header is
+// taken out of the trailers, before the reader above sees io.EOF.
+func (b *replayBody) readSrc(p []byte) (int, error) {
+	n, err := b.src.Read(p)
+	if err == io.EOF {
+		b.trailers.strip()
 	}
 	return n, err
 }
@@ -184,8 +196,14 @@ func (b *replayBody) rewind() (body io.ReadCloser, ok bool) {
 	for _, c := range b.kept {
 		readers = append(readers, bytes.NewReader(c))
 	}
-	return io.NopCloser(io.MultiReader(append(readers, b.src)...)), true
+	return io.NopCloser(io.MultiReader(append(readers, replayTail{b})...)), true
 }
+
+// replayTail is the replay's way to the part of the client's body the
+// first attempt left unread; only the replay reads src by then.
+type replayTail struct{ b *replayBody }
+
+func (t replayTail) Read(p []byte) (int, error) { return t.b.readSrc(p) }
 
 // skippedForBudget reports whether the body could not be kept because the
 // budget was spent.

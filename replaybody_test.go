@@ -1,14 +1,17 @@
 package deskoauth
 
 import (
+	"bufio"
+	"context"
 	"io"
+	"net/http"
 	"strings"
 	"testing"
 )
 
 // Unit tests of the kept body: memory follows the bytes, release never
 // waits for the client, rewind waits for a read in progress and keeps its
-// bytes.
+// bytes, and the token header never survives in the trailers.
 
 // stallingBody is a client body whose reads wait for the test: each Read
 // announces itself on entered, then returns what arrives on feed (io.EOF
@@ -36,7 +39,7 @@ func (s *stallingBody) Close() error { return nil }
 func TestReplayBodyMemoryFollowsTheBytes(t *testing.T) {
 	base := replayMemory.used.Load()
 	const limit = MaxReplayBodyLimit // as a forged Content-Length would make it
-	b := newReplayBody(io.NopCloser(strings.NewReader(strings.Repeat("x", 100<<10))), limit)
+	b := newReplayBody(io.NopCloser(strings.NewReader(strings.Repeat("x", 100<<10))), limit, tokenTrailers{})
 	if used := replayMemory.used.Load() - base; used != 0 {
 		t.Fatalf("%d bytes reserved before a byte was read", used)
 	}
@@ -72,7 +75,7 @@ func TestReplayBodyMemoryFollowsTheBytes(t *testing.T) {
 // A known length caps the first chunk: a 1,000-byte body reserves 1,000.
 func TestReplayBodyKnownLengthChunk(t *testing.T) {
 	base := replayMemory.used.Load()
-	b := newReplayBody(io.NopCloser(strings.NewReader(strings.Repeat("y", 1000))), 1000)
+	b := newReplayBody(io.NopCloser(strings.NewReader(strings.Repeat("y", 1000))), 1000, tokenTrailers{})
 	defer b.release()
 	if _, err := io.ReadAll(b); err != nil {
 		t.Fatal(err)
@@ -88,7 +91,7 @@ func TestReplayBodyKnownLengthChunk(t *testing.T) {
 func TestReplayBodyReleaseNeverWaitsForTheClient(t *testing.T) {
 	base := replayMemory.used.Load()
 	src := newStallingBody()
-	b := newReplayBody(src, 1<<20)
+	b := newReplayBody(src, 1<<20, tokenTrailers{})
 	read := make(chan string, 1)
 	go func() {
 		p := make([]byte, 64)
@@ -121,7 +124,7 @@ func TestReplayBodyReleaseNeverWaitsForTheClient(t *testing.T) {
 // fails without touching the client's body.
 func TestReplayBodyRewindKeepsTheReadInProgress(t *testing.T) {
 	src := newStallingBody()
-	b := newReplayBody(src, 1<<20)
+	b := newReplayBody(src, 1<<20, tokenTrailers{})
 	defer b.release()
 	first := make(chan string, 1)
 	go func() {
@@ -158,5 +161,73 @@ func TestReplayBodyRewindKeepsTheReadInProgress(t *testing.T) {
 	got, err := io.ReadAll(replay)
 	if err != nil || string(got) != "in flight|rest" {
 		t.Errorf("the replay read %q (%v), want the kept bytes then the rest", got, err)
+	}
+}
+
+// chunkedRequest parses a chunked HTTP/1.1 request with net/http's own
+// server-side reader: its body merges the trailers into r.Trailer at EOF,
+// as the server does for Caddy.
+func chunkedRequest(t *testing.T, announce string, trailers ...string) *http.Request {
+	t.Helper()
+	raw := "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTrailer: " + announce + "\r\n\r\n3\r\nabc\r\n0\r\n" +
+		strings.Join(trailers, "\r\n") + "\r\n\r\n"
+	r, err := http.ReadRequest(bufio.NewReader(strings.NewReader(raw)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Handlers get a copy, as from Caddy's server (WithContext): the
+	// Trailer map is shared.
+	return r.WithContext(context.Background())
+}
+
+// The token header is taken out of the trailers when they are announced
+// and again at the body's end, in any spelling; other trailers pass.
+func TestGuardTrailers(t *testing.T) {
+	h := &Handler{header: "Authorization"}
+	for _, kept := range []bool{false, true} {
+		r := chunkedRequest(t, "authorization, X-Sum", "AUTHORIZATION: Basic smuggled", "X-Sum: 1", "authorization: again")
+		if _, ok := r.Trailer["Authorization"]; !ok {
+			t.Fatal("net/http did not announce the trailer: the test proves nothing")
+		}
+		if kept {
+			r.Body = newReplayBody(r.Body, 1<<20, tokenTrailers{r: r, name: h.header})
+			defer r.Body.(*replayBody).release()
+		}
+		h.guardTrailers(r, kept)
+		if _, ok := r.Trailer["Authorization"]; ok {
+			t.Errorf("kept %v: Authorization still announced", kept)
+		}
+		if body, err := io.ReadAll(r.Body); err != nil || string(body) != "abc" {
+			t.Fatalf("kept %v: body %q (%v)", kept, body, err)
+		}
+		for k, v := range r.Trailer {
+			if strings.EqualFold(k, "Authorization") {
+				t.Errorf("kept %v: trailer %s = %q at the body's end", kept, k, v)
+			}
+		}
+		if v := r.Trailer.Get("X-Sum"); v != "1" {
+			t.Errorf("kept %v: X-Sum = %q, want the client's trailer", kept, v)
+		}
+	}
+}
+
+// The announcement in a Trailer header field (a request that is not
+// chunked keeps it) loses the token header's name; a request without a
+// body or trailers is left as it is.
+func TestGuardTrailersAnnouncementAndNoBody(t *testing.T) {
+	h := &Handler{header: "X-Custom"}
+	r, _ := http.NewRequest("POST", "http://x/", strings.NewReader("abc"))
+	r.Header["Trailer"] = []string{"x-custom, X-Sum", "X-CUSTOM"}
+	body := r.Body
+	h.guardTrailers(r, false)
+	if got := r.Header["Trailer"]; len(got) != 1 || strings.TrimSpace(got[0]) != "X-Sum" {
+		t.Errorf("Trailer header %q, want X-Sum only", got)
+	}
+	if r.Body != body {
+		t.Error("a body of known length with no Trailer map was wrapped")
+	}
+	g, _ := http.NewRequest("GET", "http://x/", nil)
+	if mayCarryTrailers(g) {
+		t.Error("a GET without a body or trailers is guarded: the default path would pay for it")
 	}
 }
