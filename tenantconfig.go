@@ -133,7 +133,8 @@ func (h *Handler) forTenant(name string, tc *TenantCredentials) *Handler {
 	th.Tenant, th.Credentials, th.CredentialsDir, th.TenantIdle, th.MaxTenants = "", nil, "", 0, 0
 	th.ReplayMemory = nil // a block-level setting, counted once for the block
 	th.tenantName = name
-	th.key, th.transportKey, th.src, th.tenants = "", "", nil, nil
+	// What the block holds is the block's to give back, not the tenant's.
+	th.key, th.transportKey, th.src, th.tenants, th.tenantsKey, th.endpointKeys, th.b = "", "", nil, nil, "", nil, nil
 	if tc == nil {
 		return &th
 	}
