@@ -2,8 +2,8 @@
 # Checks every Caddyfile the documentation shows, with a Caddy built with
 # the module (default ./caddy):
 #
-#   - every ```caddyfile block of README.md and docs/*.md and
-#     Caddyfile.example must be formatted (`caddy fmt` changes
+#   - every ```caddyfile block of README.md and docs/*.md, Caddyfile.example
+#     and docs/deploy/Caddyfile must be formatted (`caddy fmt` changes
 #     nothing) and must validate (`caddy validate`) with no WARN and no
 #     error. A ```caddyfile block is a complete config; a syntax summary is
 #     a ```text block.
@@ -72,7 +72,7 @@ while read -r i info where marked; do
 		diff "$marked" "$scratch/blocks/$i" >&2 || true
 	fi
 done <"$scratch/blocks.list"
-for f in Caddyfile.example; do
+for f in Caddyfile.example docs/deploy/Caddyfile; do
 	echo "$PWD/$f $f:1" >>"$scratch/caddyfiles"
 done
 
