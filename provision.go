@@ -66,7 +66,7 @@ func (h *Handler) applyRequestOptions() {
 	if h.Prefix != nil {
 		h.prefix = *h.Prefix
 	}
-	if !placeholderRE.MatchString(h.ClientSecret) {
+	if h.ClientSecret != "" && !placeholderRE.MatchString(h.ClientSecret) { // none: private_key_jwt, or a tenant block
 		h.logger.Warn("client_secret is a literal value: anyone who can read the admin API's /config/ can see it; " +
 			"use {env.NAME} or {file./path} instead (a Caddyfile {$NAME} is substituted into the config and is literal too)")
 	}

@@ -199,8 +199,13 @@ func (h *Handler) validateCredentials() error {
 	case h.ClientKeyAlg != "" && h.ClientKeyAlg != "PS256" && h.ClientKeyAlg != "RS256":
 		return fmt.Errorf("client_key_alg: %q is not RS256 or PS256 (the other keys' algorithm follows the key)", h.ClientKeyAlg)
 	}
-	if strings.Contains(h.ClientKey, "-----BEGIN") {
+	switch {
+	case strings.Contains(h.ClientKey, "-----BEGIN"):
 		return errors.New("client_key: a literal PEM key would be visible in the admin API's /config/; give it as {file./path}")
+	case h.ClientKey != "" && !placeholderRE.MatchString(h.ClientKey):
+		// A path written without {file.*}, most likely; the value is not
+		// quoted, in case it is a key after all.
+		return errors.New("client_key: give the key's PEM file as {file./path} (or a variable as {env.NAME}); the value has no placeholder")
 	}
 	return nil
 }

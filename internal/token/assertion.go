@@ -40,6 +40,9 @@ type SigningKey struct {
 	der    []byte // PKCS#8, for Secret and comparisons
 }
 
+// errEncryptedKey is the error of a key encrypted with a passphrase.
+var errEncryptedKey = errors.New("is an encrypted private key; give it unencrypted (protect the file instead)")
+
 // ParseSigningKey reads a PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC)
 // and decides its algorithm: RSA → RS256 (or PS256 when alg says so),
 // P-256 → ES256, P-384 → ES384, Ed25519 → EdDSA. alg, if not empty, must
@@ -54,6 +57,11 @@ func ParseSigningKey(pemBytes []byte, kid, alg string) (*SigningKey, error) {
 			return nil, errors.New("holds more than one PEM block; give the private key alone")
 		}
 	}
+	// OpenSSL's traditional encryption (Proc-Type: 4,ENCRYPTED) keeps the
+	// block's type: without this, such a key "does not parse".
+	if strings.Contains(block.Headers["Proc-Type"], "ENCRYPTED") {
+		return nil, errEncryptedKey
+	}
 	var key any
 	var err error
 	switch block.Type {
@@ -64,7 +72,7 @@ func ParseSigningKey(pemBytes []byte, kid, alg string) (*SigningKey, error) {
 	case "EC PRIVATE KEY":
 		key, err = x509.ParseECPrivateKey(block.Bytes)
 	case "ENCRYPTED PRIVATE KEY":
-		return nil, errors.New("is an encrypted private key; give it unencrypted (protect the file instead)")
+		return nil, errEncryptedKey
 	default:
 		return nil, fmt.Errorf("holds a %q PEM block, not a private key (PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY)", block.Type)
 	}

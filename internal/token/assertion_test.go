@@ -171,6 +171,8 @@ func TestParseSigningKeyErrors(t *testing.T) {
 		"alg does not fit": {keys[3].pem, "PS256", "holds a key for ES256, not PS256"},
 		"garbage DER":      {"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n", "", "does not parse"},
 		"encrypted PKCS#8": {"-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n", "", "encrypted"},
+		"encrypted PKCS#1 (OpenSSL's traditional encryption)": {"-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\n" +
+			"DEK-Info: AES-256-CBC,7A1D0F4E2B9C3A8D5E6F708192A3B4C5\n\nAAAA\n-----END RSA PRIVATE KEY-----\n", "", "encrypted"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, err := ParseSigningKey([]byte(tc.pem), "", tc.alg)
