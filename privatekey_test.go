@@ -383,6 +383,9 @@ func TestE2EPrivateKeyJWT(t *testing.T) {
 	} {
 		lc.AssertNone(t, what, text)
 	}
+	if strings.Count(logs, "client_secret is a literal value") != 0 {
+		t.Error("a WARN about a literal client_secret, for clients that have none or a placeholder")
+	}
 	// The check finds what it looks for (it is not blind to keys).
 	if !lc.Leaks("key: " + keys[0].forms(t)[1][100:140]) {
 		t.Error("the leak check does not see 40 characters of a key's base64")
