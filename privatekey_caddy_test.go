@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -197,4 +198,188 @@ func TestCaddyValidateClientKey(t *testing.T) {
 		}
 		scrubtest.NewCheckWith("validate-pk", scrubtest.PEMForms(ecKey.pem)).AssertNone(t, "caddy run's output", out)
 	})
+}
+
+// TestRotationPrivateKey rotates the private key behind {file.*} in a
+// real Caddy process, without a reload, by the rules of rotated secrets:
+//
+//  1. A file that turns into something that is not a key (a certificate
+//     written by mistake) keeps the last good key in use, with a WARN.
+//  2. With an overlap (the server registers the new public key beside the
+//     old one; the file gets the new key; the old key is retired), the
+//     next token request signs with the new key: no request fails.
+//  3. A hard rotation (the server switches to a new key at once, and
+//     refuses the old): while refused, the source reads the file every
+//     second, and the new key is used before the refusal's backoff (at
+//     least 4 s) would have ended; the token it had stays in use meanwhile.
+//
+// The keys change algorithm too (P-256 → Ed25519 → P-384): the algorithm
+// follows the key. No form of any of the keys reaches Caddy's log.
+func TestRotationPrivateKey(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs a Caddy process")
+	}
+	t.Parallel()
+	const clientID = "rot-pk-client"
+	keyA := pkKey{slug: "a", alg: "ES256"}
+	a := newECKey(t, elliptic.P256())
+	keyA.pem, keyA.public = pkcs8PEM(t, a), &a.PublicKey
+	bPub, bKey := newEd25519Key(t)
+	keyB := pkKey{slug: "b", alg: "EdDSA", pem: pkcs8PEM(t, bKey), public: bPub}
+	c := newECKey(t, elliptic.P384())
+	keyC := pkKey{slug: "c", alg: "ES384", pem: pkcs8PEM(t, c), public: &c.PublicKey}
+
+	as, tokenURL := startAssertionServer(t, clientID, "", keyA.public, keyA.alg, time.Hour)
+	up, upstream := newAuthRecorder(t)
+	keys := t.TempDir()
+	keyFile := filepath.Join(keys, "client.key")
+	// Each change of the file is a rename over it, as secret managers do.
+	putKey := func(content string) {
+		t.Helper()
+		tmp := filepath.Join(keys, ".client.key.tmp")
+		writeFile(t, tmp, content)
+		if err := os.Rename(tmp, keyFile); err != nil {
+			t.Fatal(err)
+		}
+	}
+	putKey(keyA.pem)
+
+	dir := t.TempDir()
+	port, admin := freePort(t), freePort(t)
+	logFile := filepath.Join(dir, "caddy.log")
+	runCaddy(t, buildCaddy(t), dir, fmt.Sprintf(`{
+	admin 127.0.0.1:%d
+	auto_https off
+	persist_config off
+	log {
+		output file %s
+		level DEBUG
+	}
+}
+http://127.0.0.1:%d {
+	desko_auth {
+		auth_style private_key_jwt
+		client_id  %s
+		client_key {file.%s}
+		token_url  %s
+	}
+	reverse_proxy %s
+}
+`, admin, logFile, port, clientID, keyFile, tokenURL, upstream), port)
+	base, adminURL := fmt.Sprintf("http://127.0.0.1:%d", port), fmt.Sprintf("http://127.0.0.1:%d", admin)
+
+	// get sends a request and returns its status and the Authorization
+	// the upstream saw for it ("" if it was not forwarded).
+	n := 0
+	get := func() (int, string) {
+		t.Helper()
+		n++
+		path := fmt.Sprintf("/r%d", n)
+		resp, err := http.Get(base + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		seen := up.got(path)
+		if len(seen) != 1 {
+			return resp.StatusCode, ""
+		}
+		return resp.StatusCode, seen[0]
+	}
+	refresh := func() string {
+		t.Helper()
+		resp, err := http.Post(adminURL+"/desko_auth/refresh", "", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var list []SourceStatus
+		if err := json.NewDecoder(resp.Body).Decode(&list); err != nil || len(list) != 1 {
+			t.Fatalf("refresh: %d, %v, %d sources", resp.StatusCode, err, len(list))
+		}
+		return list[0].RefreshError
+	}
+	logCount := func(msg string) int {
+		b, _ := os.ReadFile(logFile)
+		return strings.Count(string(b), `"msg":"`+msg)
+	}
+	// wantToken checks that a request is forwarded with the server's
+	// i-th token (from 1).
+	wantToken := func(i int) {
+		t.Helper()
+		status, auth := get()
+		tokens := as.Tokens()
+		if status != 200 || len(tokens) < i || auth != "Bearer "+tokens[i-1] {
+			t.Fatalf("status %d, upstream saw %q; want 200 with token #%d of %q", status, auth, i, tokens)
+		}
+	}
+	lastAlg := func() any {
+		header, _ := assertionParts(t, as.LastAssertion())
+		return header["alg"]
+	}
+
+	waitFor(t, "the warm-up's token", func() bool { return as.Issued() == 1 })
+	wantToken(1)
+
+	// 1. Not a key: the last good one stays in use.
+	putKey(selfSignedCert(t))
+	if err := refresh(); err != "" {
+		t.Fatalf("a refresh with a certificate in the key file: %s", err)
+	}
+	if as.Issued() != 2 || lastAlg() != "ES256" {
+		t.Fatalf("%d tokens issued, the last assertion signed with %v; want 2, with key A (ES256)", as.Issued(), lastAlg())
+	}
+	if logCount("reading the credentials again failed") != 1 {
+		t.Error("no WARN about the key file that holds no key")
+	}
+	wantToken(2)
+
+	// 2. An overlap: both keys registered, the file changes, the next
+	// token request signs with the new key, the old one is retired.
+	as.AddKey(keyB.public, keyB.alg)
+	putKey(keyB.pem)
+	if err := refresh(); err != "" {
+		t.Fatalf("the refresh after the file changed: %s", err)
+	}
+	if as.Issued() != 3 || lastAlg() != "EdDSA" {
+		t.Fatalf("%d tokens issued, the last assertion signed with %v; want 3, with key B (EdDSA)", as.Issued(), lastAlg())
+	}
+	as.SetKey(keyB.public, keyB.alg)
+	wantToken(3)
+	if n := logCount("credentials changed"); n != 1 {
+		t.Errorf("%d 'credentials changed' lines, want 1", n)
+	}
+
+	// 3. A hard rotation: the server refuses key B from now on.
+	as.SetKey(keyC.public, keyC.alg)
+	if err := refresh(); !strings.Contains(err, "Client authentication failed") {
+		t.Fatalf("the refresh after the server's switch: %q, want a refusal", err)
+	}
+	refusedAt := time.Now()
+	wantToken(3) // the token it had stays in use while valid
+	putKey(keyC.pem)
+	waitFor(t, "a token request signed with key C", func() bool { return as.Issued() == 4 })
+	if d := time.Since(refusedAt); d >= 4*time.Second {
+		t.Errorf("key C was used %v after the refusal: no sooner than the refusal's backoff (≥ 4 s), not by reading the file again", d.Round(time.Millisecond))
+	}
+	if lastAlg() != "ES384" {
+		t.Errorf("the last assertion was signed with %v, want ES384", lastAlg())
+	}
+	wantToken(4)
+	if n := logCount("credentials changed"); n != 2 {
+		t.Errorf("%d 'credentials changed' lines, want 2", n)
+	}
+	if n := logCount("token endpoint refused the credentials"); n != 1 {
+		t.Errorf("%d ERROR lines about the refusal, want 1", n)
+	}
+
+	logs := readLog(t, logFile)
+	stdout, _ := os.ReadFile(filepath.Join(dir, "stdout.log"))
+	var secrets []string
+	for _, k := range []pkKey{keyA, keyB, keyC} {
+		secrets = append(secrets, k.forms(t)...)
+	}
+	lc := scrubtest.NewCheckWith(clientID, secrets, as.Tokens()...)
+	lc.AssertNone(t, "Caddy's log", logs)
+	lc.AssertNone(t, "Caddy's standard output", string(stdout)+"\n(end)")
 }
