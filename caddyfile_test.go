@@ -353,6 +353,7 @@ func TestValidateJWTStyles(t *testing.T) {
 			h.AuthStyle, h.ClientAssertionAudience = "client_secret_jwt", "https://idp.example.com"
 		}, ""},
 
+		{"private_key_jwt with a secret", with(func(h *Handler) { h.ClientSecret = "{env.S}" }), "client_secret|private_key_jwt|sends no secret"},
 		{"private_key_jwt without a key", with(func(h *Handler) { h.ClientKey = "" }), "client_key|private_key_jwt needs"},
 		{"a literal PEM key", with(func(h *Handler) { h.ClientKey = literal }), "client_key: a literal PEM key"},
 		{"a path without {file.*}", with(func(h *Handler) { h.ClientKey = "/etc/caddy/desko.key" }), "client_key|{file./path}|no placeholder"},

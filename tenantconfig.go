@@ -190,6 +190,10 @@ func (h *Handler) validateCredentials() error {
 	switch {
 	case h.auth == token.AuthPrivateKeyJWT && strings.TrimSpace(h.ClientKey) == "":
 		return errors.New("client_key: auth_style private_key_jwt needs the client's private key, e.g. client_key {file./etc/caddy/desko.key}")
+	case h.auth == token.AuthPrivateKeyJWT && h.ClientSecret != "":
+		// It would not be sent, and the shared cache would derive its key
+		// from it rather than from the private key.
+		return errors.New("client_secret: auth_style private_key_jwt authenticates with client_key and sends no secret; remove client_secret")
 	case h.auth != token.AuthPrivateKeyJWT && strings.TrimSpace(h.ClientSecret) == "":
 		return errors.New("client_secret: is required")
 	case h.auth != token.AuthPrivateKeyJWT && (h.ClientKey != "" || h.ClientKeyID != "" || h.ClientKeyAlg != ""):
