@@ -401,3 +401,85 @@ func readLog(t *testing.T, file string) string {
 	}
 	return string(b)
 }
+
+// TestE2ESharedCachePrivateKey: three blocks of one client in one Caddy,
+// each its own source (their client_key placeholders differ), share one
+// file_system storage: /one and /two read the same key (the same file's
+// contents on two hosts), /three another key, one the token endpoint has
+// not registered (a member of the fleet whose key was changed too early).
+// The entry is encrypted under the key-derived secret: /two adopts /one's
+// token without a token request; /three reads the same entry as a miss,
+// asks the token endpoint, and is refused (502) — it never serves the
+// token of a key it does not hold. The entry shows neither the token nor
+// a key.
+func TestE2ESharedCachePrivateKey(t *testing.T) {
+	e := newE2E(t, time.Hour)
+	dir, storage := t.TempDir(), t.TempDir()
+	good, stranger := newECKey(t, elliptic.P256()), newECKey(t, elliptic.P256())
+	goodPEM, strangerPEM := pkcs8PEM(t, good), pkcs8PEM(t, stranger)
+	for name, content := range map[string]string{"one.pem": goodPEM, "two.pem": goodPEM, "three.pem": strangerPEM} {
+		writeFile(t, filepath.Join(dir, name), content)
+	}
+	const clientID = "pk-fleet"
+	as, tokenURL := startAssertionServer(t, clientID, "", &good.PublicKey, "ES256", time.Hour)
+	up, upstream := newAuthRecorder(t)
+	var site strings.Builder
+	fmt.Fprintf(&site, "%s {\n", proxyBase)
+	for _, name := range []string{"one", "two", "three"} {
+		fmt.Fprintf(&site, `	handle /%s/* {
+		desko_auth {
+			auth_style private_key_jwt
+			client_id  %s
+			client_key {file.%s}
+			token_url  %s
+			warm_up    off
+			shared_cache {
+				storage file_system %s
+			}
+		}
+		reverse_proxy %s
+	}
+`, name, clientID, filepath.Join(dir, name+".pem"), tokenURL, storage, upstream)
+	}
+	site.WriteString("}\n")
+	e.loadRaw(site.String())
+
+	if s, _, body := e.do("GET", "/one/a", ""); s != 200 {
+		t.Fatalf("/one: %d %s (server: %v)", s, body, as.Reasons())
+	}
+	tokens := as.Tokens()
+	if len(tokens) != 1 {
+		t.Fatalf("the server issued %q, want one token", tokens)
+	}
+	if s, _, body := e.do("GET", "/two/a", ""); s != 200 {
+		t.Fatalf("/two: %d %s", s, body)
+	}
+	if got := up.got("/two/a"); len(got) != 1 || got[0] != "Bearer "+tokens[0] || as.Requests() != 1 {
+		t.Fatalf("/two's upstream saw %q after %d token requests; want /one's token, adopted from the shared cache without a token request", got, as.Requests())
+	}
+	s, _, body := e.do("GET", "/three/a", "")
+	if s != http.StatusBadGateway || decodeErr(t, body).Message != msgRefused {
+		t.Fatalf("/three (another key): %d %s; want 502, refused", s, body)
+	}
+	if len(up.got("/three/a")) != 0 || as.Requests() != 2 || as.Refused() != 1 {
+		t.Fatalf("/three: forwarded %q; %d token requests, %d refused; want nothing forwarded after its own, refused, token request",
+			up.got("/three/a"), as.Requests(), as.Refused())
+	}
+	logs := readLog(t, e.logFile)
+	if n := strings.Count(logs, "token adopted from the shared cache"); n != 1 {
+		t.Errorf("%d adoptions logged, want 1 (/two's)", n)
+	}
+
+	entries, err := filepath.Glob(filepath.Join(storage, "desko_auth", "tokens", "*.json"))
+	if err != nil || len(entries) != 1 {
+		t.Fatalf("stored entries %v (%v), want one, shared by the three", entries, err)
+	}
+	raw, err := os.ReadFile(entries[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	secrets := append(scrubtest.PEMForms(goodPEM), scrubtest.PEMForms(strangerPEM)...)
+	lc := scrubtest.NewCheckWith(clientID, secrets, tokens...)
+	lc.AssertNone(t, "the stored entry", string(raw))
+	lc.AssertNone(t, "Caddy's DEBUG log", logs)
+}
