@@ -186,18 +186,27 @@ func TestParseSigningKeyErrors(t *testing.T) {
 	}
 }
 
-// The key never reaches a log or an error: the scrubber knows its forms.
+// The key never reaches a log or an error: the scrubber knows its forms,
+// PKCS#8 and the file's own (PKCS#1, SEC1): each line of the file's PEM
+// body, and the body whole.
 func TestPrivateKeyIsScrubbed(t *testing.T) {
-	key, err := ParseSigningKey([]byte(testKeys(t)[3].pem), "", "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := newTestSource(t, "http://unused.test/token", func(c *Config) {
-		c.Auth, c.Credentials = AuthPrivateKeyJWT, &Static{ClientID: tsClientID, Key: key}
-	})
-	for _, form := range key.Secrets() {
-		if out := s.Scrub("echo: " + form); strings.Contains(out, form) {
-			t.Fatalf("the scrubber kept a form of the key: %q", out)
-		}
+	for _, k := range testKeys(t) {
+		t.Run(k.name, func(t *testing.T) {
+			key, err := ParseSigningKey([]byte(k.pem), "", "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := newTestSource(t, "http://unused.test/token", func(c *Config) {
+				c.Auth, c.Credentials = AuthPrivateKeyJWT, &Static{ClientID: tsClientID, Key: key}
+			})
+			block, _ := pem.Decode([]byte(k.pem))
+			body := strings.TrimSuffix(strings.SplitN(k.pem, "\n", 2)[1], "-----END "+block.Type+"-----\n")
+			forms := append(strings.Split(strings.TrimSpace(body), "\n"), strings.ReplaceAll(body, "\n", ""))
+			for _, form := range append(forms, key.Secrets()...) {
+				if out := s.Scrub("echo: " + form); strings.Contains(out, form) {
+					t.Fatalf("the scrubber kept a form of the key: %q", out)
+				}
+			}
+		})
 	}
 }
