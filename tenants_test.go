@@ -269,15 +269,6 @@ func TestE2ETenantsRefuseUnknownAndHostileValues(t *testing.T) {
 	}
 }
 
-func readLog(t *testing.T, path string) string {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(b)
-}
-
 // Tenants are released when idle and past max_tenants (least recently used
 // first), and start again on demand; a tenant whose folder is removed is
 // released at its next token request and then refused.
