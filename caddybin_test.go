@@ -30,7 +30,8 @@ import (
 // it when the run may include them.
 var caddyBinTests = []string{
 	"TestFleetSharesOneTokenPerLifetime", "TestFleetRevokingServer", "TestRotationThroughCaddyReload",
-	"TestCaddyValidateCommandSendsNoTokenRequest",
+	"TestCaddyValidateCommandSendsNoTokenRequest", "TestRotationWithGracePeriod", "TestRotationHard", "TestRotationFileVanishes", "TestCheckCommand",
+	"TestCaddyValidateClientKey", "TestRotationPrivateKey", "TestCheckCommandJWTStyles",
 }
 
 // coldCompiles is how many packages a build compiles before it counts as

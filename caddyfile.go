@@ -1,6 +1,7 @@
 package deskoauth
 
 import (
+	"slices"
 	"strconv"
 	"strings"
 
@@ -50,6 +51,23 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    shared_cache  [{                   # cluster mode: one token per fleet; default off
 //	        storage <module> [<args...>]   # default: the config's storage (global option)
 //	    }]
+//	    token_concurrency <n>              # token requests in flight per token endpoint, process-wide; default 8
+//
+//	    # client authentication with a signed JWT (RFC 7523)
+//	    client_key    <pem>                # private_key_jwt: {file./path} of a PEM private key (PKCS#8, PKCS#1, SEC1)
+//	    client_key_id <kid>                # the key ID sent in the assertion's header
+//	    client_key_alg PS256               # RSA keys sign with RS256 unless PS256 is chosen
+//	    client_assertion_audience <aud>    # the assertion's aud; default the token URL
+//
+//	    # many tenants: the placeholder's value picks the credentials
+//	    tenant        <placeholder>        # e.g. {http.request.header.X-Desko-Tenant}
+//	    credentials   <name> {             # a named tenant; repeatable
+//	        client_id <id>                 # and any of: client_secret, client_key, client_key_id,
+//	        ...                            # client_key_alg, client_assertion_audience, scope, token_url,
+//	    }                                  # timeout, default_ttl, auth_style, param, token_header, header, prefix
+//	    credentials_dir <dir>              # <dir>/<tenant>/client_id, client_secret, optional scope
+//	    tenant_idle   <duration>           # release a credentials_dir tenant unused this long; default 2 × its token's life, ≥ 10m
+//	    max_tenants   <n>                  # live credentials_dir tenants per block; default 10000
 //	}
 //
 // Every subdirective takes exactly the arguments shown; unknown ones are
@@ -120,6 +138,78 @@ var subdirectives = map[string]func(h *Handler, d *caddyfile.Dispenser) error{
 	"replay_body_limit":     sizeArg(func(h *Handler) **int64 { return &h.ReplayBodyLimit }),
 	"replay_memory":         sizeArg(func(h *Handler) **int64 { return &h.ReplayMemory }),
 	"shared_cache":          (*Handler).unmarshalSharedCache,
+	"token_concurrency":     intArg(func(h *Handler) *int { return &h.TokenConcurrency }),
+
+	"client_key":                stringArg(func(h *Handler) *string { return &h.ClientKey }),
+	"client_key_id":             stringArg(func(h *Handler) *string { return &h.ClientKeyID }),
+	"client_key_alg":            stringArg(func(h *Handler) *string { return &h.ClientKeyAlg }),
+	"client_assertion_audience": stringArg(func(h *Handler) *string { return &h.ClientAssertionAudience }),
+
+	"tenant":          stringArg(func(h *Handler) *string { return &h.Tenant }),
+	"credentials_dir": stringArg(func(h *Handler) *string { return &h.CredentialsDir }),
+	"tenant_idle":     durationArg(func(h *Handler) *caddy.Duration { return &h.TenantIdle }),
+	"max_tenants":     intArg(func(h *Handler) *int { return &h.MaxTenants }),
+}
+
+// credentials blocks are parsed with the table itself: registered here,
+// after it is built.
+func init() { subdirectives["credentials"] = (*Handler).unmarshalCredentials }
+
+// tenantSubdirectives are the subdirectives a credentials block takes.
+var tenantSubdirectives = []string{"client_id", "client_secret", "client_key", "client_key_id", "client_key_alg",
+	"client_assertion_audience", "scope", "token_url", "timeout", "default_ttl", "auth_style", "param",
+	"token_header", "header", "prefix"}
+
+// unmarshalCredentials parses `credentials <name> { ... }`, a named
+// tenant's block, with the same parsers as the directive's.
+func (h *Handler) unmarshalCredentials(d *caddyfile.Dispenser) error {
+	if !d.NextArg() {
+		return d.Errf("credentials: missing the tenant name")
+	}
+	name := d.Val()
+	if d.NextArg() {
+		return d.Errf("credentials %s: takes a name and a block", name)
+	}
+	if _, dup := h.Credentials[name]; dup {
+		return d.Errf("credentials %s: given twice", name)
+	}
+	var t Handler
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		sub := d.Val()
+		if !slices.Contains(tenantSubdirectives, sub) {
+			return d.Errf("credentials %s: unknown or block-level subdirective %q (a credentials block takes %s)", name, sub, strings.Join(tenantSubdirectives, ", "))
+		}
+		if err := subdirectives[sub](&t, d); err != nil {
+			return err
+		}
+	}
+	if h.Credentials == nil {
+		h.Credentials = map[string]*TenantCredentials{}
+	}
+	h.Credentials[name] = &TenantCredentials{
+		ClientID: t.ClientID, ClientSecret: t.ClientSecret, ClientKey: t.ClientKey, ClientKeyID: t.ClientKeyID,
+		ClientKeyAlg: t.ClientKeyAlg, ClientAssertionAudience: t.ClientAssertionAudience, Scopes: t.Scopes,
+		TokenURL: t.TokenURL, Timeout: t.Timeout, DefaultTTL: t.DefaultTTL, AuthStyle: t.AuthStyle,
+		Params: t.Params, TokenHeaders: t.TokenHeaders, Header: t.Header, Prefix: t.Prefix,
+	}
+	return nil
+}
+
+// intArg parses a whole number of at least 1.
+func intArg(field func(*Handler) *int) func(*Handler, *caddyfile.Dispenser) error {
+	return func(h *Handler, d *caddyfile.Dispenser) error {
+		sub := d.Val()
+		v, err := oneArg(d)
+		if err != nil {
+			return err
+		}
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			return d.Errf("%s: want a whole number of at least 1, got %q", sub, v)
+		}
+		*field(h) = n
+		return nil
+	}
 }
 
 // stringArg parses a subdirective of one argument into a string field.

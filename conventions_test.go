@@ -14,7 +14,6 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
 	"github.com/deskoproxy/caddy-desko-auth/internal/deskotest"
-	"github.com/deskoproxy/caddy-desko-auth/internal/token"
 )
 
 // Caddy's conventions: errors through handle_errors (opt-in), placeholders
@@ -36,7 +35,7 @@ func TestE2EErrorsThroughHandleErrors(t *testing.T) {
 		respond "handled {err.status_code} why={http.desko_auth.error} source={http.desko_auth.source}"
 	}
 }`, testClientID, e.tokenURL(), e.srv.Listener.Addr()))
-	source := sourceLabel(token.Config{TokenURL: e.tokenURL()}, &token.Credentials{ClientID: testClientID})
+	source := onlySource(t).Source
 
 	e.desko.SetMode(deskotest.ModeDown)
 	s, hdr, body := e.do("GET", "/a", "")
@@ -94,18 +93,26 @@ func TestE2ESourcePlaceholder(t *testing.T) {
 	}
 }`, testClientID, e.tokenURL(), e.srv.Listener.Addr()))
 	s, hdr, _ := e.do("GET", "/a", "")
-	if want := sourceLabel(token.Config{TokenURL: e.tokenURL()}, &token.Credentials{ClientID: testClientID}); s != 200 || hdr.Get("X-Desko-Source") != want {
+	if want := onlySource(t).Source; s != 200 || hdr.Get("X-Desko-Source") != want {
 		t.Fatalf("status %d, X-Desko-Source %q, want %q", s, hdr.Get("X-Desko-Source"), want)
 	}
 }
 
 // eventRecorder is an events.handlers module for tests: it records the
-// events it is given.
-type eventRecorder struct{}
+// events it is given, under its tag (one tag per subscription).
+type eventRecorder struct {
+	Tag string `json:"tag,omitempty"`
+}
+
+// recordedEvent is an event as a recorder got it.
+type recordedEvent struct {
+	tag string
+	ev  caddy.Event
+}
 
 var recordedEvents = struct {
 	sync.Mutex
-	list []caddy.Event
+	list []recordedEvent
 }{}
 
 func init() { caddy.RegisterModule(eventRecorder{}) }
@@ -114,29 +121,49 @@ func (eventRecorder) CaddyModule() caddy.ModuleInfo {
 	return caddy.ModuleInfo{ID: "events.handlers.desko_auth_test", New: func() caddy.Module { return new(eventRecorder) }}
 }
 
-func (eventRecorder) Handle(_ context.Context, e caddy.Event) error {
+func (r eventRecorder) Handle(_ context.Context, e caddy.Event) error {
 	recordedEvents.Lock()
-	recordedEvents.list = append(recordedEvents.list, e)
+	recordedEvents.list = append(recordedEvents.list, recordedEvent{tag: r.Tag, ev: e})
 	recordedEvents.Unlock()
 	return nil
 }
 
-// waitEvent waits (bounded) for an event of that name and returns its data.
-func waitEvent(t *testing.T, name string) map[string]any {
+// Tags of the two subscriptions of TestE2EEvents.
+const (
+	tagAnyModule   = "any"        // no module filter
+	tagDeskoFilter = "desko_auth" // modules: [http.handlers.desko_auth]
+)
+
+// waitEvent waits (bounded) for an event of that name recorded under tag,
+// and returns it.
+func waitEvent(t *testing.T, tag, name string) caddy.Event {
 	t.Helper()
-	var data map[string]any
+	var ev caddy.Event
 	waitFor(t, "a "+name+" event", func() bool {
 		recordedEvents.Lock()
 		defer recordedEvents.Unlock()
-		for _, e := range recordedEvents.list {
-			if e.Name() == name {
-				data = e.Data
+		for _, r := range recordedEvents.list {
+			if r.tag == tag && r.ev.Name() == name {
+				ev = r.ev
 				return true
 			}
 		}
 		return false
 	})
-	return data
+	return ev
+}
+
+// recordedUnder reports whether the event with that ID was recorded
+// under tag.
+func recordedUnder(tag string, ev caddy.Event) bool {
+	recordedEvents.Lock()
+	defer recordedEvents.Unlock()
+	for _, r := range recordedEvents.list {
+		if r.tag == tag && r.ev.ID() == ev.ID() {
+			return true
+		}
+	}
+	return false
 }
 
 func TestE2EEvents(t *testing.T) {
@@ -149,21 +176,46 @@ func TestE2EEvents(t *testing.T) {
 			t.Errorf("event %q, want %q", name, want)
 		}
 	}
+	// Where desko_auth sits in the config: alone before reverse_proxy in a
+	// site, and, as in the README, in a handle block with reverse_proxy
+	// after it: Caddy provisions reverse_proxy in the same slot of the
+	// module ancestry as desko_auth, so an event emitted with the context
+	// desko_auth kept from Provision named reverse_proxy as its origin.
+	for _, layout := range []struct{ name, site string }{
+		{"site", `
+	desko_auth {
+		%s
+	}
+	reverse_proxy %s`},
+		{"handle", `
+	@private remote_ip private_ranges
+	handle @private {
+		desko_auth {
+			%s
+		}
+		reverse_proxy %s
+	}
+	handle {
+		respond "forbidden" 403
+	}`},
+	} {
+		t.Run(layout.name, func(t *testing.T) { testEvents(t, layout.site) })
+	}
+}
+
+// testEvents checks the three events of a site whose desko_auth block and
+// upstream are filled into the site's body.
+func testEvents(t *testing.T, site string) {
 	e := newE2E(t, time.Hour)
 	recordedEvents.Lock()
 	recordedEvents.list = nil
 	recordedEvents.Unlock()
+	events := []string{EventTokenObtained, EventRefreshFailed, EventCredentialsRefused}
 	loadWithEvents := func(secret string) {
 		t.Helper()
-		cf := e.caddyfile(fmt.Sprintf(proxyBase+` {
-	desko_auth {
-		client_id     %s
-		client_secret %s
-		token_url     %s
-		warm_up       off
-	}
-	reverse_proxy %s
-}`, testClientID, secret, e.tokenURL(), e.srv.Listener.Addr()))
+		block := fmt.Sprintf("client_id %s\n\t\tclient_secret %s\n\t\ttoken_url %s\n\t\twarm_up off",
+			testClientID, secret, e.tokenURL())
+		cf := e.caddyfile(proxyBase + " {" + fmt.Sprintf(site, block, e.srv.Listener.Addr()) + "\n}")
 		cfg, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cf), nil)
 		if err != nil {
 			t.Fatal(err)
@@ -172,42 +224,75 @@ func TestE2EEvents(t *testing.T) {
 		if err := json.Unmarshal(cfg, &m); err != nil {
 			t.Fatal(err)
 		}
-		m["apps"].(map[string]any)["events"] = map[string]any{"subscriptions": []any{map[string]any{
-			"events":   []string{EventTokenObtained, EventRefreshFailed, EventCredentialsRefused},
-			"handlers": []any{map[string]any{"handler": "desko_auth_test"}},
-		}}}
+		m["apps"].(map[string]any)["events"] = map[string]any{"subscriptions": []any{
+			map[string]any{
+				"events":   events,
+				"modules":  []string{"http.handlers.desko_auth"},
+				"handlers": []any{map[string]any{"handler": "desko_auth_test", "tag": tagDeskoFilter}},
+			},
+			map[string]any{
+				"events":   events,
+				"handlers": []any{map[string]any{"handler": "desko_auth_test", "tag": tagAnyModule}},
+			},
+		}}
 		out, _ := json.Marshal(m)
 		e.tester.InitServer(string(out), "json")
+	}
+	// checkOrigin checks that the event names desko_auth as its origin,
+	// and so reached the subscription filtered by module. Emit calls the
+	// handlers of an event one after the other, the module's subscribers
+	// before the others: the event was recorded under tagDeskoFilter, if
+	// at all, before it was under tagAnyModule.
+	checkOrigin := func(ev caddy.Event) {
+		t.Helper()
+		origin := "<nil>"
+		if ev.Origin() != nil {
+			origin = string(ev.Origin().CaddyModule().ID)
+		}
+		if origin != "http.handlers.desko_auth" {
+			t.Errorf("%s: origin %s, want http.handlers.desko_auth", ev.Name(), origin)
+		}
+		if !recordedUnder(tagDeskoFilter, ev) {
+			t.Errorf("%s did not reach the subscription for module http.handlers.desko_auth", ev.Name())
+		}
 	}
 
 	loadWithEvents("{env.DESKO_TEST_SECRET}")
 	if s, _, _ := e.do("GET", "/a", ""); s != 200 {
 		t.Fatalf("status %d", s)
 	}
-	source := sourceLabel(token.Config{TokenURL: e.tokenURL()}, &token.Credentials{ClientID: testClientID})
-	if d := waitEvent(t, EventTokenObtained); d["source"] != source || d["result"] != "ok" {
+	source := onlySource(t).Source
+	ev := waitEvent(t, tagAnyModule, EventTokenObtained)
+	if d := ev.Data; d["source"] != source || d["result"] != "ok" {
 		t.Errorf("%s data %v, want source %q and result ok", EventTokenObtained, d, source)
 	}
+	checkOrigin(ev)
 
 	e.desko.SetMode(deskotest.ModeDown)
 	loadWithEvents("other-{env.DESKO_TEST_SECRET}") // a new source: fetches at once
 	e.do("GET", "/b", "")
-	if d := waitEvent(t, EventRefreshFailed); d["result"] != "transient" {
+	ev = waitEvent(t, tagAnyModule, EventRefreshFailed)
+	if d := ev.Data; d["result"] != "transient" {
 		t.Errorf("%s data %v, want result transient", EventRefreshFailed, d)
 	}
+	checkOrigin(ev)
+
 	e.desko.SetMode(deskotest.ModeReject)
 	loadWithEvents("third-{env.DESKO_TEST_SECRET}")
 	e.do("GET", "/c", "")
-	if d := waitEvent(t, EventCredentialsRefused); d["result"] != "refused" {
+	ev = waitEvent(t, tagAnyModule, EventCredentialsRefused)
+	if d := ev.Data; d["result"] != "refused" {
 		t.Errorf("%s data %v, want result refused", EventCredentialsRefused, d)
 	}
+	checkOrigin(ev)
+
 	recordedEvents.Lock()
 	defer recordedEvents.Unlock()
-	for _, ev := range recordedEvents.list {
-		b, _ := json.Marshal(ev.Data)
+	for _, r := range recordedEvents.list {
+		b, _ := json.Marshal(r.ev.Data)
 		for _, n := range append([]string{testSecret}, e.desko.Issued()...) {
 			if strings.Contains(string(b), n) {
-				t.Errorf("event %s carries a secret or token", ev.Name())
+				t.Errorf("event %s carries a secret or token", r.ev.Name())
 			}
 		}
 	}

@@ -7,6 +7,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/deskoproxy/caddy-desko-auth/internal/token"
 )
 
 // The collectors are created once per process and registered into each
@@ -18,6 +20,13 @@ var metrics = struct {
 	expiry   *prometheus.GaugeVec
 	requests *prometheus.CounterVec
 	shared   *prometheus.CounterVec
+	creds    *prometheus.CounterVec
+	tenants  *prometheus.GaugeVec
+	starts   *prometheus.CounterVec
+	evicts   *prometheus.CounterVec
+	// sharedState reads the state of each source's shared cache when
+	// scraped.
+	sharedState sharedCacheCollector
 }{
 	fetches: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "desko_auth",
@@ -45,6 +54,32 @@ var metrics = struct {
 		Name:      "shared_cache_total",
 		Help:      "Uses of the shared (cluster) token cache, by result (hit, miss, adopted, lock_timeout, timeout, error).",
 	}, []string{"source", "result"}),
+	creds: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "desko_auth",
+		Name:      "credentials_total",
+		Help:      "Credentials read again from their files, by result (changed: new ones picked up; unreadable: a file missing, unreadable or empty, the last good ones kept).",
+	}, []string{"source", "result"}),
+	tenants: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: "desko_auth",
+		Name:      "tenants",
+		Help:      "Live credentials_dir tenants of a block (source is the block's label).",
+	}, []string{"source"}),
+	starts: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "desko_auth",
+		Name:      "tenant_starts_total",
+		Help:      "credentials_dir tenants started on their first request.",
+	}, []string{"source"}),
+	evicts: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "desko_auth",
+		Name:      "tenant_evictions_total",
+		Help:      "credentials_dir tenants released, by reason (idle, max_tenants, removed, unloaded).",
+	}, []string{"source", "reason"}),
+	sharedState: sharedCacheCollector{
+		degraded: prometheus.NewDesc("desko_auth_shared_cache_degraded",
+			"1 while the shared token cache is in an outage (tokens are fetched per instance), else 0.", []string{"source"}, nil),
+		stuck: prometheus.NewDesc("desko_auth_shared_cache_stuck_calls",
+			"Calls to the shared cache's storage that outlived their callers and have not returned.", []string{"source"}, nil),
+	},
 }
 
 // fetchOK is the result label of a token request that succeeded; the
@@ -62,39 +97,69 @@ const (
 	outcomeReplayed                        // replayed with a new token after a 401
 	outcomeReplayFailed                    // a 401 that a replay could not mend
 	outcomeOverReplayBudget                // forwarded, its body too large for the replay memory
+	outcomeUnknownTenant                   // its tenant value named no credentials: answered 403
 	numOutcomes
 )
 
-var outcomeNames = [numOutcomes]string{"injected", "unavailable", "replayed", "replay_failed", "over_replay_budget"}
+var outcomeNames = [numOutcomes]string{"injected", "unavailable", "replayed", "replay_failed", "over_replay_budget", "unknown_tenant"}
 
 func (o outcome) String() string { return outcomeNames[o] }
 
+// The results of reading credentials again: the credentials_total label.
+const (
+	credentialsChanged    = iota // new credentials picked up
+	credentialsUnreadable        // a file could not give a credential
+	numCredentialResults
+)
+
+var credentialResultNames = [numCredentialResults]string{"changed", "unreadable"}
+
 // sourceMetrics holds one source's curried collectors.
 type sourceMetrics struct {
-	fetches  *prometheus.CounterVec
-	duration prometheus.Observer
-	expiry   prometheus.Gauge
-	requests [numOutcomes]prometheus.Counter
-	shared   *prometheus.CounterVec
+	fetches     *prometheus.CounterVec
+	duration    prometheus.Observer
+	expiry      prometheus.Gauge
+	requests    [numOutcomes]prometheus.Counter
+	shared      *prometheus.CounterVec
+	credentials [numCredentialResults]prometheus.Counter
+	tenants     tenantMetrics
 }
+
+// tenantMetrics are a tenant block's series.
+type tenantMetrics struct {
+	live    prometheus.Gauge
+	started prometheus.Counter
+	evicts  *prometheus.CounterVec
+}
+
+// newTenantMetrics returns the series of the tenant block labelled label.
+func newTenantMetrics(label string) tenantMetrics {
+	return tenantMetrics{
+		live:    metrics.tenants.WithLabelValues(label),
+		started: metrics.starts.WithLabelValues(label),
+		evicts:  metrics.evicts.MustCurryWith(prometheus.Labels{"source": label}),
+	}
+}
+
+// evicted is the eviction counter for a reason.
+func (m tenantMetrics) evicted(why string) prometheus.Counter { return m.evicts.WithLabelValues(why) }
 
 var (
 	sourceMetricsMu sync.Mutex
 	sourceMetricsBy = map[string]*sourceMetrics{}
 )
 
-// registerMetrics registers the collectors into this config's registry
-// (every Provision: the registry is per config) and returns the source's
-// metrics.
-func registerMetrics(ctx caddy.Context, label string) *sourceMetrics {
+// registerCollectors registers the collectors into this config's registry
+// (every Provision: the registry is per config).
+func registerCollectors(ctx caddy.Context) {
 	if reg := ctx.GetMetricsRegistry(); reg != nil {
-		for _, c := range []prometheus.Collector{metrics.fetches, metrics.duration, metrics.expiry, metrics.requests, metrics.shared} {
+		for _, c := range []prometheus.Collector{metrics.fetches, metrics.duration, metrics.expiry, metrics.requests, metrics.shared,
+			metrics.sharedState, metrics.creds, metrics.tenants, metrics.starts, metrics.evicts} {
 			if err := reg.Register(c); err != nil && !errors.As(err, new(prometheus.AlreadyRegisteredError)) {
 				ctx.Logger().Warn("registering metrics") // a programming error; metrics are not vital
 			}
 		}
 	}
-	return metricsFor(label)
 }
 
 // metricsFor returns the (process-wide) metrics of the source label.
@@ -113,6 +178,10 @@ func metricsFor(label string) *sourceMetrics {
 	for o := range numOutcomes {
 		m.requests[o] = metrics.requests.WithLabelValues(label, o.String())
 	}
+	for r, name := range credentialResultNames {
+		m.credentials[r] = metrics.creds.WithLabelValues(label, name)
+	}
+
 	sourceMetricsBy[label] = m
 	return m
 }
@@ -125,3 +194,45 @@ func (m *sourceMetrics) fetched(result string, took time.Duration) {
 
 // count counts one handled request by outcome.
 func (m *sourceMetrics) count(o outcome) { m.requests[o].Inc() }
+
+// sharedCacheCollector reports, when scraped, the state of the shared
+// cache of every live source that has one: desko_auth_shared_cache_degraded
+// and desko_auth_shared_cache_stuck_calls. Sources that share a label
+// (same client ID, token URL and scopes, other settings) are added up: the
+// cache is degraded if any is, and their stuck calls are summed.
+type sharedCacheCollector struct {
+	degraded, stuck *prometheus.Desc
+}
+
+// Describe implements prometheus.Collector.
+func (c sharedCacheCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.degraded
+	ch <- c.stuck
+}
+
+// Collect implements prometheus.Collector.
+func (c sharedCacheCollector) Collect(ch chan<- prometheus.Metric) {
+	type state struct{ degraded, stuck float64 }
+	var labels []string
+	by := map[string]*state{}
+	for _, s := range snapshot() { // sorted by label
+		sc := s.engine.SharedCache()
+		if sc == nil {
+			continue
+		}
+		st, ok := by[s.label]
+		if !ok {
+			st = &state{}
+			by[s.label] = st
+			labels = append(labels, s.label)
+		}
+		if sc.State == token.SharedCacheDegraded {
+			st.degraded = 1
+		}
+		st.stuck += float64(sc.StuckCalls)
+	}
+	for _, l := range labels {
+		ch <- prometheus.MustNewConstMetric(c.degraded, prometheus.GaugeValue, by[l].degraded, l)
+		ch <- prometheus.MustNewConstMetric(c.stuck, prometheus.GaugeValue, by[l].stuck, l)
+	}
+}

@@ -5,11 +5,9 @@ package deskoauth
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
 	"strings"
-	"sync/atomic"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -94,17 +92,58 @@ type Handler struct {
 	// SharedCache, when present, shares tokens with every Caddy instance
 	// that uses the same storage (cluster mode).
 	SharedCache *SharedCache `json:"shared_cache,omitempty"`
+	// TokenConcurrency bounds the token requests in flight to one token
+	// endpoint (scheme, host and port) across every source and tenant of
+	// the process (default 8; the smallest setting of the blocks that use
+	// an endpoint applies).
+	TokenConcurrency int `json:"token_concurrency,omitempty"`
 
-	key          string // the sources entry this handler holds
-	transportKey string // the transports entry this handler holds
-	header       string // canonical name of the header that carries the token
+	// ClientKey is the PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC)
+	// that signs the client assertions of auth_style private_key_jwt,
+	// given as {file./path} (or {env.NAME}); a literal PEM is refused.
+	ClientKey string `json:"client_key,omitempty"`
+	// ClientKeyID is the key ID (kid) sent in the assertions' header.
+	ClientKeyID string `json:"client_key_id,omitempty"`
+	// ClientKeyAlg chooses PS256 for an RSA ClientKey (default RS256);
+	// the other keys' algorithm follows the key.
+	ClientKeyAlg string `json:"client_key_alg,omitempty"`
+	// ClientAssertionAudience is the aud claim of the client assertions
+	// (default: the token URL), for servers that want their issuer.
+	ClientAssertionAudience string `json:"client_assertion_audience,omitempty"`
+
+	// Tenant is a placeholder (e.g. {http.request.header.X-Desko-Tenant})
+	// whose value picks each request's credentials: a named credentials
+	// block first, then CredentialsDir. A value that names nothing is
+	// answered 403 and never forwarded.
+	Tenant string `json:"tenant,omitempty"`
+	// Credentials are the named tenants' credentials, by tenant name.
+	Credentials map[string]*TenantCredentials `json:"credentials,omitempty"`
+	// CredentialsDir is a folder of tenants: <dir>/<tenant>/client_id,
+	// client_secret and, optionally, scope. A tenant's source starts with
+	// its first request.
+	CredentialsDir string `json:"credentials_dir,omitempty"`
+	// TenantIdle releases a CredentialsDir tenant unused this long
+	// (default: twice its token's lifetime, at least 10 minutes).
+	TenantIdle caddy.Duration `json:"tenant_idle,omitempty"`
+	// MaxTenants bounds the live CredentialsDir tenants of the block,
+	// least recently used first out (default 10000).
+	MaxTenants int `json:"max_tenants,omitempty"`
+
+	tenantName   string     // the tenant these settings are for, if any
+	dirTenant    string     // the credentials_dir of that tenant, if it is one of its
+	tenants      *tenantSet // the block's tenants, in tenant mode
+	tenantsKey   string     // the tenantSets entry this handler holds
+	b            *binding   // the source and how requests carry its token, without tenants
+	endpointKeys []string   // the endpoints this handler holds
+	key          string     // the sources entry this handler holds
+	transportKey string     // the transports entry this handler holds
+	header       string     // canonical name of the header that carries the token
 	prefix       string
 	src          *source
 	logger       *zap.Logger
 	auth         token.AuthStyle // AuthStyle as Validate parsed it
 	replay       bool
 	limit        int64
-	hdrCache     *atomic.Pointer[headerValue]
 }
 
 // SharedCache configures cluster mode: the token of a credential set is
@@ -129,27 +168,36 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 // it fails, Caddy calls Cleanup, which releases what it acquired.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
-	h.hdrCache = new(atomic.Pointer[headerValue])
 	if err := h.Validate(); err != nil {
 		return err
 	}
-	cfg, creds, tlsFingerprint, err := h.tokenConfig()
+	h.applyRequestOptions()
+	env, err := h.sourceEnv(ctx)
 	if err != nil {
 		return err
 	}
-	h.applyRequestOptions()
-	return h.attachSource(ctx, cfg, creds, tlsFingerprint)
+	if h.tenantMode() {
+		return h.attachTenants(ctx, env)
+	}
+	return h.attachWith(env, nil, nil, "", h.WarmUp == nil || *h.WarmUp)
 }
 
 // Validate reports configuration errors, naming the subdirective. It only
 // looks at the config as written, so `caddy validate` reports the same
 // errors whether or not the placeholders are set.
 func (h *Handler) Validate() error {
-	if strings.TrimSpace(h.ClientID) == "" {
-		return errors.New("client_id: is required")
+	style, err := token.ParseAuthStyle(h.AuthStyle)
+	if err != nil {
+		return fmt.Errorf("auth_style: %w", err)
 	}
-	if strings.TrimSpace(h.ClientSecret) == "" {
-		return errors.New("client_secret: is required")
+	h.auth = style
+	if err := h.validateTenants(); err != nil {
+		return err
+	}
+	if !h.tenantMode() && h.dirTenant == "" {
+		if err := h.validateCredentials(); err != nil {
+			return err
+		}
 	}
 	if h.TokenURL != "" && !placeholderRE.MatchString(h.TokenURL) {
 		if err := checkTokenURL(h.TokenURL); err != nil {
@@ -171,11 +219,6 @@ func (h *Handler) Validate() error {
 	if h.Errors != "" && h.Errors != ErrorsDesko && h.Errors != ErrorsCaddy {
 		return fmt.Errorf("errors: expected desko or caddy, got %q", h.Errors)
 	}
-	style, err := token.ParseAuthStyle(h.AuthStyle)
-	if err != nil {
-		return fmt.Errorf("auth_style: %w", err)
-	}
-	h.auth = style
 	if err := checkSize("replay_memory", h.ReplayMemory, MaxReplayMemory); err != nil {
 		return err
 	}
@@ -187,11 +230,16 @@ func (h *Handler) Validate() error {
 	return nil
 }
 
-// Cleanup releases this handler's hold on its token source; the source is
-// closed when no handler holds it any more.
+// Cleanup releases this handler's hold on its token source (or its tenant
+// block); a source is closed when no handler holds it any more.
 func (h *Handler) Cleanup() error {
 	if h.ReplayMemory != nil {
 		setReplayMemory(h, -1)
+	}
+	h.releaseEndpoints()
+	if h.tenantsKey != "" {
+		_, _ = tenantSets.Delete(h.tenantsKey)
+		h.tenantsKey = ""
 	}
 	if h.transportKey != "" {
 		_, _ = transports.Delete(h.transportKey)
@@ -211,15 +259,22 @@ func (h *Handler) Cleanup() error {
 // carried was rejected, and, where the request can be sent again, it is
 // replayed once with a new token.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
-		repl.Set(phSource, h.src.label)
+	b := h.b
+	if h.tenants != nil {
+		var err error
+		if b, err = h.tenants.bind(r); err != nil {
+			return h.unbound(w, r, err)
+		}
 	}
-	a := attempt{h: h, w: w, r: r}
+	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
+		repl.Set(phSource, b.src.label)
+	}
+	a := attempt{h: h, b: b, w: w, r: r}
 	defer a.end() // counts the outcome, gives back what the attempt holds
 	tok, err := a.token()
 	if err != nil {
 		a.outcome = outcomeUnavailable
-		return h.unavailable(w, r, err)
+		return h.unavailable(w, r, err, b.log)
 	}
 	if err := a.forward(next, tok); err != nil || a.status != http.StatusUnauthorized {
 		return err

@@ -10,8 +10,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/deskoproxy/caddy-desko-auth/internal/token"
 )
 
 // End-to-end tests of what operators see: /metrics, the admin API, and
@@ -72,9 +70,22 @@ func metricValue(t *testing.T, text, name string, labels map[string]string) floa
 	return -1
 }
 
-// label is the source label the handler uses for the test's credentials.
+// label is the label of the running config's source for the test's
+// client ID and these scopes, from the admin API.
 func (e *e2e) label(scopes ...string) string {
-	return sourceLabel(token.Config{TokenURL: e.tokenURL(), Scopes: scopes}, &token.Credentials{ClientID: testClientID})
+	e.t.Helper()
+	code, body := adminDo(e.t, "GET", "/desko_auth/status")
+	var list []SourceStatus
+	if err := json.Unmarshal([]byte(body), &list); code != 200 || err != nil {
+		e.t.Fatalf("status endpoint: %d %s (%v)", code, body, err)
+	}
+	for _, s := range list {
+		if s.ClientID == testClientID && strings.Join(s.Scopes, " ") == strings.Join(scopes, " ") {
+			return s.Source
+		}
+	}
+	e.t.Fatalf("no source for %s with scopes %q in %s", testClientID, scopes, body)
+	return ""
 }
 
 func TestE2EMetricsSurviveReload(t *testing.T) {

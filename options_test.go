@@ -181,7 +181,7 @@ func TestOptionCaddyfileThenValidate(t *testing.T) {
 		{"param client_secret x", "param"},
 		{"token_header X-Tenant a\ntoken_header x-tenant b", "token_header"},
 		// Values are Validate's to check: the parser only reads them.
-		{"auth_style xml", `auth_style: unknown auth style "xml" (want json, form or basic)`},
+		{"auth_style xml", `auth_style: unknown auth style "xml" (want json, form, basic, private_key_jwt or client_secret_jwt)`},
 		{"auth_style FORM", `auth_style: unknown auth style "FORM"`},
 		{"errors json", `errors: expected desko or caddy, got "json"`},
 	} {

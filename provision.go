@@ -5,10 +5,11 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
+	"strings"
 	"time"
 
 	"go.uber.org/zap"
-	"golang.org/x/net/http/httpguts"
 
 	"github.com/deskoproxy/caddy-desko-auth/internal/token"
 )
@@ -17,70 +18,42 @@ import (
 // expanded into the token source's configuration, and the request options.
 // The attachment to the shared token source is in tokensource.go.
 
-// tokenConfig expands the placeholders of the token request's settings
-// and returns the token source's configuration, with the defaults applied,
-// its credentials, and the fingerprint of the TLS files read.
-func (h *Handler) tokenConfig() (token.Config, *token.Credentials, string, error) {
+// requestConfig expands the placeholders of the token request's settings
+// other than the credentials and returns the token source's configuration,
+// with the defaults applied, and the fingerprint of the TLS files read. It
+// holds the handler's transport and token endpoint until Cleanup.
+func (h *Handler) requestConfig() (token.Config, string, error) {
 	var cfg token.Config
-	creds, err := h.credentials()
-	if err != nil {
-		return cfg, nil, "", err
-	}
+	var err error
 	if h.TokenURL != "" {
 		if cfg.TokenURL, err = expand("token_url", h.TokenURL); err != nil {
-			return cfg, nil, "", err
+			return cfg, "", err
 		}
 		if err := checkTokenURL(cfg.TokenURL); err != nil {
-			return cfg, nil, "", err
+			return cfg, "", err
 		}
 	}
 	if u, _ := url.Parse(cfg.TokenURL); u.Scheme == "http" && !isLoopbackHost(u) {
 		if !h.InsecureHTTP {
-			return cfg, nil, "", fmt.Errorf("token_url: http:// to %s would send the client secret in clear text; use https, or add insecure_http if you must", u.Host)
+			return cfg, "", fmt.Errorf("token_url: http:// to %s would send the client secret in clear text; use https, or add insecure_http if you must", u.Host)
 		}
 		h.logger.Warn("insecure_http: the client secret and tokens cross the network in clear text", zap.String("token_url", token.RedactURL(cfg.TokenURL)))
 	}
-	cfg.Credentials = (*token.Static)(creds)
 	cfg.Scopes = h.Scopes
 	cfg.Timeout = time.Duration(h.Timeout)
 	cfg.DefaultTTL = time.Duration(h.DefaultTTL)
 	cfg.Auth = h.auth
-	// Defaults now, so that a source's identity (sourceKey) is the same
-	// whether a default is written out or not.
+	cfg.AssertionAudience = h.ClientAssertionAudience
+	// Defaults now, so that a source's identity is the same whether a
+	// default is written out or not.
 	cfg = cfg.WithDefaults()
 	client, tlsFingerprint, err := h.acquireTransport()
 	if err != nil {
-		return cfg, nil, "", err
+		return cfg, "", err
 	}
 	cfg.HTTPClient = client
-	return cfg, creds, tlsFingerprint, nil
-}
-
-// credentials expands the placeholders of the client ID, the secret and
-// the param and token_header values.
-func (h *Handler) credentials() (*token.Credentials, error) {
-	var c token.Credentials
-	var err error
-	if c.ClientID, err = expand("client_id", h.ClientID); err != nil {
-		return nil, err
-	}
-	if c.ClientSecret, err = expand("client_secret", h.ClientSecret); err != nil {
-		return nil, err
-	}
-	var paramSecrets, headerSecrets []string
-	if c.Params, paramSecrets, err = expandValues("param", h.Params); err != nil {
-		return nil, err
-	}
-	if c.Headers, headerSecrets, err = expandValues("token_header", h.TokenHeaders); err != nil {
-		return nil, err
-	}
-	for k, v := range c.Headers {
-		if !httpguts.ValidHeaderFieldValue(v) {
-			return nil, fmt.Errorf("token_header %s: the expanded value holds control characters (a line break in a file?)", k)
-		}
-	}
-	c.Secrets = append(paramSecrets, headerSecrets...)
-	return &c, nil
+	cfg.Endpoint = h.acquireEndpoint(cfg.TokenURL)
+	return cfg, tlsFingerprint, nil
 }
 
 // applyRequestOptions sets how requests carry the token and whether they
@@ -95,10 +68,7 @@ func (h *Handler) applyRequestOptions() {
 	if h.Prefix != nil {
 		h.prefix = *h.Prefix
 	}
-	if !placeholderRE.MatchString(h.ClientSecret) {
-		h.logger.Warn("client_secret is a literal value: anyone who can read the admin API's /config/ can see it; " +
-			"use {env.NAME} or {file./path} instead (a Caddyfile {$NAME} is substituted into the config and is literal too)")
-	}
+	h.warnLiterals()
 	h.replay = h.RetryOnUnauthorized == nil || *h.RetryOnUnauthorized
 	h.limit = DefaultReplayBodyLimit
 	if h.ReplayBodyLimit != nil {
@@ -110,4 +80,47 @@ func (h *Handler) applyRequestOptions() {
 	if h.ReplayMemory != nil {
 		setReplayMemory(h, *h.ReplayMemory)
 	}
+}
+
+// literalWarning ends every WARN about a credential written into the
+// config.
+const literalWarning = "anyone who can read the admin API's /config/ can see it; use {env.NAME} or {file./path} instead " +
+	"(a Caddyfile {$NAME} is substituted into the config and is literal too)"
+
+// warnLiterals warns about credentials written into the config as they
+// are: the client secret, and the token URL's query parameters, param
+// values and token_header values whose names look like credentials.
+func (h *Handler) warnLiterals() {
+	if h.ClientSecret != "" && !placeholderRE.MatchString(h.ClientSecret) {
+		h.logger.Warn("client_secret is a literal value: " + literalWarning)
+	}
+	if u, err := url.Parse(h.TokenURL); err == nil && !placeholderRE.MatchString(h.TokenURL) {
+		for name, vals := range u.Query() {
+			if credentialName(name) && slices.ContainsFunc(vals, func(v string) bool { return v != "" }) {
+				h.logger.Warn("token_url has a query parameter that looks like a credential, written as it is: "+literalWarning,
+					zap.String("parameter", name))
+			}
+		}
+	}
+	for field, m := range map[string]map[string]string{"param": h.Params, "token_header": h.TokenHeaders} {
+		for name, v := range m {
+			if credentialName(name) && v != "" && !placeholderRE.MatchString(v) {
+				h.logger.Warn(field+" looks like a credential and is a literal value: "+literalWarning, zap.String("name", name))
+			}
+		}
+	}
+}
+
+// credentialWords are the parts of a name that mark a credential.
+var credentialWords = []string{"key", "secret", "token", "passw", "pwd", "auth", "signature", "sig", "credential", "session", "cookie", "bearer"}
+
+// credentialName reports whether a parameter or header name looks like it
+// carries a credential (api_key, X-Api-Key, client_assertion, access_token,
+// password…).
+func credentialName(name string) bool {
+	n := strings.ToLower(name)
+	if n == "client_assertion" {
+		return true
+	}
+	return slices.ContainsFunc(credentialWords, func(w string) bool { return strings.Contains(n, w) })
 }

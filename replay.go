@@ -21,6 +21,7 @@ import (
 // stack.
 type attempt struct {
 	h       *Handler
+	b       *binding            // the source and how the request carries its token
 	w       http.ResponseWriter // the client's writer
 	r       *http.Request
 	tok     *token.Token // the token the request carries
@@ -40,9 +41,9 @@ type attempt struct {
 func (a *attempt) token() (*token.Token, error) {
 	a.replay = a.h.replay && a.keepBody()
 	if a.replay {
-		return a.h.src.engine.GetReplayable(a.r.Context())
+		return a.b.src.engine.GetReplayable(a.r.Context())
 	}
-	return a.h.src.engine.Get(a.r.Context())
+	return a.b.src.engine.Get(a.r.Context())
 }
 
 // keepBody reports whether the request could be replayed, and wraps its
@@ -70,7 +71,7 @@ func (a *attempt) keepBody() bool {
 		}
 		limit = r.ContentLength
 	}
-	a.body = newReplayBody(r.Body, limit, tokenTrailers{r: r, name: a.h.header})
+	a.body = newReplayBody(r.Body, limit, tokenTrailers{r: r, name: a.b.header})
 	r.Body = a.body
 	return true
 }
@@ -81,12 +82,12 @@ func (a *attempt) keepBody() bool {
 // answer gives the kept body's memory back at once.
 func (a *attempt) forward(next caddyhttp.Handler, tok *token.Token) error {
 	a.tok = tok
-	a.value = a.h.setToken(a.r, tok)
+	a.value = a.b.setToken(a.r, tok)
 	if _, ok := a.r.Header["Connection"]; ok {
-		a.h.keepTokenHeader(a.r)
+		a.b.keepTokenHeader(a.r)
 	}
 	if mayCarryTrailers(a.r) {
-		a.h.guardTrailers(a.r, a.body != nil)
+		a.b.guardTrailers(a.r, a.body != nil)
 	}
 	if a.replay {
 		a.saved.take(a.w.Header())
@@ -106,21 +107,21 @@ func (a *attempt) forward(next caddyhttp.Handler, tok *token.Token) error {
 // with a new token where it can be; else the 401 goes to the client as it
 // came.
 func (a *attempt) unauthorized(next caddyhttp.Handler) error {
-	carried := a.h.carries(a.r, a.value)
+	carried := a.b.carries(a.r, a.value)
 	body, ok := a.rewind()
 	if !ok {
 		if carried {
-			a.h.src.engine.Rejected(a.refusal(a.tok, false))
+			a.b.src.engine.Rejected(a.refusal(a.tok, false))
 		}
 		return a.ww.sendHeld()
 	}
 	var fresh *token.Token
 	if carried {
-		fresh = a.h.src.engine.Replace(a.r.Context(), a.refusal(a.tok, false))
+		fresh = a.b.src.engine.Replace(a.r.Context(), a.refusal(a.tok, false))
 	}
 	if fresh == nil {
 		a.outcome = outcomeReplayFailed
-		a.h.logger.Debug("upstream answered 401 and no newer token is available; passing it through")
+		a.b.log.Debug("upstream answered 401 and no newer token is available; passing it through")
 		return a.ww.sendHeld()
 	}
 	return a.replayWith(next, fresh, body)
@@ -166,7 +167,7 @@ func (a *attempt) replayWith(next caddyhttp.Handler, fresh *token.Token, body io
 	if body != nil {
 		r.Body = body
 	}
-	value := a.h.setToken(r, fresh)
+	value := a.b.setToken(r, fresh)
 	a.ww.reset()
 	err := next.ServeHTTP(a.ww, r)
 	a.status = a.ww.status
@@ -175,11 +176,11 @@ func (a *attempt) replayWith(next caddyhttp.Handler, fresh *token.Token, body io
 		a.outcome = outcomeReplayFailed
 		return err
 	case a.status == http.StatusUnauthorized:
-		if a.h.carries(r, value) {
-			a.h.src.engine.Rejected(a.refusal(fresh, true))
+		if a.b.carries(r, value) {
+			a.b.src.engine.Rejected(a.refusal(fresh, true))
 		}
 		a.outcome = outcomeReplayFailed
-		a.h.logger.Warn("upstream answered 401 again after a token refresh; passing it through",
+		a.b.log.Warn("upstream answered 401 again after a token refresh; passing it through",
 			zap.String("method", r.Method), zap.String("uri", r.URL.Path))
 		return nil
 	}
@@ -203,7 +204,7 @@ func (a *attempt) end() {
 	if a.ww != nil && a.status != http.StatusSwitchingProtocols {
 		a.ww.free()
 	}
-	a.h.src.metrics.count(a.outcome)
+	a.b.src.metrics.count(a.outcome)
 }
 
 // headerSnapshot remembers what a response header map held, to restore it

@@ -183,7 +183,7 @@ func chunkedRequest(t *testing.T, announce string, trailers ...string) *http.Req
 // The token header is taken out of the trailers when they are announced
 // and again at the body's end, in any spelling; other trailers pass.
 func TestGuardTrailers(t *testing.T) {
-	h := &Handler{header: "Authorization"}
+	h := &binding{header: "Authorization"}
 	for _, kept := range []bool{false, true} {
 		r := chunkedRequest(t, "authorization, X-Sum", "AUTHORIZATION: Basic smuggled", "X-Sum: 1", "authorization: again")
 		if _, ok := r.Trailer["Authorization"]; !ok {
@@ -215,7 +215,7 @@ func TestGuardTrailers(t *testing.T) {
 // chunked keeps it) loses the token header's name; a request without a
 // body or trailers is left as it is.
 func TestGuardTrailersAnnouncementAndNoBody(t *testing.T) {
-	h := &Handler{header: "X-Custom"}
+	h := &binding{header: "X-Custom"}
 	r, _ := http.NewRequest("POST", "http://x/", strings.NewReader("abc"))
 	r.Header["Trailer"] = []string{"x-custom, X-Sum", "X-CUSTOM"}
 	body := r.Body

@@ -4,6 +4,9 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"sync/atomic"
+
+	"go.uber.org/zap"
 
 	"github.com/deskoproxy/caddy-desko-auth/internal/token"
 )
@@ -12,8 +15,19 @@ import (
 // having it removed on the way to the upstream, or from sending its own as
 // a trailer.
 
-// headerValue caches the Authorization value built for one token, so the
-// hot path does not concatenate strings.
+// binding is a token source as a handler (or one of its tenants) uses
+// it: the source, and how requests carry its token.
+type binding struct {
+	src    *source
+	header string // canonical name of the header that carries the token
+	prefix string
+	log    *zap.Logger // the source's fields
+	// cache holds the header value built for the current token, so that
+	// the hot path does not concatenate strings.
+	cache atomic.Pointer[headerValue]
+}
+
+// headerValue is a token header value and the token it was built for.
 type headerValue struct {
 	tok   *token.Token
 	value string
@@ -21,29 +35,29 @@ type headerValue struct {
 
 // setToken replaces every inbound value of the token header
 // (Authorization unless configured otherwise) and returns the value set.
-func (h *Handler) setToken(r *http.Request, tok *token.Token) string {
-	hv := h.hdrCache.Load()
+func (b *binding) setToken(r *http.Request, tok *token.Token) string {
+	hv := b.cache.Load()
 	if hv == nil || hv.tok != tok {
-		hv = &headerValue{tok: tok, value: h.prefix + tok.Value}
-		h.hdrCache.Store(hv)
+		hv = &headerValue{tok: tok, value: b.prefix + tok.Value}
+		b.cache.Store(hv)
 	}
-	r.Header[h.header] = []string{hv.value}
+	r.Header[b.header] = []string{hv.value}
 	return hv.value
 }
 
 // carries reports whether r still holds the token header as set, so that a
 // 401 to a request whose token something downstream removed or changed
 // does not count against the token.
-func (h *Handler) carries(r *http.Request, value string) bool {
-	v := r.Header[h.header]
+func (b *binding) carries(r *http.Request, value string) bool {
+	v := r.Header[b.header]
 	return len(v) == 1 && v[0] == value
 }
 
 // keepTokenHeader removes the token header's name from the inbound
 // Connection header: a client could otherwise mark it hop-by-hop, and
 // reverse_proxy would strip the token before the upstream sees it.
-func (h *Handler) keepTokenHeader(r *http.Request) {
-	unlist(r.Header, "Connection", h.header)
+func (b *binding) keepTokenHeader(r *http.Request) {
+	unlist(r.Header, "Connection", b.header)
 }
 
 // unlist removes name (in any case) from the comma-separated values of the
@@ -94,11 +108,11 @@ func mayCarryTrailers(r *http.Request) bool {
 // Trailer map's keys and the Trailer header field) and, for a body that can
 // still bring trailers and is not kept for a replay (a replayBody guards
 // itself), wraps the body to take it out again at the body's end.
-func (h *Handler) guardTrailers(r *http.Request, kept bool) {
+func (b *binding) guardTrailers(r *http.Request, kept bool) {
 	if _, ok := r.Header["Trailer"]; ok {
-		unlist(r.Header, "Trailer", h.header)
+		unlist(r.Header, "Trailer", b.header)
 	}
-	tt := tokenTrailers{r: r, name: h.header}
+	tt := tokenTrailers{r: r, name: b.header}
 	tt.strip()
 	if kept || r.Body == nil || r.Body == http.NoBody || (r.Trailer == nil && r.ContentLength >= 0) {
 		return

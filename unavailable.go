@@ -44,10 +44,30 @@ const (
 	phError = "http.desko_auth.error"
 )
 
+// msgUnknownTenant is the answer to a request whose tenant value names no
+// credentials.
+const msgUnknownTenant = "unknown tenant: this proxy holds no credentials for the tenant the request names"
+
+// unbound answers a request that no source could serve: its tenant value
+// named nothing (403), or its tenant could not be started (as unavailable
+// does). It is counted under the tenant block's label.
+func (h *Handler) unbound(w http.ResponseWriter, r *http.Request, err error) error {
+	if !errors.Is(err, errUnknownTenant) {
+		h.tenants.metrics.count(outcomeUnavailable)
+		return h.unavailable(w, r, err, h.logger)
+	}
+	h.tenants.metrics.count(outcomeUnknownTenant)
+	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	if repl != nil {
+		repl.Set(phError, "unknown_tenant")
+	}
+	return h.answer(w, correlationID(repl), http.StatusForbidden, msgUnknownTenant)
+}
+
 // unavailable answers a request that could not get a token: 502 when the
 // credentials were rejected, 503 with Retry-After when the failure is
 // transient; in Desko's error shape, or through Caddy's handle_errors.
-func (h *Handler) unavailable(w http.ResponseWriter, r *http.Request, err error) error {
+func (h *Handler) unavailable(w http.ResponseWriter, r *http.Request, err error, log *zap.Logger) error {
 	status := http.StatusServiceUnavailable
 	msg, why := msgUnavailable, "transient"
 	var te *token.Error
@@ -71,14 +91,20 @@ func (h *Handler) unavailable(w http.ResponseWriter, r *http.Request, err error)
 		repl.Set(phError, why)
 	}
 	ref := correlationID(repl)
-	h.logger.Warn("request answered without a token",
+	log.Warn("request answered without a token",
 		zap.String("correlation_id", ref),
 		zap.Int("status", status),
 		zap.String("error", err.Error()),
 		zap.String("method", r.Method),
 		zap.String("uri", r.URL.Path))
+	return h.answer(w, ref, status, msg)
+}
+
+// answer answers the request here, in Desko's error shape, or returns the
+// error to Caddy's handle_errors with only the fixed message (errors
+// caddy): {http.error.message} may reach clients.
+func (h *Handler) answer(w http.ResponseWriter, ref string, status int, msg string) error {
 	if h.Errors == ErrorsCaddy {
-		// Only the fixed message: {http.error.message} may reach clients.
 		return caddyhttp.Error(status, errors.New(msg+" (correlation_id "+ref+")"))
 	}
 	body, _ := json.Marshal(struct {

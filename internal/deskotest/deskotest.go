@@ -45,21 +45,28 @@ const (
 	ModeDown                  // 500 with a JSON body
 	ModeHTML                  // 200 with an HTML page
 	ModeRFCReject             // 400 invalid_client in RFC 6749's shape
+	ModeBusy                  // 429 with the Retry-After set by SetRetryAfter
 )
 
 // Server is the Desko stand-in. It is safe for concurrent use; change it
 // with the setters.
 type Server struct {
-	clientID     string
-	clientSecret string
+	clientID string
 
 	mu             sync.Mutex
+	secrets        []string            // the client secrets accepted
+	others         map[string][]string // more clients: ID → secrets
+	clients        map[string]string   // token → the client it was issued to
+	inFlight       int                 // token requests being answered
+	maxInFlight    int
 	mode           Mode
 	ttl            time.Duration
 	delay          time.Duration
 	revokePrevious bool
 	retryAfter     string
 	omitExpiresIn  bool
+	clockOffset    time.Duration
+	opaque         bool
 	tokens         map[string]time.Time // token → expiry
 	scopes         map[string]string    // token → scope it was issued for
 	everIssued     []string
@@ -75,12 +82,50 @@ type Server struct {
 // New returns a stand-in that issues tokens of the given lifetime to id and
 // secret.
 func New(id, secret string, ttl time.Duration) *Server {
-	return &Server{clientID: id, clientSecret: secret, ttl: ttl, tokens: map[string]time.Time{}, scopes: map[string]string{}}
+	return &Server{clientID: id, secrets: []string{secret}, ttl: ttl, tokens: map[string]time.Time{}, scopes: map[string]string{},
+		others: map[string][]string{}, clients: map[string]string{}}
 }
 
 // SetClientSecret changes the secret the token endpoint accepts. Tokens
 // already issued stay valid.
-func (s *Server) SetClientSecret(secret string) { s.mu.Lock(); s.clientSecret = secret; s.mu.Unlock() }
+func (s *Server) SetClientSecret(secret string) { s.SetClientSecrets(secret) }
+
+// AddClient makes the token endpoint issue tokens to another client too
+// (a tenant): the API tells whose token a request carried.
+func (s *Server) AddClient(id, secret string) {
+	s.mu.Lock()
+	s.others[id] = append(s.others[id], secret)
+	s.mu.Unlock()
+}
+
+// IssuedTo is how many tokens were issued to client.
+func (s *Server) IssuedTo(client string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, c := range s.clients {
+		if c == client {
+			n++
+		}
+	}
+	return n
+}
+
+// MaxInFlight is the most token requests the endpoint answered at once.
+func (s *Server) MaxInFlight() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.maxInFlight
+}
+
+// SetClientSecrets makes the token endpoint accept any of these secrets,
+// as during a rotation with a grace period. Tokens already issued stay
+// valid.
+func (s *Server) SetClientSecrets(secrets ...string) {
+	s.mu.Lock()
+	s.secrets = append([]string(nil), secrets...)
+	s.mu.Unlock()
+}
 
 // SetMode changes how the token endpoint answers.
 func (s *Server) SetMode(m Mode) { s.mu.Lock(); s.mode = m; s.mu.Unlock() }
@@ -97,6 +142,18 @@ func (s *Server) SetRetryAfter(v string) { s.mu.Lock(); s.retryAfter = v; s.mu.U
 // SetOmitExpiresIn leaves expires_in out of token answers (the JWT exp
 // claim still carries the lifetime).
 func (s *Server) SetOmitExpiresIn(b bool) { s.mu.Lock(); s.omitExpiresIn = b; s.mu.Unlock() }
+
+// SetClockOffset makes the token endpoint's clock run d ahead of the real
+// one (behind if d is negative): its Date header and the exp claims of its
+// tokens are on that clock. The tokens still live ttl.
+func (s *Server) SetClockOffset(d time.Duration) { s.mu.Lock(); s.clockOffset = d; s.mu.Unlock() }
+
+// SetOpaqueTokens makes the token endpoint issue opaque tokens (not JWTs),
+// which the API accepts for exactly ttl after they were issued, to the
+// nanosecond: only expires_in tells a client their lifetime. JWTs, the
+// default, are accepted until their exp claim, in whole seconds, rounded
+// up.
+func (s *Server) SetOpaqueTokens(b bool) { s.mu.Lock(); s.opaque = b; s.mu.Unlock() }
 
 // SetRevokePrevious makes each new token revoke all earlier ones, as some
 // OAuth servers do.
@@ -176,9 +233,15 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 	s.tokenRequests.Add(1)
 	body, _ := io.ReadAll(io.LimitReader(r.Body, 1<<20))
 	s.mu.Lock()
+	s.inFlight++
+	s.maxInFlight = max(s.maxInFlight, s.inFlight)
+	defer func() { s.mu.Lock(); s.inFlight--; s.mu.Unlock() }()
 	s.lastTokenReq, s.lastTokenBody = r.Clone(r.Context()), body
-	mode, ttl, delay, retryAfter, omit := s.mode, s.ttl, s.delay, s.retryAfter, s.omitExpiresIn
+	mode, ttl, delay, retryAfter, omit, offset := s.mode, s.ttl, s.delay, s.retryAfter, s.omitExpiresIn, s.clockOffset
 	s.mu.Unlock()
+	if offset != 0 {
+		w.Header().Set("Date", time.Now().Add(offset).UTC().Format(http.TimeFormat))
+	}
 	if delay > 0 {
 		select {
 		case <-time.After(delay):
@@ -199,6 +262,12 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 		}
 		deskoError(w, http.StatusInternalServerError, "Internal server error")
 		return
+	case ModeBusy:
+		if retryAfter != "" {
+			w.Header().Set("Retry-After", retryAfter)
+		}
+		deskoError(w, http.StatusTooManyRequests, "Too many requests")
+		return
 	case ModeHTML:
 		w.Header().Set("Content-Type", "text/html")
 		_, _ = io.WriteString(w, "<html><body><h1>Maintenance</h1></body></html>")
@@ -218,13 +287,13 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.mu.Lock()
-	id, secret := s.clientID, s.clientSecret
+	ok := (req.ClientID == s.clientID && slices.Contains(s.secrets, req.ClientSecret)) || slices.Contains(s.others[req.ClientID], req.ClientSecret)
 	s.mu.Unlock()
-	if req.ClientID != id || req.ClientSecret != secret {
+	if !ok {
 		deskoError(w, http.StatusUnauthorized, "Client authentication failed")
 		return
 	}
-	tok := s.issue(ttl, req.Scope)
+	tok := s.issue(req.ClientID, ttl, req.Scope)
 	answer := map[string]any{"token_type": "Bearer", "access_token": tok}
 	if !omit {
 		answer["expires_in"] = int(ttl / time.Second)
@@ -233,28 +302,42 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 }
 
 // issue makes a JWT-shaped token (unsigned: the stand-in checks its own
-// list) and records it.
-func (s *Server) issue(ttl time.Duration, scope string) string {
-	// exp is in whole seconds; round up so that the claim and expires_in
-	// agree and the stand-in's own check uses the same instant.
-	exp := time.Now().Add(ttl)
-	if t := exp.Truncate(time.Second); !t.Equal(exp) {
-		exp = t.Add(time.Second)
-	}
+// list), or an opaque one, and records it.
+func (s *Server) issue(client string, ttl time.Duration, scope string) string {
+	s.mu.Lock()
+	offset, opaque := s.clockOffset, s.opaque
+	s.mu.Unlock()
 	var nonce [12]byte
 	_, _ = rand.Read(nonce[:])
-	enc := base64.RawURLEncoding
-	header := enc.EncodeToString([]byte(`{"alg":"none","typ":"JWT"}`))
-	claims, _ := json.Marshal(map[string]any{
-		"sub": s.clientID, "scope": scope, "exp": exp.Unix(), "jti": hex.EncodeToString(nonce[:]),
-	})
-	tok := header + "." + enc.EncodeToString(claims) + "." + enc.EncodeToString(nonce[:])
+	now := time.Now()
+	var tok string
+	var expires time.Time // on the real clock
+	if opaque {
+		tok = "opaque-" + hex.EncodeToString(nonce[:])
+		expires = now.Add(ttl)
+	} else {
+		// exp is in whole seconds on the endpoint's clock; round up so
+		// that the claim and expires_in agree and the stand-in's own check
+		// uses the same instant.
+		exp := now.Add(offset + ttl)
+		if t := exp.Truncate(time.Second); !t.Equal(exp) {
+			exp = t.Add(time.Second)
+		}
+		enc := base64.RawURLEncoding
+		header := enc.EncodeToString([]byte(`{"alg":"none","typ":"JWT"}`))
+		claims, _ := json.Marshal(map[string]any{
+			"sub": client, "scope": scope, "exp": exp.Unix(), "jti": hex.EncodeToString(nonce[:]),
+		})
+		tok = header + "." + enc.EncodeToString(claims) + "." + enc.EncodeToString(nonce[:])
+		expires = exp.Add(-offset)
+	}
 	s.mu.Lock()
 	if s.revokePrevious {
 		clear(s.tokens)
 	}
-	s.tokens[tok] = exp
+	s.tokens[tok] = expires
 	s.scopes[tok] = scope
+	s.clients[tok] = client
 	s.everIssued = append(s.everIssued, tok)
 	s.mu.Unlock()
 	return tok
@@ -306,7 +389,7 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
 	}
 	s.mu.Lock()
 	s.bodies = append(s.bodies, string(body))
-	scope := s.scopes[tok]
+	scope, client := s.scopes[tok], s.clients[tok]
 	serial := slices.Index(s.everIssued, tok) + 1
 	s.mu.Unlock()
 	w.Header().Set("X-Upstream", "desko-standin")
@@ -319,6 +402,7 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
 		// Which token it was, without showing it: the n-th issued, and
 		// the scope it was issued for.
 		"token_serial": serial,
+		"client_id":    client,
 		"scope":        scope,
 	})
 }

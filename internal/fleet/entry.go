@@ -3,10 +3,12 @@
 // set through it (cluster mode). An Entry implements token.Store. It
 // imports certmagic, not Caddy.
 //
-// An entry is encrypted with a key derived from the client secret, so that
-// whoever can read the storage but does not know the secret learns nothing
-// from it (neither the token nor its expiry), and an entry written under a
-// secret that has since been rotated is simply a miss.
+// An entry is encrypted with a key derived from the client secret (or,
+// for a client that signs with a private key and has no secret, from the
+// key: token.Credentials.StoreSecret), so that whoever can read the storage
+// but holds neither learns nothing from it (neither the token nor its
+// expiry), and an entry written under a secret or key that has since been
+// rotated is simply a miss.
 package fleet
 
 import (
@@ -144,11 +146,12 @@ func (e *Entry) sealFor(c *token.Credentials) (*sealed, error) {
 	if c.ClientID == "" {
 		return nil, errors.New("shared token cache: client_id is required")
 	}
-	if c.ClientSecret == "" {
-		return nil, errors.New("shared token cache: client_secret is required")
+	secret := c.StoreSecret()
+	if len(secret) == 0 {
+		return nil, errors.New("shared token cache: a client secret or a client key is required")
 	}
 	key := Key(e.tokenURL, c.ClientID, e.scopes, identity(c))
-	ek, err := hkdf.Key(sha256.New, []byte(c.ClientSecret), []byte(key), hkdfInfo, 32)
+	ek, err := hkdf.Key(sha256.New, secret, []byte(key), hkdfInfo, 32)
 	if err != nil {
 		// Only FIPS 140-only mode fails here (secret shorter than 112
 		// bits); hkdf's message does not quote the secret.
@@ -247,7 +250,8 @@ func (e *Entry) GoString() string {
 // entry replaced between the two calls) is rejected too. The calls run
 // through the gate: Load returns when ctx ends at the latest, with an error
 // wrapping ctx.Err(), and at once, with one wrapping
-// token.ErrStoreUnresponsive, while an earlier call is stuck.
+// token.ErrStoreUnresponsive, while the gate leaves the storage alone after
+// a call that did not return (see gate).
 //
 // A token is returned whatever its expiry: judging it is the caller's job.
 func (e *Entry) Load(ctx context.Context, c *token.Credentials) (*token.Stored, error) {
@@ -409,4 +413,15 @@ func (e *Entry) Succeed(prev token.Store) {
 	}
 }
 
-var _ token.Store = (*Entry)(nil)
+// StuckCalls is how many of the entry's storage calls outlived their
+// callers and have not returned (see gate): goroutines blocked in a storage
+// that does not answer. It implements token.StuckReporter.
+func (e *Entry) StuckCalls() int {
+	n, _ := e.gate.state()
+	return n
+}
+
+var (
+	_ token.Store         = (*Entry)(nil)
+	_ token.StuckReporter = (*Entry)(nil)
+)

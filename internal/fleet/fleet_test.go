@@ -55,7 +55,7 @@ func sleepUntil(at time.Time) {
 // first one fetched and stored, without a token request of its own, with
 // the token's times: it refreshes it at 77.5% of its life counted from when
 // A obtained it, and, should that refresh fail, serves it until exactly
-// its expiry.
+// its safety margin before its expiry.
 func TestFleetAdopts(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f := newPair(t, 3600, nil, nil)
@@ -102,17 +102,18 @@ func TestFleetAdopts(t *testing.T) {
 		if got := b.src.Status(); got.Fetches != 1 || got.State != token.StateBackingOff || srv.count() != 2 {
 			t.Fatalf("at the refresh point B's status is %+v after %d token requests; want its failed refresh", got, srv.count())
 		}
-		// The adopted token lives exactly as long as A's: valid until t0+1h.
-		sleepUntil(t0.Add(time.Hour - time.Millisecond))
+		// The adopted token lives exactly as long as A's: it expires at
+		// t0+1h, and is used until its safety margin (10 s) before.
+		sleepUntil(t0.Add(time.Hour - 10*time.Second - time.Millisecond))
 		if got := mustGet(t, b.src); got != tb {
-			t.Errorf("1ms before its expiry B serves %q, want the adopted token", got.Value)
+			t.Errorf("1ms before its safety margin B serves %q, want the adopted token", got.Value)
 		}
-		sleepUntil(t0.Add(time.Hour))
+		sleepUntil(t0.Add(time.Hour - 10*time.Second))
 		if got, err := b.src.Get(context.Background()); err == nil {
-			t.Errorf("at its expiry B still serves %q", got.Value)
+			t.Errorf("within its safety margin B still serves %q", got.Value)
 		}
 		if got := b.src.Status(); !got.ExpiresAt.IsZero() {
-			t.Errorf("after the expiry B's status %+v still gives an expiry", got)
+			t.Errorf("within the safety margin B's status %+v still gives an expiry", got)
 		}
 	})
 }

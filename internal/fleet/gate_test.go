@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"testing/synctest"
@@ -326,4 +327,215 @@ func TestGateFIFOEntry(t *testing.T) {
 	if n := logs.FilterMessage("shared token cache available again").Len(); n != 1 {
 		t.Errorf("%d INFOs saying the shared cache is back, want 1: %v", n, logs.All())
 	}
+}
+
+// wedgedStorage is a fakeStorage whose Loads block, ignoring their
+// context, while it is wedged: such a call stays blocked until the end of
+// the test, even after the storage is unwedged (a read blocked on a FIFO
+// that was removed meanwhile). Calls made after unwedge answer at once.
+type wedgedStorage struct {
+	fakeStorage
+	mu     sync.Mutex
+	wedged bool
+	free   chan struct{} // closed at the end of the test
+	loads  int
+}
+
+func newWedgedStorage(t *testing.T) *wedgedStorage {
+	s := &wedgedStorage{wedged: true, free: make(chan struct{})}
+	t.Cleanup(func() { close(s.free) })
+	return s
+}
+
+func (s *wedgedStorage) setWedged(b bool) {
+	s.mu.Lock()
+	s.wedged = b
+	s.mu.Unlock()
+}
+
+func (s *wedgedStorage) loadCalls() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.loads
+}
+
+func (s *wedgedStorage) Load(ctx context.Context, key string) ([]byte, error) {
+	s.mu.Lock()
+	s.loads++
+	wedged := s.wedged
+	s.mu.Unlock()
+	if wedged {
+		<-s.free
+	}
+	return s.fakeStorage.Load(ctx, key)
+}
+
+func (s *wedgedStorage) Stat(ctx context.Context, key string) (certmagic.KeyInfo, error) {
+	info, err := s.fakeStorage.Stat(ctx, key)
+	if err == nil {
+		info.Size = 0 // Load has the last word
+	}
+	return info, err
+}
+
+// loadWithin loads e's entry with a deadline of d.
+func loadWithin(e *Entry, d time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	_, err := e.Load(ctx, testCreds())
+	return err
+}
+
+// TestGateRecoversAfterWait: after a call that does not return, the gate
+// leaves the storage alone for ten times that call's wait, then lets a
+// call through: a storage that answers again is used again, although the
+// first call never returns; the entry reports it as stuck.
+func TestGateRecoversAfterWait(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := newWedgedStorage(t)
+		s.put(testKey(), []byte("{}"))
+		e := newEntry(t, s)
+		if err := loadWithin(e, 200*time.Millisecond); !errors.Is(err, token.ErrStoreUnresponsive) {
+			t.Fatalf("Load from a wedged storage = %v; want unresponsive", err)
+		}
+		abandonedAt := time.Now()
+		if n := e.StuckCalls(); n != 1 {
+			t.Fatalf("StuckCalls = %d, want 1", n)
+		}
+		if _, since := e.gate.state(); !since.Equal(abandonedAt) {
+			t.Errorf("the gate is stuck since %v, want %v", since, abandonedAt)
+		}
+		s.setWedged(false) // the storage answers again; the first read stays blocked
+
+		// For 2 s (10 × 200 ms) the storage is left alone.
+		time.Sleep(2*time.Second - time.Nanosecond)
+		if err := loadWithin(e, time.Second); !errors.Is(err, errStuck) {
+			t.Errorf("Load 1ns before the gate's wait ends = %v; want errStuck", err)
+		}
+		if n := s.loadCalls(); n != 1 {
+			t.Errorf("%d storage Loads during the gate's wait, want 1", n)
+		}
+		time.Sleep(time.Nanosecond)
+		if err := loadWithin(e, time.Second); !errors.Is(err, ErrCorrupt) {
+			t.Fatalf("Load after the gate's wait = %v; want the storage's answer (a corrupt entry)", err)
+		}
+		if err := e.Save(context.Background(), testCreds(), storedTok()); err != nil {
+			t.Fatalf("Save after the gate's wait: %v", err)
+		}
+		if got, err := e.Load(context.Background(), testCreds()); err != nil || !sameToken(got, storedTok()) {
+			t.Fatalf("Load = %v, %v", got, err)
+		}
+		if n := e.StuckCalls(); n != 1 {
+			t.Errorf("StuckCalls = %d, want still 1 (the first read never returns)", n)
+		}
+	})
+}
+
+// TestGateClosesAtMaxAbandoned: a storage that never answers gets one
+// call per gate wait until maxAbandoned calls are stuck; then none at all,
+// whatever the time, until one of them returns.
+func TestGateClosesAtMaxAbandoned(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := newWedgedStorage(t)
+		s.put(testKey(), []byte("{}"))
+		e := newEntry(t, s)
+		const wait = 100 * time.Millisecond // gate wait: 1 s (the floor)
+		for i := 1; i <= maxAbandoned; i++ {
+			if err := loadWithin(e, wait); !errors.Is(err, context.DeadlineExceeded) {
+				t.Fatalf("Load %d = %v; want its deadline", i, err)
+			}
+			if n := e.StuckCalls(); n != i {
+				t.Fatalf("after %d abandoned Loads StuckCalls = %d", i, n)
+			}
+			if err := loadWithin(e, wait); !errors.Is(err, errStuck) && !errors.Is(err, errClosed) {
+				t.Fatalf("Load right after = %v; want the gate to refuse it", err)
+			}
+			time.Sleep(minStuckWait)
+		}
+		time.Sleep(time.Hour)
+		before := s.loadCalls()
+		if err := loadWithin(e, wait); !errors.Is(err, errClosed) || !errors.Is(err, token.ErrStoreUnresponsive) {
+			t.Fatalf("Load with %d calls stuck = %v; want errClosed", maxAbandoned, err)
+		}
+		if _, err := e.Lock(context.Background(), testCreds()); !errors.Is(err, errClosed) {
+			t.Fatalf("Lock with %d calls stuck = %v; want errClosed", maxAbandoned, err)
+		}
+		if n := s.loadCalls(); n != before || before != maxAbandoned {
+			t.Errorf("%d storage Loads in all, want %d", n, maxAbandoned)
+		}
+	})
+}
+
+// TestGateReleaseAfterWait: a lock taken before the look under it got
+// stuck is released once the gate's wait ends, although the stuck call
+// never returns.
+func TestGateReleaseAfterWait(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := newWedgedStorage(t)
+		s.setWedged(false)
+		s.unlocked = make(chan string, 1)
+		e := newEntry(t, s)
+		unlock, err := e.Lock(context.Background(), testCreds())
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.put(testKey(), []byte("{}"))
+		s.setWedged(true)
+		if err := loadWithin(e, 500*time.Millisecond); !errors.Is(err, token.ErrStoreUnresponsive) {
+			t.Fatalf("Load = %v; want unresponsive", err)
+		}
+		start := time.Now()
+		go unlock()
+		synctest.Wait()
+		if len(s.unlocked) != 0 {
+			t.Fatal("unlocked while the gate leaves the storage alone")
+		}
+		if name := <-s.unlocked; name != sealedFor(t, e, testCreds()).lockName {
+			t.Errorf("unlocked %q", name)
+		}
+		if took := time.Since(start); took != 5*time.Second {
+			t.Errorf("unlocked after %v, want the gate's 5 s wait (10 × 500 ms)", took)
+		}
+	})
+}
+
+// TestFleetRecoversFromWedgedStorage: through a source, a storage that
+// stops answering puts the shared cache in an outage (degraded, one WARN,
+// a stuck call) without holding up the fetches; once it answers again the
+// first fetch after the gate's wait uses it, and the outage ends (one
+// INFO), with the first call still stuck in it.
+func TestFleetRecoversFromWedgedStorage(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		srv := newTokenServer(okToken(3600))
+		s := newWedgedStorage(t)
+		logger, logs := newLogs()
+		a := newMember(t, srv, s, withTimeout(400*time.Millisecond), withLogger(logger)) // storage waits: 100 ms; gate: 1 s
+		s.put(testKey(), []byte("{}"))
+		start := time.Now()
+		mustGet(t, a.src)
+		st := a.src.Status().SharedCache
+		if st == nil || st.State != token.SharedCacheDegraded || !st.Since.Equal(start.Add(100*time.Millisecond)) || st.StuckCalls != 1 {
+			t.Fatalf("shared cache %+v; want degraded since the read's deadline, one stuck call", st)
+		}
+		s.setWedged(false) // and what blocked it is gone, as a FIFO removed
+		s.Delete(context.Background(), testKey())
+		mustRefresh(t, a.src) // within the gate's wait: not tried
+		if n := s.loadCalls(); n != 1 {
+			t.Fatalf("%d Loads within the gate's wait, want 1", n)
+		}
+		time.Sleep(time.Second)
+		tok := mustRefresh(t, a.src)
+		if got := a.load(t); got == nil || got.AccessToken != tok.Value {
+			t.Errorf("the entry is %+v after the recovery; want the token fetched", got)
+		}
+		st = a.src.Status().SharedCache
+		if st == nil || st.State != token.SharedCacheOK || st.StuckCalls != 1 {
+			t.Errorf("shared cache %+v after the recovery; want ok with the first read still stuck", st)
+		}
+		if w, i := logs.FilterMessage("shared token cache unavailable; fetching tokens locally").Len(),
+			logs.FilterMessage("shared token cache available again").Len(); w != 1 || i != 1 {
+			t.Errorf("%d WARNs and %d INFOs for one outage, want 1 and 1", w, i)
+		}
+		a.obs.wantCounts(t, "A", map[token.StoreResult]int{token.StoreTimeout: 2, token.StoreMiss: 1})
+	})
 }

@@ -146,21 +146,24 @@ func returnsWithin(t testing.TB, what string, f func()) {
 	await(t, done, what+" to return")
 }
 
-// waitGateIdle waits until no call holds g's slot, so a stuck call has
-// returned (its goroutine frees the slot after it stops being stuck). For
+// waitGateIdle waits until every abandoned call of g has returned. For
 // real-time tests; a bubble uses synctest.Wait.
 func waitGateIdle(t testing.TB, g *gate) {
 	t.Helper()
 	idle := make(chan struct{})
 	go func() {
-		g.slot <- struct{}{}
-		<-g.slot
-		close(idle)
+		defer close(idle)
+		for {
+			g.mu.Lock()
+			n, changed := g.abandoned, g.changed
+			g.mu.Unlock()
+			if n == 0 {
+				return
+			}
+			<-changed
+		}
 	}()
-	await(t, idle, "the storage's stuck call to return")
-	if g.isStuck() {
-		t.Fatal("the gate's slot is free but a call is still recorded as stuck")
-	}
+	await(t, idle, "the storage's stuck calls to return")
 }
 
 // ---------------------------------------------------------------------------

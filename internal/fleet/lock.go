@@ -18,8 +18,9 @@ import (
 // Bound: lock returns at the latest when ctx ends, even if the storage's
 // Lock does not honour ctx (it then runs on in the background and, should it
 // succeed later, its lock is released at once). An already ended ctx fails
-// without touching the storage. The error then wraps ctx.Err(); while an
-// earlier storage call is stuck, it wraps token.ErrStoreUnresponsive.
+// without touching the storage. The error then wraps ctx.Err(); while the
+// gate leaves the storage alone after a call that did not return, it wraps
+// token.ErrStoreUnresponsive.
 //
 // With certmagic.FileStorage (v0.25.6) a waiter polls: it retries every
 // second, so a released lock is noticed up to 1 s late. A holder keeps its
@@ -28,11 +29,12 @@ import (
 // not reentrant, within a process either.
 //
 // unlock releases the lock, with its own background context bounded by
-// e.unlockTimeout, so it works after ctx has ended. Should an
-// earlier storage call be stuck, unlock waits for it to return first (the
-// lock must be released some day); callers that cannot wait that long call
-// it in a goroutine. Calling it more than once is harmless. Failures go to
-// e.unlockFailed.
+// e.unlockTimeout, so it works after ctx has ended. It goes through the
+// gate like every call, but waits for it rather than fail: while the gate
+// leaves a stuck storage alone, unlock waits for the gate's wait to end or
+// a stuck call to return (the lock must be released some day); callers
+// that cannot wait that long call it in a goroutine. Calling it more than
+// once is harmless. Failures go to e.unlockFailed.
 func (e *Entry) Lock(ctx context.Context, c *token.Credentials) (unlock func(), err error) {
 	s, err := e.sealFor(c)
 	if err != nil {
@@ -55,10 +57,10 @@ func (e *Entry) Lock(ctx context.Context, c *token.Credentials) (unlock func(), 
 	return func() { once.Do(func() { e.release(s) }) }, nil
 }
 
-// release releases the lock through the gate, waiting for a stuck call to
-// return first rather than failing.
+// release releases the lock through the gate, waiting for the gate to let
+// a call through rather than failing.
 func (e *Entry) release(s *sealed) {
-	e.gate.slot <- struct{}{}
+	e.gate.acquireEventually()
 	ctx, cancel := context.WithTimeout(context.Background(), e.unlockTimeout)
 	defer cancel()
 	err := e.gate.run(ctx, "unlock", func(ctx context.Context) error {
@@ -73,8 +75,9 @@ func (e *Entry) release(s *sealed) {
 	}
 }
 
-// unlockNow releases the lock directly; only for a call that already holds
-// the gate's slot.
+// unlockNow releases the lock directly: for a Lock that returned after its
+// caller gave up on it, from that call's goroutine (which still counts as
+// abandoned, so the gate bounds it).
 func (e *Entry) unlockNow(s *sealed) {
 	ctx, cancel := context.WithTimeout(context.Background(), e.unlockTimeout)
 	defer cancel()

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/deskoproxy/caddy-desko-auth/internal/scrub"
+	"github.com/deskoproxy/caddy-desko-auth/internal/scrub/scrubtest"
 )
 
 func TestScrubNothingToRedact(t *testing.T) {
@@ -38,16 +39,20 @@ func TestScrubShortSecret(t *testing.T) {
 	}
 }
 
-// Extra secrets follow the same rule as the client secret.
+// Extra secrets, which may be ordinary text too (an audience URL, a
+// query), are matched whole, in every form and view, but not by their
+// windows: the text around them survives.
 func TestScrubExtras(t *testing.T) {
-	sc := scrub.New("id", "", append(scrub.URLSecrets("https://u:pa55w0rd-XYZ@h/t?api_key=QUERYKEY-abc123"), "param-value-1234")...)
-	for _, in := range []string{"pa55w0rd-XYZ", "PA55W0RD-XYZ", "QUERYKEY-abc", "querykey-ABC123", "321cba-YEKYREUQ", "p a r a m - v a l u e"} {
+	sc := scrub.New("id", "", append(scrub.URLSecrets("https://u:pa55w0rd-XYZ@h/t?api_key=QUERYKEY-abc123"), "param-value-1234", "https://aud.example/AUDIENCE")...)
+	for _, in := range []string{"pa55w0rd-XYZ", "PA55W0RD-XYZ", "querykey-ABC123", "321cba-YEKYREUQ", "p a r a m - v a l u e - 1 2 3 4", "aHR0cHM6Ly9hdWQuZXhhbXBsZS9BVURJRU5DRQ"} {
 		if out := sc.Scrub("x " + in + " y"); out != "x "+scrub.Redacted+" y" {
 			t.Errorf("Scrub(%q) = %q", in, out)
 		}
 	}
-	if out := sc.Scrub("api_key missing"); out != "api_key missing" {
-		t.Errorf("Scrub = %q", out)
+	for _, clean := range []string{"api_key missing", "QUERYKEY-abc", "https://other.example/path", "audience is required"} {
+		if out := sc.Scrub(clean); out != clean {
+			t.Errorf("Scrub(%q) = %q, want it unchanged", clean, out)
+		}
 	}
 }
 
@@ -61,6 +66,12 @@ func TestScrubFailsClosed(t *testing.T) {
 	hostile := strings.Repeat(`%255Cu0041&#x25;32\\u&amp;`+strings.Repeat("QUJD", 3)+" ", 1<<18/40)
 	if out := sc.Scrub(hostile); out != scrub.TooCostly {
 		t.Errorf("Scrub of %d hostile bytes = %.100q…", len(hostile), out)
+	}
+	// A secret that a run of dots matches at hundreds of alignments, as
+	// the fuzzer found it (it made matching quadratic).
+	dots := "0000000000000000" + strings.Repeat(".", 600) + "000"
+	if out := scrub.New("id", dots).Scrub("01;00" + scrubtest.EscapeRandomly(dots, 15939) + "F"); out != scrub.TooCostly && strings.Contains(out, dots) {
+		t.Errorf("Scrub = %.100q…", out)
 	}
 	texts := benchTexts(false)
 	for _, name := range []string{"clean 200 B", "echoed secret", "HTML page 64 KiB", "JSON errors 64 KiB"} {
@@ -121,8 +132,9 @@ func TestScrubConcurrent(t *testing.T) {
 // found them.
 func TestScrubSpacedMixedWidths(t *testing.T) {
 	for secret, in := range map[string]string{
-		"0é0éÅ":  "00 é 0 é Å0",
-		"0000éÅ": "00   0   0   0   é   Å0",
+		"0é0éÅ":                 "00 é 0 é Å0",
+		"0000éÅ":                "00   0   0   0   é   Å0",
+		"0\U0004ad13\U00064d13": "00 \U0004ad13 \U00064d130", // three characters, 9 bytes
 	} {
 		if out := scrub.New("c", secret).Scrub(in); out != "0"+scrub.Redacted+"0" {
 			t.Errorf("Scrub(%q) = %q", in, out)

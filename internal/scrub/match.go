@@ -87,13 +87,20 @@ func need(n int) int {
 	return windowLen
 }
 
-func newIndex(secrets []string) *index {
+// newIndex indexes the secrets: those of windows matched by their windows
+// and pieces (the leak rule), the others only whole.
+func newIndex(windows, whole []string) *index {
 	x := &index{keys: map[uint32][]entry{}, minNeed: 1 << 30}
 	seen := map[string]int{}
-	for _, s := range secrets {
+	secrets := append(slices.Clip(windows), whole...)
+	for si, s := range secrets {
+		windowed := si < len(windows)
 		for _, cased := range []string{s, strings.ToUpper(s), strings.ToLower(s)} {
 			for _, v := range []string{cased, reverseBytes(cased), reverseRunes(cased)} {
-				p := pattern{b: foldString(v), need: need(len(v)), split: len(v) >= splitMin}
+				p := pattern{b: foldString(v), need: len(v)}
+				if windowed {
+					p.need, p.split = need(len(v)), len(v) >= splitMin
+				}
 				if i, ok := seen[string(p.b)]; ok {
 					x.pats[i].need = min(x.pats[i].need, p.need)
 					x.pats[i].split = x.pats[i].split || p.split

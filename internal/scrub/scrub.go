@@ -5,8 +5,8 @@
 //
 // # What counts as a leak
 //
-// For each secret of L bytes (the client secret; an extra secret of at
-// least MinExtra bytes), the needed length is R = L when L < 12 (the
+// For each secret of L bytes matched by the leak rule (the client secret,
+// the forms of a private key), the needed length is R = L when L < 12 (the
 // whole secret) and R = 8 otherwise (any window of it: a quarter of a
 // 32-byte secret is worth redacting, while 8 bytes of a random secret
 // never turn up in ordinary text by chance). The scrubber redacts, in the
@@ -21,6 +21,10 @@
 //     a piece of 1 to 3 bytes, which counts only when needed to make R;
 //     the pieces and gaps overlap no match of rule 1 (in any view). The
 //     gaps are redacted with the pieces.
+//
+// Extra secrets (of at least MinExtra bytes: param and header values, a
+// token URL's query), which may be ordinary text too, are matched only
+// whole (R = L, no pieces), in every view.
 //
 // Bytes match when equal after mapping ASCII letters to lower case and
 // '+' (form encoding's space) to ' '. The secret is also matched read
@@ -52,11 +56,12 @@
 // characters that are not letters or digits, repeated identically
 // ("s e c", "s-e-c", "s, e, c"); and the text read backwards, for
 // escapes. A decoded run that is not mostly (three quarters of its first
-// 256 bytes) valid UTF-8 is searched but not decoded further: it is
-// binary data or noise of a wrong alignment, and every layer of encoding
-// writes text. A leak found in a view redacts the original span it came
-// from: at the edges of a base64 or hex run, whole characters that hold
-// bits of the secret and of its neighbours.
+// 256 bytes) valid UTF-8 is searched whole but decoded further only in its
+// stretches of valid UTF-8 of R bytes or more: it is binary data or noise
+// of a wrong alignment, and every layer of encoding writes text. A leak
+// found in a view redacts the original span it came from: at the edges of
+// a base64 or hex run, whole characters that hold bits of the secret and
+// of its neighbours.
 //
 // Views that are the same text with the same spans (escape decodings that
 // commute, base64 runs an escape decoding left as they were) are looked
@@ -114,33 +119,43 @@ type Scrubber struct {
 
 // New returns a scrubber for the client secret (in every form a token
 // request carries it: raw, form-encoded, inside Basic credentials) and for
-// extra secrets of at least MinExtra bytes.
+// extra secrets of at least MinExtra bytes. The client secret is matched
+// by the leak rule (any window of it, and pieces); the extras — values
+// that may also be ordinary text, such as a param value or a token URL's
+// query — only whole, though in every view.
 func New(clientID, secret string, extra ...string) *Scrubber {
-	var forms, raws []string
-	add := func(s string) {
-		raws = append(raws, s)
-		forms = append(forms, s)
-	}
-	switch {
-	case len(secret) >= MinExtra:
-		add(secret)
-	case secret != "":
-		// Only the exact forms: base64, hex and Basic credentials too,
-		// which the views do not decode for so short a secret.
-		forms = append(forms,
-			secret,
-			strings.ReplaceAll(secret, " ", "+"),
-			base64.StdEncoding.EncodeToString([]byte(secret)),
-			base64.RawURLEncoding.EncodeToString([]byte(secret)),
-			hex.EncodeToString([]byte(secret)),
-			strings.ToUpper(hex.EncodeToString([]byte(secret))),
-			base64.StdEncoding.EncodeToString([]byte(url.QueryEscape(clientID)+":"+url.QueryEscape(secret))),
-			base64.StdEncoding.EncodeToString([]byte(clientID+":"+secret)),
-		)
+	return NewWith(clientID, []string{secret}, extra...)
+}
+
+// NewWith is New for several secrets matched by the leak rule (a client
+// secret and the forms of a private key, say); the first is the client
+// secret, which also goes into Basic credentials with clientID.
+func NewWith(clientID string, secrets []string, extra ...string) *Scrubber {
+	var forms, windows, whole []string
+	for i, secret := range secrets {
+		switch {
+		case len(secret) >= MinExtra:
+			windows = append(windows, secret)
+			forms = append(forms, secret)
+		case secret != "" && i == 0:
+			// Only the exact forms: base64, hex and Basic credentials too,
+			// which the views do not decode for so short a secret.
+			forms = append(forms,
+				secret,
+				strings.ReplaceAll(secret, " ", "+"),
+				base64.StdEncoding.EncodeToString([]byte(secret)),
+				base64.RawURLEncoding.EncodeToString([]byte(secret)),
+				hex.EncodeToString([]byte(secret)),
+				strings.ToUpper(hex.EncodeToString([]byte(secret))),
+				base64.StdEncoding.EncodeToString([]byte(url.QueryEscape(clientID)+":"+url.QueryEscape(secret))),
+				base64.StdEncoding.EncodeToString([]byte(clientID+":"+secret)),
+			)
+		}
 	}
 	for _, s := range extra {
 		if len(s) >= MinExtra {
-			add(s)
+			whole = append(whole, s)
+			forms = append(forms, s)
 		}
 	}
 	if len(forms) == 0 {
@@ -148,7 +163,7 @@ func New(clientID, secret string, extra ...string) *Scrubber {
 	}
 	slices.SortFunc(forms, func(a, b string) int { return len(b) - len(a) })
 	forms = slices.Compact(forms)
-	sc := &Scrubber{idx: newIndex(raws)}
+	sc := &Scrubber{idx: newIndex(windows, whole)}
 	sc.minNeed = sc.idx.minNeed
 	for _, f := range forms {
 		sc.legacy = append(sc.legacy, []byte(f))

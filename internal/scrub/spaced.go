@@ -13,7 +13,7 @@ import (
 // a byte (so text spaced out byte by byte is read too).
 func (w *walker) spacedViews(v *view, child node) {
 	t := v.text
-	w.budget -= costScan * len(t)
+	w.budget -= 2 * costScan * len(t)
 	if len(t) <= w.sc.minNeed { // need bytes and a separator at least
 		return
 	}
@@ -39,9 +39,13 @@ func (w *walker) spacedViews(v *view, child node) {
 }
 
 // spacedAt reports whether a separator of one or two characters starting
-// at t[i] comes back twice, one character apart each time.
+// at t[i] comes back one character later, and again one character later
+// unless that character is 3 or 4 bytes long (a secret of 8 bytes may
+// have only three characters).
 func spacedAt(t []byte, i int) bool {
-	if c := t[i]; c < utf8.RuneSelf && isAlnum(c) {
+	// The separator's first byte comes back within a character and a
+	// separator of two.
+	if c := t[i]; c < utf8.RuneSelf && isAlnum(c) || bytes.IndexByte(t[i+1:min(len(t), i+13)], c) < 0 {
 		return false
 	}
 	for units := 1; units <= 2; units++ {
@@ -50,17 +54,16 @@ func spacedAt(t []byte, i int) bool {
 			_, n := utf8.DecodeRune(t[end:])
 			end += n
 		}
-		sep, j, ok := t[i:end], end, true
-		for range 2 {
+		sep, j := t[i:end], end
+		for rep := 0; ; rep++ {
 			_, n := utf8.DecodeRune(t[j:])
-			j += n
-			if ok = n > 0 && bytes.HasPrefix(t[j:], sep); !ok {
+			if n == 0 || !bytes.HasPrefix(t[j+n:], sep) {
 				break
 			}
-			j += len(sep)
-		}
-		if ok {
-			return true
+			if rep == 1 || n >= 3 {
+				return true
+			}
+			j += n + len(sep)
 		}
 	}
 	return false

@@ -217,16 +217,31 @@ func (w *walker) decodeRun(v *view, i, j int, child node, minLen, align int, c c
 		for a := 0; a < align && len(idx)-a >= minLen; a++ {
 			w.scratch = c.text(v.text, idx[a:], w.scratch[:0])
 			w.budget -= costDecode * (len(idx) - a)
-			text := mostlyUTF8(w.scratch)
-			if !text && !w.sc.idx.mayMatch(w.scratch) {
-				continue
-			}
-			d := c.view(v, idx[a:])
-			w.budget -= costView * len(d.text)
 			n := child
 			n.rev = child.rev || rev == 1
-			n.leaf = !text
-			w.walk(&d, n)
+			if mostlyUTF8(w.scratch) {
+				d := c.view(v, idx[a:])
+				w.budget -= costView * len(d.text)
+				w.walk(&d, n)
+				continue
+			}
+			// Binary, or noise: searched whole, decoded further only in
+			// its stretches of text (base64 glued to other hex digits
+			// decodes after a few stray bytes).
+			if w.sc.idx.mayMatch(w.scratch) {
+				d := c.view(v, idx[a:])
+				w.budget -= costView * len(d.text)
+				leaf := n
+				leaf.leaf = true
+				w.walk(&d, leaf)
+			}
+			w.budget -= costScan * len(w.scratch)
+			for _, s := range utf8Stretches(w.scratch, w.sc.minNeed) {
+				from, to := c.chars(s[0], s[1], len(idx)-a)
+				d := c.view(v, idx[a+from:a+to])
+				w.budget -= costView * len(d.text)
+				w.walk(&d, n)
+			}
 			if w.budget < 0 {
 				return
 			}
@@ -234,16 +249,68 @@ func (w *walker) decodeRun(v *view, i, j int, child node, minLen, align int, c c
 	}
 }
 
+// utf8Stretches returns the stretches of t, [start, end), that are UTF-8
+// (as far as lead and continuation bytes go) and at least min bytes long.
+func utf8Stretches(t []byte, min int) [][2]int {
+	var out [][2]int
+	start := 0
+	for i := 0; i <= len(t); {
+		size := 1
+		if i < len(t) && t[i] >= utf8.RuneSelf {
+			size = seqLen(t[i:])
+		}
+		if i == len(t) || size == 0 {
+			if i-start >= min {
+				out = append(out, [2]int{start, i})
+			}
+			start, size = i+1, 1
+		}
+		i += size
+	}
+	return out
+}
+
+// seqLen is the length of the UTF-8 sequence that b starts with (lead
+// byte and continuation bytes), 0 if none.
+func seqLen(b []byte) int {
+	n := 0
+	switch c := b[0]; {
+	case 0xC2 <= c && c <= 0xDF:
+		n = 2
+	case 0xE0 <= c && c <= 0xEF:
+		n = 3
+	case 0xF0 <= c && c <= 0xF4:
+		n = 4
+	default:
+		return 0
+	}
+	if len(b) < n {
+		return 0
+	}
+	for _, c := range b[1:n] {
+		if c&0xC0 != 0x80 {
+			return 0
+		}
+	}
+	return n
+}
+
 // A codec decodes base64 or hex characters v.text[idx[0]],
-// v.text[idx[1]]…: to text alone, or to a view.
+// v.text[idx[1]]…: to text alone, or to a view; chars says which of n
+// characters decode to (at least) bytes [from, to).
 type codec struct {
-	text func(t []byte, idx []int32, out []byte) []byte
-	view func(v *view, idx []int32) view
+	text  func(t []byte, idx []int32, out []byte) []byte
+	view  func(v *view, idx []int32) view
+	chars func(from, to, n int) (int, int)
 }
 
 var (
-	b64Codec = codec{decodeB64Text, decodeB64}
-	hexCodec = codec{decodeHexText, decodeHex}
+	b64Codec = codec{decodeB64Text, decodeB64, func(from, to, n int) (int, int) {
+		return 4 * (from / 3), min(n, 4*((to+2)/3))
+	}}
+	hexCodec = codec{decodeHexText, decodeHex, func(from, to, n int) (int, int) {
+		return 2 * from, min(n, 2*to)
+	}}
 )
 
 // decodeB64Text decodes as base64, a partial group at the end as far as

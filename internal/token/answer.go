@@ -36,6 +36,7 @@ type answerFields struct {
 	accessToken *string
 	tokenType   *string
 	expiresIn   json.RawMessage // a JSON number or string, or absent
+	scope       string          // the scopes granted, if the answer says
 	hasError    bool            // an "error" field is present
 }
 
@@ -48,7 +49,9 @@ type answerFields struct {
 // seconds; fractions are truncated) and the JWT exp claim, whichever is
 // earlier; missing, non-positive or absurd values are ignored; if neither
 // is usable, defaultTTL applies. No token lives less than minTokenLifetime.
-func parseAnswer(contentType string, body []byte, now time.Time, defaultTTL time.Duration) (parsed, error) {
+// skew is how far the token endpoint's clock is ahead of now's: the exp
+// claim is read on the endpoint's clock.
+func parseAnswer(contentType string, body []byte, now time.Time, skew, defaultTTL time.Duration) (parsed, error) {
 	var f answerFields
 	var err error
 	if isFormAnswer(contentType, body) {
@@ -62,7 +65,7 @@ func parseAnswer(contentType string, body []byte, now time.Time, defaultTTL time
 	if err != nil {
 		return parsed{}, err
 	}
-	return f.token(now, defaultTTL)
+	return f.token(now, skew, defaultTTL)
 }
 
 // isFormAnswer tells a form-encoded answer from a JSON one.
@@ -103,6 +106,9 @@ func jsonAnswerFields(body []byte) (answerFields, error) {
 			seen[key] = true
 		case "error":
 			f.hasError = string(raw) != "null"
+			continue
+		case "scope":
+			_ = json.Unmarshal(raw, &f.scope) // a string, or it says nothing
 			continue
 		default:
 			continue
@@ -161,11 +167,12 @@ func formAnswerFields(body []byte) (answerFields, error) {
 		}
 	}
 	f.hasError = vals.Has("error")
+	f.scope = vals.Get("scope")
 	return f, nil
 }
 
 // token checks the fields and builds the token.
-func (f answerFields) token(now time.Time, defaultTTL time.Duration) (parsed, error) {
+func (f answerFields) token(now time.Time, skew, defaultTTL time.Duration) (parsed, error) {
 	if f.accessToken == nil || *f.accessToken == "" {
 		if f.hasError {
 			return parsed{}, errOAuthErrorAnswer
@@ -173,13 +180,19 @@ func (f answerFields) token(now time.Time, defaultTTL time.Duration) (parsed, er
 		return parsed{}, errors.New("answer has no access_token")
 	}
 	ttl, ok := parseExpiresIn(f.expiresIn)
-	return newParsed(*f.accessToken, f.tokenType, ttl, ok, now, defaultTTL)
+	p, err := newParsed(*f.accessToken, f.tokenType, ttl, ok, now, skew, defaultTTL)
+	if err == nil {
+		p.granted = grantedScopes(f.scope, p.Value)
+	}
+	return p, err
 }
 
 // newParsed checks an access token and decides its expiry: ttl (ok)
 // is what expires_in said; the JWT exp claim wins when it is earlier;
 // defaultTTL applies when neither is usable; minTokenLifetime is the floor.
-func newParsed(at string, tokenType *string, ttl time.Duration, ok bool, now time.Time, defaultTTL time.Duration) (parsed, error) {
+// The exp claim is compared with now on the token endpoint's clock, skew
+// ahead of this one.
+func newParsed(at string, tokenType *string, ttl time.Duration, ok bool, now time.Time, skew, defaultTTL time.Duration) (parsed, error) {
 	if at == "" {
 		return parsed{}, errors.New("answer has no access_token")
 	}
@@ -190,7 +203,7 @@ func newParsed(at string, tokenType *string, ttl time.Duration, ok bool, now tim
 		return parsed{}, fmt.Errorf("token_type is %s; only Bearer tokens are supported", quoteExcerpt(*tokenType))
 	}
 	if jwtExp, jok := jwtExpiry(at); jok {
-		if d := jwtExp.Sub(now.Round(0)); d > 0 && d <= maxExpiresIn {
+		if d := jwtExp.Sub(now.Round(0).Add(skew)); d > 0 && d <= maxExpiresIn {
 			if !ok || d < ttl {
 				ttl, ok = d, true
 			}
@@ -198,15 +211,14 @@ func newParsed(at string, tokenType *string, ttl time.Duration, ok bool, now tim
 			return parsed{}, errors.New("access_token's exp claim is in the past and there is no expires_in")
 		}
 	}
-	p := parsed{Token: &Token{Value: at, obtained: now}}
+	var p parsed
 	if !ok {
 		ttl, p.usedDefaultTTL = defaultTTL, true
 	}
 	// Whatever the answer says (expires_in 1, a JWT exp a moment away, a
 	// tiny default_ttl), a token is used for a while: no fetch loop.
 	ttl = max(ttl, minTokenLifetime)
-	p.expiry = now.Add(ttl)
-	p.wallExpiry = now.Round(0).Add(ttl)
+	p.Token = newToken(at, now, now.Add(ttl), now.Round(0).Add(ttl))
 	return p, nil
 }
 

@@ -130,7 +130,7 @@ func TestParseTokenResponse(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			p, err := parseAnswer("application/json", []byte(tt.body), now, def)
+			p, err := parseAnswer("application/json", []byte(tt.body), now, 0, def)
 			if tt.wantErr != "" {
 				if err == nil {
 					t.Fatalf("parseAnswer(%q) = token %q expiring in %v, want an error containing %q",

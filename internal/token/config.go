@@ -17,6 +17,11 @@ type Config struct {
 	// token request authenticates with; it is asked before every token
 	// request. Required.
 	Credentials CredentialSource
+	// PollCredentials, when not zero, is how often the credentials are
+	// asked again while the token endpoint refuses them: new ones (a
+	// rotated secret file) lift the refusal's backoff at once. Zero: only
+	// before each token request and right after a refusal.
+	PollCredentials time.Duration
 	// Scopes are requested joined by single spaces; none means no scope.
 	Scopes []string
 	// Timeout bounds one fetch (default DefaultTimeout).
@@ -27,6 +32,9 @@ type Config struct {
 	// Auth is how the client authenticates (default AuthJSON, Desko's
 	// documented format).
 	Auth AuthStyle
+	// AssertionAudience is the aud of the JWT styles' assertions (default
+	// TokenURL).
+	AssertionAudience string
 	// Secrets are values scrubbed from every error and log besides the
 	// credentials' own (keys in the token URL's query are scrubbed anyway).
 	Secrets []string
@@ -37,6 +45,9 @@ type Config struct {
 	// redirect policy is replaced in either case so that the secret is
 	// never sent to another host.
 	HTTPClient *http.Client
+	// Endpoint, when not nil, paces the token requests of every source
+	// that shares it (one per token endpoint).
+	Endpoint *Endpoint
 	// Logger defaults to a no-op logger.
 	Logger *zap.Logger
 	// Observer may be nil.
@@ -61,6 +72,22 @@ type Credentials struct {
 	// the client secret: param and header values that came from secret
 	// files or variables.
 	Secrets []string
+	// Key signs the assertions of AuthPrivateKeyJWT.
+	Key *SigningKey
+}
+
+// StoreSecret is the secret a fleet's shared store derives the encryption
+// key of the entry from: the client secret, or, for a client that
+// authenticates with a private key and has none, the key's fingerprint.
+// Only holders of the same credentials derive the same key.
+func (c *Credentials) StoreSecret() []byte {
+	if c.ClientSecret != "" {
+		return []byte(c.ClientSecret)
+	}
+	if c.Key != nil {
+		return c.Key.Fingerprint()
+	}
+	return nil
 }
 
 // CredentialSource hands out the current credentials of a source.
@@ -106,6 +133,19 @@ const (
 	// endpoint that hands out tokens that expire at once.
 	minTokenLifetime   = time.Second
 	minRefreshInterval = time.Second
+
+	// safetyMarginDivisor and maxSafetyMargin set a token's safety margin:
+	// it is not used in the last 1/20 (5%) of its life, nor in its last
+	// 10 s.
+	safetyMarginDivisor = 20
+	maxSafetyMargin     = 10 * time.Second
+
+	// skewFloor is the smallest difference between the token endpoint's
+	// Date header and this machine's clock that is taken for a clock skew
+	// (Date has a resolution of one second, and the answer takes a while);
+	// skewWarn the one that is worth a WARN.
+	skewFloor = 2 * time.Second
+	skewWarn  = 30 * time.Second
 
 	transientBackoffMin = 1 * time.Second
 	transientBackoffMax = 60 * time.Second

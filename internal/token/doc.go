@@ -8,5 +8,6 @@
 // The surface: New(Config) returns a Source; Get, Refresh, WarmUp and Close
 // run it; Rejected and Replace tell it of an upstream 401; Status, Observer
 // and Scrub are what operators see; SetStore shares its tokens with a
-// fleet. Errors are *Error, whose Kind says what to do about them.
+// fleet, and SharedCache says how that store is. Errors are *Error, whose
+// Kind says what to do about them.
 package token

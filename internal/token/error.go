@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/deskoproxy/caddy-desko-auth/internal/scrub"
 )
 
 // Kind classifies why a token could not be obtained.
@@ -110,8 +112,10 @@ func (s *Source) transportError(err error) *Error {
 func (s *Source) statusError(resp *http.Response, body []byte) *Error {
 	sc := s.scrubber()
 	// Scrub the body before errorMessage cuts it to an excerpt: a secret
-	// straddling the cut would otherwise survive in part.
-	te := &Error{Status: resp.StatusCode, Message: sc.Scrub(errorMessage([]byte(sc.Scrub(string(body)))))}
+	// straddling the cut would otherwise survive in part. Then redact what
+	// looks like encoded data whatever it decodes to: an operator needs
+	// the error code and a hint, not an echo of the request.
+	te := &Error{Status: resp.StatusCode, Message: scrub.Blobs(sc.Scrub(errorMessage([]byte(sc.Scrub(string(body))))))}
 	switch code := resp.StatusCode; {
 	case code >= 200 && code <= 299:
 		// A 2xx that carries an OAuth error (some servers do that).

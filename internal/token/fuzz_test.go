@@ -40,7 +40,7 @@ func FuzzParseTokenResponse(f *testing.F) {
 	const def = 5 * time.Minute
 	f.Fuzz(func(t *testing.T, body []byte) {
 		now := time.Now()
-		p, err := parseAnswer("application/json", body, now, def)
+		p, err := parseAnswer("application/json", body, now, 0, def)
 		if err != nil {
 			if p.Token != nil {
 				t.Fatalf("an error (%v) and a token for %q", err, body)

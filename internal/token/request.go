@@ -2,6 +2,7 @@ package token
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -12,6 +13,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"go.uber.org/zap"
 )
 
 // AuthStyle is how the client authenticates to the token endpoint.
@@ -28,37 +31,51 @@ const (
 	// AuthBasic is RFC 6749 client_secret_basic: the credentials, each
 	// form-encoded first (§2.3.1), in an Authorization: Basic header.
 	AuthBasic
+	// AuthPrivateKeyJWT is private_key_jwt (RFC 7523 §2.2): a JWT signed
+	// with the client's private key (Credentials.Key) in a form body, and
+	// no secret.
+	AuthPrivateKeyJWT
+	// AuthClientSecretJWT is client_secret_jwt: a JWT signed with the
+	// client secret (HS256) in a form body; the secret itself is not sent.
+	AuthClientSecretJWT
 )
 
-// ParseAuthStyle reads "json", "form" or "basic"; "" is json.
+// authStyleNames are the styles' names in the configuration.
+var authStyleNames = []string{
+	AuthJSON: "json", AuthForm: "form", AuthBasic: "basic",
+	AuthPrivateKeyJWT: "private_key_jwt", AuthClientSecretJWT: "client_secret_jwt",
+}
+
+// ParseAuthStyle reads a style's name; "" is json.
 func ParseAuthStyle(s string) (AuthStyle, error) {
-	switch s {
-	case "", "json":
+	if s == "" {
 		return AuthJSON, nil
-	case "form":
-		return AuthForm, nil
-	case "basic":
-		return AuthBasic, nil
 	}
-	return 0, fmt.Errorf("unknown auth style %q (want json, form or basic)", s)
+	for i, name := range authStyleNames {
+		if s == name {
+			return AuthStyle(i), nil
+		}
+	}
+	return 0, fmt.Errorf("unknown auth style %q (want json, form, basic, private_key_jwt or client_secret_jwt)", s)
 }
 
 // String is the style's name in the configuration.
 func (a AuthStyle) String() string {
-	switch a {
-	case AuthForm:
-		return "form"
-	case AuthBasic:
-		return "basic"
+	if int(a) < len(authStyleNames) {
+		return authStyleNames[a]
 	}
 	return "json"
 }
 
+// Signs reports whether the style authenticates with a signed JWT.
+func (a AuthStyle) Signs() bool { return a == AuthPrivateKeyJWT || a == AuthClientSecretJWT }
+
 // requestFields are the parameters of a token request, whatever the style
 // that encodes them: grant_type, scope, the extra params (never one of
-// ReservedParams), and, unless the style authenticates in a header, the
-// client ID and secret.
-func (s *Source) requestFields(c *Credentials) map[string]string {
+// ReservedParams), and the client's authentication: its ID and secret in
+// the body (json, form), nothing (basic: in a header), or its ID and a
+// signed assertion (the JWT styles).
+func (s *Source) requestFields(c *Credentials) (map[string]string, error) {
 	f := make(map[string]string, len(c.Params)+4)
 	for k, v := range c.Params {
 		if !slices.Contains(ReservedParams, k) {
@@ -69,23 +86,46 @@ func (s *Source) requestFields(c *Credentials) map[string]string {
 	if len(s.cfg.Scopes) > 0 {
 		f["scope"] = strings.Join(s.cfg.Scopes, " ")
 	}
-	if s.cfg.Auth != AuthBasic {
+	switch s.cfg.Auth {
+	case AuthBasic:
+	case AuthPrivateKeyJWT, AuthClientSecretJWT:
+		audience := cmp.Or(s.cfg.AssertionAudience, s.cfg.TokenURL)
+		var assertion string
+		var err error
+		if s.cfg.Auth == AuthPrivateKeyJWT {
+			if c.Key == nil {
+				return nil, errors.New("private_key_jwt: no client key")
+			}
+			assertion, err = c.Key.sign(c.ClientID, audience, time.Now())
+		} else {
+			assertion, err = signHMAC(c.ClientSecret, c.ClientID, audience, time.Now())
+		}
+		if err != nil {
+			return nil, fmt.Errorf("signing the client assertion: %w", err)
+		}
+		f["client_id"] = c.ClientID
+		f["client_assertion_type"] = AssertionType
+		f["client_assertion"] = assertion
+	default:
 		f["client_id"] = c.ClientID
 		f["client_secret"] = c.ClientSecret
 	}
-	return f
+	return f, nil
 }
 
 // newRequest builds the token request of the source's auth style. The
 // form and basic styles send what golang.org/x/oauth2/clientcredentials
-// sends with AuthStyleInParams and AuthStyleInHeader; every style's answer
-// then goes through the one parser, parseAnswer.
+// sends with AuthStyleInParams and AuthStyleInHeader, the JWT styles what
+// RFC 7523 §2.2 says; every style's answer then goes through the one
+// parser, parseAnswer.
 func (s *Source) newRequest(ctx context.Context, c *Credentials) (*http.Request, error) {
-	fields := s.requestFields(c)
+	fields, err := s.requestFields(c)
+	if err != nil {
+		return nil, err
+	}
 	var body []byte
 	contentType := "application/json"
 	if s.cfg.Auth == AuthJSON {
-		var err error
 		if body, err = json.Marshal(fields); err != nil {
 			return nil, fmt.Errorf("encoding the token request: %w", err)
 		}
@@ -140,12 +180,27 @@ func sameHostClient(c *http.Client) *http.Client {
 // post sends one token request with the credentials c, counts it for
 // Status and the observer, and returns the parsed token.
 func (s *Source) post(ctx context.Context, c *Credentials) (*Token, *Error) {
+	if ep := s.cfg.Endpoint; ep != nil {
+		if d := ep.pausedFor(time.Now()); d > 0 {
+			// Not sent, so not counted: the endpoint asked every source
+			// to wait.
+			return nil, &Error{Kind: KindTransient, Message: "the token endpoint asked to wait (Retry-After); not sending", RetryAfter: d}
+		}
+		if err := ep.acquire(ctx); err != nil {
+			return nil, &Error{Kind: KindTransient, Message: "no turn at the token endpoint within the timeout (token_concurrency)", Err: err}
+		}
+		defer ep.release()
+	}
 	start := time.Now()
 	s.mu.Lock()
 	s.lastRequestAt = start
 	s.mu.Unlock()
 	tok, terr := s.exchange(ctx, c)
 	took := time.Since(start)
+	if ep := s.cfg.Endpoint; ep != nil && terr != nil && terr.RetryAfter > 0 &&
+		(terr.Status == http.StatusTooManyRequests || terr.Status == http.StatusServiceUnavailable) {
+		ep.pause(time.Now().Add(terr.RetryAfter))
+	}
 	s.mu.Lock()
 	s.fetches++
 	s.lastFetchAt = time.Now().Round(0)
@@ -167,6 +222,7 @@ func (s *Source) exchange(ctx context.Context, c *Credentials) (*Token, *Error) 
 		return nil, s.transportError(err)
 	}
 	defer resp.Body.Close()
+	skew := s.noteSkew(resp.Header.Get("Date"), time.Now())
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxBodyBytes+1))
 	if err != nil {
 		return nil, &Error{Kind: KindTransient, Status: resp.StatusCode, Message: "reading the answer", Err: s.scrubber().Error(redactURLError(err))}
@@ -177,7 +233,7 @@ func (s *Source) exchange(ctx context.Context, c *Credentials) (*Token, *Error) 
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		return nil, s.statusError(resp, body)
 	}
-	p, perr := parseAnswer(resp.Header.Get("Content-Type"), body, time.Now(), s.cfg.DefaultTTL)
+	p, perr := parseAnswer(resp.Header.Get("Content-Type"), body, time.Now(), skew, s.cfg.DefaultTTL)
 	if errors.Is(perr, errOAuthErrorAnswer) {
 		return nil, s.statusError(resp, body)
 	}
@@ -190,3 +246,40 @@ func (s *Source) exchange(ctx context.Context, c *Credentials) (*Token, *Error) 
 	}
 	return p.Token, nil
 }
+
+// noteSkew reads the clock skew of the token endpoint from the Date header
+// of an answer received at now: how far its clock is ahead of this
+// machine's. Date has a resolution of one second: the endpoint's clock is
+// taken to read the end of that second, the latest it can, so that a token
+// looks a little shorter-lived, never longer. Under skewFloor the skew is
+// taken for none; an answer without a usable Date keeps the last estimate.
+// The first skew over skewWarn is logged (WARN), once per source. It
+// returns the estimate.
+func (s *Source) noteSkew(date string, now time.Time) time.Duration {
+	at, err := http.ParseTime(date)
+	if date == "" || err != nil {
+		return s.serverSkew()
+	}
+	skew := at.Add(time.Second).Sub(now.Round(0))
+	if skew.Abs() < skewFloor {
+		skew = 0
+	}
+	s.skew.Store(int64(skew))
+	if skew.Abs() > skewWarn {
+		s.mu.Lock()
+		warn := !s.warnedSkew
+		s.warnedSkew = true
+		s.mu.Unlock()
+		if warn {
+			s.log.Warn("the token endpoint's clock differs from this machine's; reading token expiries on the endpoint's clock",
+				zap.Duration("skew", skew.Round(time.Second)))
+		}
+	}
+	return skew
+}
+
+// serverSkew is the last estimate of how far the token endpoint's clock is
+// ahead of this machine's (0 if none, or under skewFloor). The entries a
+// source stores are on the endpoint's clock, so that instances whose
+// clocks differ read the same instants from them.
+func (s *Source) serverSkew() time.Duration { return time.Duration(s.skew.Load()) }

@@ -114,7 +114,8 @@ func TestEngineRequestReservedFields(t *testing.T) {
 }
 
 func TestParseAuthStyle(t *testing.T) {
-	for in, want := range map[string]AuthStyle{"": AuthJSON, "json": AuthJSON, "form": AuthForm, "basic": AuthBasic} {
+	for in, want := range map[string]AuthStyle{"": AuthJSON, "json": AuthJSON, "form": AuthForm, "basic": AuthBasic,
+		"private_key_jwt": AuthPrivateKeyJWT, "client_secret_jwt": AuthClientSecretJWT} {
 		got, err := ParseAuthStyle(in)
 		if err != nil || got != want {
 			t.Errorf("ParseAuthStyle(%q) = %v, %v; want %v", in, got, err, want)
@@ -124,7 +125,7 @@ func TestParseAuthStyle(t *testing.T) {
 		}
 	}
 	for _, in := range []string{"JSON", "post", "client_secret_basic", " form"} {
-		if _, err := ParseAuthStyle(in); err == nil || !strings.Contains(err.Error(), "want json, form or basic") {
+		if _, err := ParseAuthStyle(in); err == nil || !strings.Contains(err.Error(), "want json, form, basic, private_key_jwt or client_secret_jwt") {
 			t.Errorf("ParseAuthStyle(%q) error = %v, want one naming the styles", in, err)
 		}
 	}

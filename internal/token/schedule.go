@@ -37,6 +37,9 @@ func (s *Source) scheduleLocked() {
 	switch t := s.cur.Load(); {
 	case s.lastErr != nil:
 		at = s.nextAttempt
+		if s.pollingLocked() {
+			at = minTime(at, time.Now().Add(s.cfg.PollCredentials))
+		}
 	case t != nil:
 		at = s.refreshAtLocked(t)
 	default:
@@ -47,18 +50,46 @@ func (s *Source) scheduleLocked() {
 }
 
 // wake is the timer's function: it starts the refresh or retry that is
-// due, or arms the timer again if it fired early.
+// due, or one with credentials that changed while the token endpoint
+// refused the ones before, or arms the timer again.
 func (s *Source) wake() {
+	s.mu.Lock()
+	if s.closed || s.flight != nil {
+		s.mu.Unlock()
+		return
+	}
+	if s.dueLocked() {
+		s.startLocked(false)
+		s.mu.Unlock()
+		return
+	}
+	poll, used := s.pollingLocked(), s.creds
+	s.mu.Unlock()
+	// The credentials are asked outside the lock: they may read files.
+	changed := poll && s.cfg.Credentials.Current() != used
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed || s.flight != nil {
 		return
 	}
-	if s.dueLocked() {
+	if changed && s.creds == used {
 		s.startLocked(false)
 		return
 	}
 	s.scheduleLocked()
+}
+
+// pollingLocked reports whether the credentials are polled: the token
+// endpoint refused them and they may change; s.mu is held.
+func (s *Source) pollingLocked() bool {
+	return s.cfg.PollCredentials > 0 && s.lastErr != nil && s.lastErr.Kind == KindRefused
+}
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
 }
 
 // refreshAtLocked is when t is refreshed: at its refresh point, but never

@@ -185,9 +185,9 @@ func TestEngineRefreshNeverServesExpiredToken(t *testing.T) {
 		tok1 := mustGet(t, s)
 
 		srv.setRespond(answer(500, "application/json", `{"error":500,"message":"Internal server error"}`))
-		// Move in 1s steps up to 99s: the refresh (77.5s) and its retries
+		// Move in 1s steps up to 94s: the refresh (77.5s) and its retries
 		// (1s, 2s, 4s, 8s later…) fail; the old token is served throughout.
-		for time.Since(start) < 99*time.Second {
+		for time.Since(start) < 94*time.Second {
 			settle(time.Second)
 			if got := mustGet(t, s); got != tok1 {
 				t.Fatalf("at +%v Get = %q, want the old token", time.Since(start), got.Value)
@@ -199,22 +199,22 @@ func TestEngineRefreshNeverServesExpiredToken(t *testing.T) {
 			t.Fatalf("Status = %+v, want backing_off while still holding a token", st)
 		}
 
-		// One nanosecond before its expiry the token is still served; at its
-		// expiry it is not.
+		// The token is served until its safety margin (5% of its 100 s)
+		// before its expiry, to the nanosecond: 95 s.
 		settle(time.Second - time.Nanosecond)
 		if got := mustGet(t, s); got != tok1 {
-			t.Fatalf("1ns before expiry Get = %q, want the old token", got.Value)
+			t.Fatalf("1ns before its safety margin Get = %q, want the old token", got.Value)
 		}
 		settle(time.Nanosecond)
 		if p := peek(s); p != nil {
-			t.Fatalf("peek returned the expired token")
+			t.Fatalf("peek returned the token within its safety margin")
 		}
 		// Fail fast: no token request per call while backing off (the
 		// next retry is at 108.5s).
 		for range 20 {
 			te := mustGetErr(t, s)
-			if te.Kind != KindTransient || te.Status != 500 || te.RetryAfter != 8500*time.Millisecond {
-				t.Fatalf("Get error = %+v, want the last transient 500 with a RetryAfter of 8.5s", te)
+			if te.Kind != KindTransient || te.Status != 500 || te.RetryAfter != 13500*time.Millisecond {
+				t.Fatalf("Get error = %+v (RetryAfter %v), want the last transient 500 with a RetryAfter of 13.5s", te, te.RetryAfter)
 			}
 		}
 		if n := srv.count(); n != before {

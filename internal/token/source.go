@@ -39,8 +39,12 @@ type Source struct {
 
 	// store is the fleet-wide token store (nil: none).
 	store atomic.Pointer[storeHolder]
-	// storeDown is set while the store fails (to log once).
-	storeDown atomic.Bool
+	// storeHealth is the source's view of the store: ok, or in an outage.
+	storeHealth storeHealth
+	// skew is how far the token endpoint's clock is ahead of this
+	// machine's, in nanoseconds, as its last Date header said (0 below
+	// skewFloor); see noteSkew.
+	skew atomic.Int64
 
 	mu          sync.Mutex
 	flight      *flight
@@ -55,12 +59,13 @@ type Source struct {
 	fetches       uint64
 	// guard and budget bound the token requests that upstream 401s cause
 	// (see Rejected).
-	guard     guard
-	budget    *rate.Limiter
-	budgetDry bool
-	everOK    bool
-	loggedTTL bool
-	closed    bool
+	guard      guard
+	budget     *rate.Limiter
+	budgetDry  bool
+	everOK     bool
+	loggedTTL  bool
+	warnedSkew bool
+	closed     bool
 	// timer wakes the source for its next refresh or retry.
 	timer *time.Timer
 }
@@ -114,13 +119,22 @@ func New(cfg Config) (*Source, error) {
 // newScrubber returns a scrubber for the secrets of c and of prev (an
 // echo of the credentials just replaced is as much a leak).
 func (s *Source) newScrubber(c, prev *Credentials) *scrub.Scrubber {
+	// The secrets proper are matched by any window of them; the other
+	// values, which may be ordinary text too, whole.
+	secrets := []string{c.ClientSecret}
+	if c.Key != nil {
+		secrets = append(secrets, c.Key.Secrets()...)
+	}
 	extra := append(scrub.URLSecrets(s.cfg.TokenURL), s.cfg.Secrets...)
 	extra = append(extra, c.Secrets...)
 	if prev != nil {
-		extra = append(extra, prev.ClientSecret)
+		secrets = append(secrets, prev.ClientSecret)
+		if prev.Key != nil {
+			secrets = append(secrets, prev.Key.Secrets()...)
+		}
 		extra = append(extra, prev.Secrets...)
 	}
-	return scrub.New(c.ClientID, c.ClientSecret, extra...)
+	return scrub.NewWith(c.ClientID, secrets, extra...)
 }
 
 func (s *Source) scrubber() *scrub.Scrubber { return s.scrub.Load() }
@@ -138,9 +152,9 @@ func (s *Source) Scrub(text string) string { return s.scrubber().Scrub(text) }
 // it, Get waits for its replacement; if that fetch fails, the current token
 // is returned until it expires.
 func (s *Source) Get(ctx context.Context) (*Token, error) {
-	// time.Until reads only the monotonic clock (t.expiry carries a
+	// time.Until reads only the monotonic clock (t.usableUntil carries a
 	// monotonic reading), which time.Now would read with the wall clock.
-	if t := s.cur.Load(); t != nil && t != s.rejected.Load() && time.Until(t.expiry) > 0 {
+	if t := s.cur.Load(); t != nil && t != s.rejected.Load() && time.Until(t.usableUntil) > 0 {
 		return t, nil
 	}
 	return s.slowGet(ctx)
@@ -152,7 +166,7 @@ func (s *Source) Get(ctx context.Context) (*Token, error) {
 // (the rejection may have been about another request; if it was about the
 // token, this request's 401 is replayed with the replacement).
 func (s *Source) GetReplayable(ctx context.Context) (*Token, error) {
-	if t := s.cur.Load(); t != nil && time.Until(t.expiry) > 0 {
+	if t := s.cur.Load(); t != nil && time.Until(t.usableUntil) > 0 {
 		return t, nil
 	}
 	return s.slowGet(ctx)
@@ -252,7 +266,10 @@ func (s *Source) run(f *flight, replacing bool) {
 	c := s.credentials()
 	tok, terr, adopted := s.fetch(ctx, c, replacing)
 	cancel()
-	s.land(f, tok, terr, adopted, time.Since(start))
+	// A refusal may be of credentials that have changed since (a secret
+	// file rewritten during the request): then retry at once.
+	retryNow := terr != nil && terr.Kind == KindRefused && s.cfg.Credentials.Current() != c
+	s.land(f, tok, terr, adopted, time.Since(start), retryNow)
 }
 
 // credentials returns the credentials to use now, and takes note when they
@@ -265,13 +282,17 @@ func (s *Source) credentials() *Credentials {
 	s.mu.Unlock()
 	if c != prev {
 		s.scrub.Store(s.newScrubber(c, prev))
+		s.log.Info("credentials changed; the token request uses the new ones")
+		if o, ok := s.obs.(CredentialsObserver); ok {
+			o.CredentialsChanged()
+		}
 	}
 	return c
 }
 
 // land records a flight's outcome: the new token, or the failure and the
 // backoff that follows it, and wakes its waiters.
-func (s *Source) land(f *flight, tok *Token, terr *Error, adopted bool, took time.Duration) {
+func (s *Source) land(f *flight, tok *Token, terr *Error, adopted bool, took time.Duration, retryNow bool) {
 	s.mu.Lock()
 	attempt := s.failures + 1
 	if terr == nil {
@@ -302,6 +323,9 @@ func (s *Source) land(f *flight, tok *Token, terr *Error, adopted bool, took tim
 		prev := s.lastErr
 		s.failures++
 		backoff := s.backoff(terr)
+		if retryNow {
+			backoff = 0
+		}
 		s.lastErr = terr
 		s.nextAttempt = time.Now().Add(backoff)
 		f.err = terr
@@ -351,4 +375,14 @@ func (s *Source) warnDefaultTTL() {
 		s.log.Warn("token answer has no usable expires_in or JWT exp; assuming default_ttl",
 			zap.Duration("default_ttl", s.cfg.DefaultTTL))
 	}
+}
+
+// Lifetime is the lifetime of the current token as its answer gave it (0
+// when the source holds none).
+func (s *Source) Lifetime() time.Duration {
+	t := s.cur.Load()
+	if t == nil {
+		return 0
+	}
+	return t.expiry.Sub(t.obtained)
 }

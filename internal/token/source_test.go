@@ -283,19 +283,21 @@ func TestEngineExpiryUsesMonotonicClock(t *testing.T) {
 		s := newTestSource(t, srv.tokenURL())
 		tok := mustGet(t, s)
 		srv.setRespond(answer(500, "", ""))
-		settle(100*time.Second - time.Nanosecond) // the refresh at 77.5s and its retries fail
+		// The token is used until its safety margin (5% of 100 s) before
+		// its expiry: 95 s. The refresh at 77.5s and its retries fail.
+		settle(95*time.Second - time.Nanosecond)
 		if p := peek(s); p != tok {
-			t.Fatalf("1ns before expiry peek = %v, want the token", p)
+			t.Fatalf("1ns before its safety margin peek = %v, want the token", p)
 		}
 		if got := mustGet(t, s); got != tok {
-			t.Fatalf("1ns before expiry Get = %q, want the token", got.Value)
+			t.Fatalf("1ns before its safety margin Get = %q, want the token", got.Value)
 		}
 		settle(time.Nanosecond)
 		if p := peek(s); p != nil {
-			t.Fatalf("at expiry peek still returns the token")
+			t.Fatalf("within its safety margin peek still returns the token")
 		}
 		if te := mustGetErr(t, s); te.Status != 500 {
-			t.Fatalf("at expiry Get error = %v, want the last 500", te)
+			t.Fatalf("within its safety margin Get error = %v, want the last 500", te)
 		}
 	})
 }

@@ -18,6 +18,12 @@ type Observer interface {
 	StoreUsed(r StoreResult)
 }
 
+// CredentialsObserver is an Observer that also hears when the source picks
+// up new credentials from its CredentialSource.
+type CredentialsObserver interface {
+	CredentialsChanged()
+}
+
 // State is a source's health, as shown to operators.
 type State string
 
@@ -39,6 +45,8 @@ type Status struct {
 	NextRetryAt time.Time `json:"next_retry_at,omitzero"`
 	LastError   string    `json:"last_error,omitempty"`
 	Fetches     uint64    `json:"fetches"`
+	// SharedCache is the state of the shared cache; nil without one.
+	SharedCache *SharedCacheStatus `json:"shared_cache,omitempty"`
 }
 
 // Status returns a snapshot for operators.
@@ -67,5 +75,6 @@ func (s *Source) Status() Status {
 		st.LastError = s.lastErr.Error()
 		st.NextRetryAt = s.nextAttempt.Round(0)
 	}
+	st.SharedCache = s.SharedCache()
 	return st
 }

@@ -3,6 +3,7 @@ package token
 import (
 	"context"
 	"errors"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -26,16 +27,27 @@ type Store interface {
 	Lock(ctx context.Context, c *Credentials) (unlock func(), err error)
 }
 
-// Stored is what a fleet shares: a token and its wall-clock times.
+// Stored is what a fleet shares: a token and its wall-clock times, on the
+// token endpoint's clock as the instance that stored them read it from the
+// Date header of its answers (on its own clock if they had none). Its
+// lifetime is Expiry - Obtained.
 type Stored struct {
 	AccessToken string    `json:"access_token"`
 	Obtained    time.Time `json:"obtained"`
 	Expiry      time.Time `json:"expiry"`
 }
 
+// StuckReporter is implemented by a Store whose calls can outlive their
+// callers (a storage that does not answer): StuckCalls is how many of them
+// have not returned yet. Status shows it.
+type StuckReporter interface {
+	StuckCalls() int
+}
+
 // ErrStoreUnresponsive is wrapped by a Store's errors when the storage did
-// not answer in time, or an earlier call to it has not returned yet: the
-// source then leaves the store alone for the rest of the fetch.
+// not answer in time, or the store leaves it alone after an earlier call
+// that has not returned: the source then leaves the store alone for the
+// rest of the fetch.
 var ErrStoreUnresponsive = errors.New("the storage does not answer")
 
 // StoreResult is the outcome of one use of the store, for metrics.
@@ -95,9 +107,12 @@ func (s *Source) CurrentStore() Store {
 // otherwise take the store's lock (bounded), look again (a peer may have
 // just refreshed), send a token request only if still needed, store,
 // unlock. Any storage failure falls back to a token request of this
-// instance's own, with a WARN; so does a storage that does not answer
-// within storageWait (lock: the lock wait), and the storage is then left
-// alone for the rest of the fetch.
+// instance's own; so does a storage that does not answer within
+// storageWait (lock: the lock wait), and the storage is then left alone
+// for the rest of the fetch. A failure starts an outage of the store (one
+// WARN); a fetch that goes through a full round with the store without one
+// ends it (one INFO). A lock wait that ends is neither: a peer holds the
+// lock for long.
 func (s *Source) fetch(ctx context.Context, c *Credentials, replacing bool) (tok *Token, terr *Error, adopted bool) {
 	h := s.store.Load()
 	if h == nil {
@@ -108,6 +123,7 @@ func (s *Source) fetch(ctx context.Context, c *Credentials, replacing bool) (tok
 	wait := storageWait(s.cfg.Timeout)
 	tok, loadErr := s.adoptWithin(ctx, wait, st, c, replacing, StoreHit)
 	if tok != nil {
+		s.storeWorked()
 		return tok, nil, true
 	}
 	if loadErr != nil {
@@ -122,21 +138,32 @@ func (s *Source) fetch(ctx context.Context, c *Credentials, replacing bool) (tok
 	unlock, err := st.Lock(lockCtx, c)
 	cancel()
 	if err != nil {
-		s.storeFailed(storeErrResult(err, StoreLockTimeout), err)
+		if r := storeErrResult(err, StoreLockTimeout); r == StoreLockTimeout {
+			// A peer holds the lock for long: counted, but no outage.
+			s.storeResult(r)
+			s.log.Debug("shared token cache lock not obtained in time; fetching a token locally", zap.String("error", s.Scrub(err.Error())))
+		} else {
+			s.storeFailed(r, err)
+		}
 		tok, terr = s.send(ctx, c, replacing)
 		return tok, terr, false
 	}
 	defer s.release(ctx, unlock, wait)
 	// Look again under the lock (a peer may have just stored a token); a
-	// failure was already counted and logged by the first look.
+	// failure was already counted by the first look.
 	tok, err = s.adoptWithin(ctx, wait, st, c, replacing, StoreAdopted)
+	failed := loadErr != nil
 	if tok != nil {
+		if !failed {
+			s.storeWorked()
+		}
 		return tok, nil, true
 	}
 	if err != nil {
-		if loadErr == nil {
+		if !failed {
 			s.storeFailed(storeErrResult(err, StoreTimeout), err)
 		}
+		failed = true
 		if unresponsive(err) {
 			tok, terr = s.send(ctx, c, replacing)
 			return tok, terr, false
@@ -144,15 +171,21 @@ func (s *Source) fetch(ctx context.Context, c *Credentials, replacing bool) (tok
 	}
 	s.storeResult(StoreMiss)
 	tok, terr = s.send(ctx, c, replacing)
-	if terr == nil {
-		saveCtx, cancel := context.WithTimeout(ctx, wait)
-		err := st.Save(saveCtx, c, &Stored{AccessToken: tok.Value, Obtained: tok.obtained.Round(0), Expiry: tok.wallExpiry})
-		cancel()
-		if err != nil {
-			s.storeFailed(storeErrResult(err, StoreTimeout), err)
-		}
+	if terr != nil {
+		return nil, terr, false
 	}
-	return tok, terr, false
+	// The entry's times are on the token endpoint's clock (see serverSkew).
+	skew := s.serverSkew()
+	saveCtx, cancel := context.WithTimeout(ctx, wait)
+	err = st.Save(saveCtx, c, &Stored{AccessToken: tok.Value, Obtained: tok.obtained.Round(0).Add(skew), Expiry: tok.wallExpiry.Add(skew)})
+	cancel()
+	switch {
+	case err != nil:
+		s.storeFailed(storeErrResult(err, StoreTimeout), err)
+	case !failed:
+		s.storeWorked()
+	}
+	return tok, nil, false
 }
 
 // send is fetch's token request, charged to the 401 budget when it
@@ -214,12 +247,19 @@ func (s *Source) adoptWithin(ctx context.Context, wait time.Duration, st Store, 
 // 75% of its life, the earliest any instance refreshes). It reports result
 // to the observer on success; a load error is returned for the caller to
 // report.
+//
+// The stored times are on the token endpoint's clock as the peer that
+// stored them read it (see serverSkew), or on the peer's own clock; a peer
+// whose clock is ahead must not make a token last longer here. So the
+// token's life left is at most the lifetime its issuer gave it
+// (Expiry - Obtained) and at most what its JWT exp claim says, both
+// measured on this instance's clock; a token with no more than its safety
+// margin left is not adopted.
 func (s *Source) adopt(ctx context.Context, st Store, c *Credentials, replacing bool, result StoreResult) (*Token, error) {
 	stored, err := st.Load(ctx, c)
 	if err != nil {
 		return nil, err
 	}
-	s.storeOK()
 	if stored == nil {
 		return nil, nil
 	}
@@ -227,24 +267,24 @@ func (s *Source) adopt(ctx context.Context, st Store, c *Credentials, replacing 
 		return nil, nil
 	}
 	now := time.Now()
+	skew := s.serverSkew()
 	wallNow := now.Round(0)
-	left := stored.Expiry.Sub(wallNow)
 	life := stored.Expiry.Sub(stored.Obtained)
-	if left <= 0 || life <= 0 {
+	left := min(stored.Expiry.Add(-skew).Sub(wallNow), life)
+	if exp, ok := jwtExpiry(stored.AccessToken); ok {
+		left = min(left, exp.Add(-skew).Sub(wallNow))
+	}
+	if life <= 0 || left <= safetyMargin(life) {
 		return nil, nil
 	}
+	age := life - left
 	if !replacing {
-		if cur := s.cur.Load(); (cur != nil && stored.AccessToken == cur.Value) || float64(wallNow.Sub(stored.Obtained)) >= float64(life)*refreshPoint {
+		if cur := s.cur.Load(); (cur != nil && stored.AccessToken == cur.Value) || float64(age) >= float64(life)*refreshPoint {
 			return nil, nil
 		}
 	}
 	s.storeResult(result)
-	return &Token{
-		Value:      stored.AccessToken,
-		obtained:   now.Add(-wallNow.Sub(stored.Obtained)),
-		expiry:     now.Add(left),
-		wallExpiry: stored.Expiry,
-	}, nil
+	return newToken(stored.AccessToken, now.Add(-age), now.Add(left), wallNow.Add(left)), nil
 }
 
 func (s *Source) storeResult(r StoreResult) {
@@ -253,18 +293,88 @@ func (s *Source) storeResult(r StoreResult) {
 	}
 }
 
-// storeFailed records a storage failure and logs a WARN on the first one
-// in a row.
+// storeHealth is a source's view of its store: whether it is in an outage,
+// since when, and why.
+type storeHealth struct {
+	mu      sync.Mutex
+	down    bool
+	since   time.Time // the outage's first failure; or the end of the last one
+	lastErr string    // scrubbed
+}
+
+// storeFailed records a storage failure; the first one of an outage is
+// logged (WARN).
 func (s *Source) storeFailed(r StoreResult, err error) {
 	s.storeResult(r)
-	if !s.storeDown.Swap(true) {
-		s.log.Warn("shared token cache unavailable; fetching tokens locally", zap.String("error", s.Scrub(err.Error())))
+	msg := s.Scrub(err.Error())
+	h := &s.storeHealth
+	h.mu.Lock()
+	first := !h.down
+	if first {
+		h.down, h.since = true, time.Now().Round(0)
+	}
+	h.lastErr = msg
+	h.mu.Unlock()
+	if first {
+		s.log.Warn("shared token cache unavailable; fetching tokens locally", zap.String("error", msg))
 	}
 }
 
-// storeOK notes that the store works again.
-func (s *Source) storeOK() {
-	if s.storeDown.Swap(false) {
-		s.log.Info("shared token cache available again")
+// storeWorked notes that a fetch went through a full round with the store
+// without a failure: an outage ends (INFO).
+func (s *Source) storeWorked() {
+	h := &s.storeHealth
+	h.mu.Lock()
+	was := h.down
+	var lasted time.Duration
+	if was {
+		now := time.Now().Round(0)
+		lasted = now.Sub(h.since)
+		h.down, h.since, h.lastErr = false, now, ""
 	}
+	h.mu.Unlock()
+	if was {
+		s.log.Info("shared token cache available again", zap.Duration("unavailable_for", lasted))
+	}
+}
+
+// SharedCacheStatus is a source's view of its shared cache, for operators.
+type SharedCacheStatus struct {
+	// State is "ok", or "degraded" from a storage failure until a fetch
+	// goes through a full round with the store without one.
+	State string `json:"state"`
+	// Since is when the state began: the outage's first failure, or its
+	// end (absent while the store never failed).
+	Since time.Time `json:"since,omitzero"`
+	// LastError is the last storage failure of the outage, scrubbed.
+	LastError string `json:"last_error,omitempty"`
+	// StuckCalls is how many storage calls outlived their callers and have
+	// not returned (goroutines blocked in a storage that does not answer).
+	StuckCalls int `json:"stuck_calls"`
+}
+
+// The states of a shared cache.
+const (
+	SharedCacheOK       = "ok"
+	SharedCacheDegraded = "degraded"
+)
+
+// SharedCache returns the state of the source's shared cache, nil without
+// a store. Status holds it too; this is the cheap way for metrics.
+func (s *Source) SharedCache() *SharedCacheStatus {
+	st := s.CurrentStore()
+	if st == nil {
+		return nil
+	}
+	h := &s.storeHealth
+	h.mu.Lock()
+	out := &SharedCacheStatus{State: SharedCacheOK, Since: h.since, LastError: h.lastErr}
+	if h.down {
+		out.State = SharedCacheDegraded
+	}
+	h.mu.Unlock()
+	if r, ok := st.(StuckReporter); ok {
+		out.StuckCalls = r.StuckCalls()
+	}
+	return out
 }

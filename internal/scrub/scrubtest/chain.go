@@ -151,17 +151,18 @@ func Windows(secret string) []string {
 }
 
 // Fold maps ASCII letters to lower case and '+' (form-encoding's space)
-// to ' ', as the leak rule compares.
+// to ' ', byte by byte, as the leak rule compares.
 func Fold(s string) string {
-	return strings.Map(func(r rune) rune {
+	b := []byte(s)
+	for i, c := range b {
 		switch {
-		case 'A' <= r && r <= 'Z':
-			return r + 'a' - 'A'
-		case r == '+':
-			return ' '
+		case 'A' <= c && c <= 'Z':
+			b[i] = c + 'a' - 'A'
+		case c == '+':
+			b[i] = ' '
 		}
-		return r
-	}, s)
+	}
+	return string(b)
 }
 
 // Recover returns a reading of text through the chain (see Decode) that

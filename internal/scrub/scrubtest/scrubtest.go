@@ -11,6 +11,8 @@ import (
 	"html"
 	"net/url"
 	"strings"
+	"unicode/utf16"
+	"unicode/utf8"
 
 	"github.com/deskoproxy/caddy-desko-auth/internal/scrub"
 )
@@ -30,7 +32,7 @@ func Escapings(s string) map[string]string {
 			if upper {
 				f = "\\u%04X"
 			}
-			fmt.Fprintf(&b, f, r)
+			writeU(&b, f, r)
 		}
 		return b.String()
 	}
@@ -80,9 +82,9 @@ func EscapeRandomly(s string, seed uint64) string {
 	for _, r := range s {
 		switch next(9) {
 		case 0:
-			fmt.Fprintf(&b, "\\u%04x", r)
+			writeU(&b, "\\u%04x", r)
 		case 1:
-			fmt.Fprintf(&b, "\\u%04X", r)
+			writeU(&b, "\\u%04X", r)
 		case 2:
 			for _, c := range []byte(string(r)) {
 				fmt.Fprintf(&b, "%%%02x", c)
@@ -116,6 +118,16 @@ func EscapeRandomly(s string, seed uint64) string {
 		out = string(q[1 : len(q)-1])
 	}
 	return out
+}
+
+// writeU writes r as \uXXXX in format f, as a surrogate pair beyond the
+// Basic Multilingual Plane.
+func writeU(b *strings.Builder, f string, r rune) {
+	if r1, r2 := utf16.EncodeRune(r); r1 != utf8.RuneError {
+		fmt.Fprintf(b, f+f, r1, r2)
+		return
+	}
+	fmt.Fprintf(b, f, r)
 }
 
 // Reporter is the part of testing.TB that a Check uses.
