@@ -174,7 +174,7 @@ func TestEngineRedirects(t *testing.T) {
 			if te.Error() != want {
 				t.Errorf("Error() = %q, want %q", te.Error(), want)
 			}
-			if te.Kind != KindRedirect || te.Status != code {
+			if te.Kind.String() != "redirect" || te.Status != code {
 				t.Errorf("Kind = %v, Status %d; want redirect, %d: a redirect elsewhere is a configuration problem", te.Kind, te.Status, code)
 			}
 			if leaksSecret(te.Error()) {
@@ -189,7 +189,7 @@ func TestEngineRedirects(t *testing.T) {
 		s := newTestSource(t, srv.tokenURL())
 		te := mustGetErr(t, s)
 		https := strings.Replace(srv.tokenURL(), "http://", "https://", 1)
-		if want := "token endpoint answered 301: redirect to " + https + " not followed: it points to another scheme or host (check token_url)"; te.Error() != want || te.Kind != KindRedirect {
+		if want := "token endpoint answered 301: redirect to " + https + " not followed: it points to another scheme or host (check token_url)"; te.Error() != want || te.Kind.String() != "redirect" {
 			t.Errorf("error %q (%v), want redirect %q", te, te.Kind, want)
 		}
 		if srv.count() != 1 {
@@ -235,7 +235,7 @@ func TestEngineRedirects(t *testing.T) {
 			s := newTestSource(t, srv.tokenURL())
 			te := mustGetErr(t, s)
 			want := fmt.Sprintf("token endpoint answered %d: redirect to %s/new/token not followed: a %d would resend the token request as a GET without its body (check token_url)", code, srv.url, code)
-			if te.Kind != KindRedirect || te.Error() != want {
+			if te.Kind.String() != "redirect" || te.Error() != want {
 				t.Errorf("error %q (%v), want redirect %q", te, te.Kind, want)
 			}
 			if srv.count() != 1 {
@@ -254,7 +254,7 @@ func TestEngineRedirects(t *testing.T) {
 			t.Fatalf("%d requests, want the first and 2 redirects", n)
 		}
 		want := "token endpoint answered 307: redirect to " + srv.url + "/loop/3 not followed: 2 redirects followed already (check token_url)"
-		if te.Error() != want || te.Kind != KindRedirect || te.Status != 307 {
+		if te.Error() != want || te.Kind.String() != "redirect" || te.Status != 307 {
 			t.Errorf("error %q (%v, %d), want redirect %q", te, te.Kind, te.Status, want)
 		}
 	})
