@@ -73,6 +73,16 @@ func newFailureServers(t *testing.T, e *e2e) *failureServers {
 			http.Redirect(w, r, "/token", http.StatusFound)
 		case strings.HasPrefix(p, "/loop"):
 			http.Redirect(w, r, p+"/again", http.StatusTemporaryRedirect)
+		case p == "/scope":
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusBadRequest)
+			io.WriteString(w, `{"error":"invalid_scope","error_description":"scope not allowed for this client"}`)
+		case p == "/hangup":
+			// A connection that breaks once made: no answer at all.
+			c, _, err := http.NewResponseController(w).Hijack()
+			if err == nil {
+				c.Close()
+			}
 		default:
 			http.Error(w, `{"error":"invalid_client"}`, http.StatusUnauthorized)
 		}
@@ -97,6 +107,7 @@ func failureScenarios(e *e2e, s *failureServers) []failureScenario {
 	good := "{env.DESKO_TEST_SECRET}"
 	return []failureScenario{
 		{"refused", e.tokenURL(), "wrong-" + good},
+		{"refused_scope", s.redirector.URL + "/scope", good},
 		{"tls", s.tls.URL + "/token", good},
 		{"redirect_elsewhere", s.redirector.URL + "/elsewhere", good},
 		{"redirect_https", s.redirector.URL + "/https", good},
@@ -108,6 +119,7 @@ func failureScenarios(e *e2e, s *failureServers) []failureScenario {
 		// Port 1 on loopback: nothing listens there (see closedPort).
 		{"connect", fmt.Sprintf("http://127.0.0.1:%d/token", closedPort(nil)), good},
 		{"transient", s.down.URL + "/token", good},
+		{"transient_hangup", s.redirector.URL + "/hangup", good},
 		{"invalid_answer", s.html.URL + "/token", good},
 	}
 }
@@ -325,6 +337,7 @@ func TestE2EFailureKinds(t *testing.T) {
 		slow = 5 * time.Second // the first backoff step of a configuration problem (±20%)
 		fast = time.Second     // of the others (±20%)
 	)
+	covered := map[string]bool{}
 	for _, tc := range []struct {
 		scenario string
 		kind     string // the label: placeholder, metric result, log kind
@@ -338,6 +351,8 @@ func TestE2EFailureKinds(t *testing.T) {
 	}{
 		{"refused", "refused", 502, wantMsgRefused, "ERROR", wantLogRefused,
 			[]string{"token endpoint answered 401: Client authentication failed"}, EventCredentialsRefused, slow},
+		{"refused_scope", "refused", 502, wantMsgRefused, "ERROR", wantLogRefused,
+			[]string{"token endpoint answered 400: invalid_scope: scope not allowed for this client"}, EventCredentialsRefused, slow},
 		{"tls", "tls", 502, wantMsgTLS, "ERROR", wantLogTLS,
 			[]string{"token endpoint's certificate does not verify (check tls_ca and the endpoint's certificate): ", "x509: certificate signed by unknown authority"},
 			EventRefreshFailed, slow},
@@ -361,9 +376,12 @@ func TestE2EFailureKinds(t *testing.T) {
 			EventRefreshFailed, fast},
 		{"transient", "transient", 503, wantMsgUnavailable, "WARN", wantLogOutage,
 			[]string{"token endpoint answered 500: Internal server error"}, EventRefreshFailed, fast},
+		{"transient_hangup", "transient", 503, wantMsgUnavailable, "WARN", wantLogOutage,
+			[]string{"token request failed: Post \"http://127.0.0.1:", "/hangup\": EOF"}, EventRefreshFailed, fast},
 		{"invalid_answer", "invalid_answer", 503, wantMsgUnavailable, "WARN", wantLogOutage,
 			[]string{"token endpoint answered 200: unusable token answer: "}, EventRefreshFailed, fast},
 	} {
+		covered[tc.scenario] = true
 		t.Run(tc.scenario, func(t *testing.T) {
 			o := obs[tc.scenario]
 			if o.status != tc.status || o.message != tc.message {
@@ -408,5 +426,10 @@ func TestE2EFailureKinds(t *testing.T) {
 				t.Errorf("next retry %v after the fetch, want %v (±20%%)", o.retryIn, tc.pace)
 			}
 		})
+	}
+	for name := range obs {
+		if !covered[name] {
+			t.Errorf("scenario %s is not checked", name)
+		}
 	}
 }
