@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -102,9 +103,15 @@ func newFailureServers(t *testing.T, e *e2e) *failureServers {
 	return &failureServers{tls: tlsSrv, redirector: redirector, down: down, html: html}
 }
 
+// failureRuns counts the runs of the scenarios: sources outlive configs
+// (and tests), so the token URLs that are not a test server's differ by
+// run, or a run would meet the sources of the one before in their backoff.
+var failureRuns atomic.Int64
+
 // failureScenarios are the scenarios, by name.
 func failureScenarios(e *e2e, s *failureServers) []failureScenario {
 	good := "{env.DESKO_TEST_SECRET}"
+	run := failureRuns.Add(1)
 	return []failureScenario{
 		{"refused", e.tokenURL(), "wrong-" + good},
 		{"refused_scope", s.redirector.URL + "/scope", good},
@@ -115,9 +122,9 @@ func failureScenarios(e *e2e, s *failureServers) []failureScenario {
 		{"redirect_loop", s.redirector.URL + "/loop", good},
 		// .invalid never resolves (RFC 6761); the fetch timeout bounds a
 		// resolver that does not answer.
-		{"dns", "https://desko-auth-test.invalid/token", good},
+		{"dns", fmt.Sprintf("https://desko-auth-test.invalid/token/%d", run), good},
 		// Port 1 on loopback: nothing listens there (see closedPort).
-		{"connect", fmt.Sprintf("http://127.0.0.1:%d/token", closedPort(nil)), good},
+		{"connect", fmt.Sprintf("http://127.0.0.1:%d/token/%d", closedPort(nil), run), good},
 		{"transient", s.down.URL + "/token", good},
 		{"transient_hangup", s.redirector.URL + "/hangup", good},
 		{"invalid_answer", s.html.URL + "/token", good},
