@@ -208,6 +208,7 @@ func TestTroubleshootingQuotesTheFailureKinds(t *testing.T) {
 // The rest of the page: every message quoted in a table's first column,
 // or after a log level, is made of text the module's sources (or
 // certmagic's, for the storage's errors) print, "…" standing for any text.
+// So are the log lines docs/failures.md and docs/logs.md quote.
 func TestTroubleshootingQuotesRealMessages(t *testing.T) {
 	var msgs []string
 	for _, s := range readSections(t, troubleshootingPage) {
@@ -234,6 +235,38 @@ func TestTroubleshootingQuotesRealMessages(t *testing.T) {
 		t.Fatalf("%d messages quoted in %s: the check would prove little", len(msgs), troubleshootingPage)
 	}
 	lits := sourceLiterals(t)
+	// The lines and answers the code composes from several strings.
+	for _, k := range tokenpkg.Kinds {
+		for _, serving := range []bool{false, true} {
+			_, msg := tokenpkg.FailureLog(k, serving)
+			lits = append(lits, newLiteral(msg))
+		}
+		_, msg := answerFor(k)
+		lits = append(lits, newLiteral(msg))
+	}
+	checkQuotes(t, troubleshootingPage, msgs, lits)
+
+	// The log lines other pages quote after their level.
+	for _, page := range []string{"docs/failures.md", "docs/logs.md"} {
+		b, err := os.ReadFile(page)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var msgs []string
+		for _, m := range leveled.FindAllStringSubmatch(string(b), -1) {
+			msgs = append(msgs, strings.Join(strings.Fields(m[2]), " "))
+		}
+		if len(msgs) < 5 {
+			t.Fatalf("%d log lines quoted in %s: the check would prove little", len(msgs), page)
+		}
+		checkQuotes(t, page, msgs, lits)
+	}
+}
+
+// checkQuotes checks that every "…"-separated part of every message
+// quoted on the page is printed by one of the literals.
+func checkQuotes(t *testing.T, page string, msgs []string, lits []literal) {
+	t.Helper()
 	for _, m := range msgs {
 		for _, f := range strings.Split(m, "…") {
 			// A ": " at a cut is often where an error wraps another.
@@ -242,7 +275,7 @@ func TestTroubleshootingQuotesRealMessages(t *testing.T) {
 				continue
 			}
 			if !slices.ContainsFunc(lits, func(l literal) bool { return l.prints(f) }) {
-				t.Errorf("%s quotes %q: no string in the sources prints %q", troubleshootingPage, m, f)
+				t.Errorf("%s quotes %q: no string in the sources prints %q", page, m, f)
 			}
 		}
 	}
@@ -397,4 +430,45 @@ func keys(m map[string]bool) []string {
 	}
 	slices.Sort(out)
 	return out
+}
+
+// The pages that list the kinds' labels (the metric's results, the
+// placeholder's values, the events' results) list every one.
+func TestDocsListEveryKind(t *testing.T) {
+	for _, c := range []struct{ page, line string }{
+		{"docs/metrics.md", "| `desko_auth_token_fetches_total` |"},
+		{"docs/caddy-integration.md", "| `{http.desko_auth.error}` |"},
+		{"docs/failures.md", "A failure to obtain a token has a **kind**"},
+	} {
+		b, err := os.ReadFile(c.page)
+		if err != nil {
+			t.Fatal(err)
+		}
+		text := string(b)
+		i := strings.Index(text, c.line)
+		if i < 0 {
+			t.Errorf("%s has no %q", c.page, c.line)
+			continue
+		}
+		// The line, or the paragraph it starts.
+		end := strings.Index(text[i:], "\n\n")
+		if strings.HasPrefix(c.line, "|") {
+			end = strings.Index(text[i:], "\n")
+		}
+		para := text[i : i+end]
+		for _, k := range tokenpkg.Kinds {
+			if !strings.Contains(para, "`"+k.String()+"`") {
+				t.Errorf("%s: %q does not list the kind %s", c.page, c.line, k)
+			}
+		}
+	}
+	b, err := os.ReadFile("docs/caddy-integration.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{EventTokenObtained, EventRefreshFailed, EventCredentialsRefused} {
+		if !strings.Contains(string(b), "| `"+name+"` |") {
+			t.Errorf("docs/caddy-integration.md has no row for the event %s", name)
+		}
+	}
 }
