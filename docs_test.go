@@ -267,16 +267,23 @@ func TestTroubleshootingQuotesRealMessages(t *testing.T) {
 // quoted on the page is printed by one of the literals.
 func checkQuotes(t *testing.T, page string, msgs []string, lits []literal) {
 	t.Helper()
+	printed := func(f string) bool { return slices.ContainsFunc(lits, func(l literal) bool { return l.prints(f) }) }
 	for _, m := range msgs {
-		for _, f := range strings.Split(m, "…") {
+		parts := strings.Split(m, "…")
+		for i, f := range parts {
 			// A ": " at a cut is often where an error wraps another.
 			f = strings.Trim(f, " :")
-			if len(strings.Trim(f, ` "':,.;`)) < 3 {
+			if len(strings.Trim(f, ` "':,.;`)) < 3 || printed(f) {
 				continue
 			}
-			if !slices.ContainsFunc(lits, func(l literal) bool { return l.prints(f) }) {
-				t.Errorf("%s quotes %q: no string in the sources prints %q", page, m, f)
+			// Right after a "…", the first word may end what a verb
+			// printed, and the rest be another string's text (an error
+			// wrapped in a message): "client_key: {file.…} holds no PEM
+			// block".
+			if _, rest, ok := strings.Cut(f, " "); ok && i > 0 && printed(rest) {
+				continue
 			}
+			t.Errorf("%s quotes %q: no string in the sources prints %q", page, m, f)
 		}
 	}
 }

@@ -103,7 +103,11 @@ func withOwnAncestry(ctx caddy.Context) (_ caddy.Context, ok bool) {
 
 // fetched emits the event of a token request's outcome. Event handlers run
 // in a goroutine of their own, so that a slow one cannot hold up the token
-// source.
+// source. It does not ask the events app whether anything listens
+// (App.ShouldEmit, new in Caddy v2.11.7): there is an emitter only when the
+// config has an events app, and one event per token request costs nothing
+// worth saving, while the module keeps building with older Caddy versions
+// (see the support matrix in docs/development.md).
 func (r *emitterRef) fetched(label string, err *token.Error, result string, took time.Duration) {
 	em := r.p.Load()
 	if em == nil {
@@ -115,9 +119,6 @@ func (r *emitterRef) fetched(label string, err *token.Error, result string, took
 		name = EventTokenObtained
 	case err.Kind == token.KindRefused:
 		name = EventCredentialsRefused
-	}
-	if !em.app.ShouldEmit(name) {
-		return
 	}
 	data := map[string]any{"source": label, "result": result, "took_ms": took.Milliseconds()}
 	go em.app.Emit(em.ctx, name, data)
