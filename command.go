@@ -34,11 +34,12 @@ desko-auth check loads the config the way 'caddy run' would (placeholders
 expanded, files read) but starts no server and writes nothing to any
 storage. For every credential set it finds (each desko_auth block; blocks
 that make the same source are checked once) it obtains one token and prints
-a row: the source label, the client ID, the result (ok, refused with the
-token endpoint's reason, unavailable, invalid answer), the token's
-lifetime, the scopes granted and the round-trip time, with the client
-authentication style and, for private_key_jwt, the key ID. It never prints
-a token, a secret or a key.
+a row: the source label, the client ID, the result (ok; refused with the
+token endpoint's reason; tls, redirect, dns or connect with what to
+check; unavailable; invalid answer), the token's lifetime, the scopes
+granted and the round-trip time, with the client authentication style
+and, for private_key_jwt, the key ID. It never prints a token, a secret or
+a key.
 
 Exit status: 0 when every set works, 1 when any fails, 2 when the config
 itself is invalid (with the message 'caddy validate' gives).`,
@@ -257,6 +258,9 @@ func (r *checkRow) fill(tok *token.Token, err error) {
 		r.Result = checkRefused
 	case errors.As(err, &te) && te.Kind == token.KindInvalidAnswer:
 		r.Result = checkInvalidAnswer
+	case errors.As(err, &te) && te.Kind != token.KindTransient:
+		// tls, redirect, dns, connect: the kind says where to look.
+		r.Result = te.Kind.String()
 	default:
 		r.Result = checkUnavailable
 	}

@@ -144,7 +144,7 @@ func TestCheckCommand(t *testing.T) {
 			t.Fatalf("exit %d, want 1; stdout %s; stderr %s", code, stdout, stderr)
 		}
 		for _, want := range []string{"ok", "refused: token endpoint answered 401: Client authentication failed",
-			"unavailable: token request failed", "refused: token endpoint answered 400", "form"} {
+			"connect: could not connect to the token endpoint (check token_url's host and port, and the network)", "refused: token endpoint answered 400", "form"} {
 			if !strings.Contains(stdout, want) {
 				t.Errorf("the table lacks %q:\n%s", want, stdout)
 			}

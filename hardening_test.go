@@ -111,8 +111,8 @@ func TestE2ETokenURLQueryAndAddressesStayHidden(t *testing.T) {
 		t.Fatalf("status %d Retry-After %q, want 503 with Retry-After: %s", status, hdr.Get("Retry-After"), body)
 	}
 	d := decodeErr(t, body)
-	if d.Message != msgUnavailable {
-		t.Errorf("client message %q, want %q", d.Message, msgUnavailable)
+	if d.Message != msgUnreachable {
+		t.Errorf("client message %q, want %q", d.Message, msgUnreachable)
 	}
 	for _, bad := range []string{"QUERYKEY", "api_key", "127.0.0.1", "/token", "dial", "Post", "connect"} {
 		if strings.Contains(body, bad) {
