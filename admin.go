@@ -7,7 +7,9 @@ import (
 	"maps"
 	"net/http"
 	"slices"
+	"strconv"
 	"sync"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 
@@ -22,6 +24,8 @@ func init() {
 //
 //	GET  /desko_auth/status   the token sources and their health
 //	POST /desko_auth/refresh  force a refresh of every source (single-flight)
+//	GET  /desko_auth/tenants  the live tenants of the tenant blocks, paged
+//	                          (?page=1&per_page=100)
 //
 // Neither ever shows a token or a secret.
 type AdminAPI struct{}
@@ -39,6 +43,7 @@ func (a *AdminAPI) Routes() []caddy.AdminRoute {
 	return []caddy.AdminRoute{
 		{Pattern: "/desko_auth/status", Handler: caddy.AdminHandlerFunc(a.status)},
 		{Pattern: "/desko_auth/refresh", Handler: caddy.AdminHandlerFunc(a.refresh)},
+		{Pattern: "/desko_auth/tenants", Handler: caddy.AdminHandlerFunc(a.tenants)},
 	}
 }
 
@@ -135,6 +140,73 @@ func (a *AdminAPI) refresh(w http.ResponseWriter, r *http.Request) error {
 		list = append(list, st)
 	}
 	return writeAdminJSON(w, list)
+}
+
+// TenantStatus is one live tenant as the admin API shows it.
+type TenantStatus struct {
+	// Block is the tenant block's label (its series' source label).
+	Block  string `json:"block"`
+	Tenant string `json:"tenant"`
+	// Kind is "named" (a credentials block) or "dir" (credentials_dir).
+	Kind string `json:"kind"`
+	// Source is the label of the tenant's own token source.
+	Source   string       `json:"source"`
+	ClientID string       `json:"client_id"`
+	LastUsed time.Time    `json:"last_used"`
+	Status   token.Status `json:"status"`
+}
+
+// TenantPage is a page of live tenants.
+type TenantPage struct {
+	Total   int            `json:"total"`
+	Page    int            `json:"page"`
+	PerPage int            `json:"per_page"`
+	Tenants []TenantStatus `json:"tenants"`
+}
+
+// maxPerPage bounds a page of tenants.
+const maxPerPage = 1000
+
+// tenants lists the live tenants of every tenant block, sorted by block
+// and tenant, a page at a time.
+func (a *AdminAPI) tenants(w http.ResponseWriter, r *http.Request) error {
+	if r.Method != http.MethodGet {
+		return caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Err: fmt.Errorf("method %s not allowed; use GET", r.Method)}
+	}
+	page, perPage := 1, 100
+	for name, dst := range map[string]*int{"page": &page, "per_page": &perPage} {
+		if v := r.URL.Query().Get(name); v != "" {
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 || n > 1_000_000 || (name == "per_page" && n > maxPerPage) {
+				return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: fmt.Errorf("%s: want a whole number from 1 (per_page at most %d)", name, maxPerPage)}
+			}
+			*dst = n
+		}
+	}
+	var all []*tenant
+	blockOf := map[*tenant]string{}
+	tenantSets.Range(func(_, v any) bool {
+		s := v.(*tenantSet)
+		s.live.Range(func(_, t any) bool {
+			all = append(all, t.(*tenant))
+			blockOf[t.(*tenant)] = s.label
+			return true
+		})
+		return true
+	})
+	slices.SortFunc(all, func(x, y *tenant) int {
+		return cmp.Or(cmp.Compare(blockOf[x], blockOf[y]), cmp.Compare(x.name, y.name))
+	})
+	out := TenantPage{Total: len(all), Page: page, PerPage: perPage, Tenants: []TenantStatus{}}
+	for _, t := range all[min((page-1)*perPage, len(all)):min(page*perPage, len(all))] {
+		kind := "dir"
+		if t.named {
+			kind = "named"
+		}
+		out.Tenants = append(out.Tenants, TenantStatus{Block: blockOf[t], Tenant: t.name, Kind: kind, Source: t.b.src.label,
+			ClientID: t.b.src.clientID, LastUsed: time.Unix(0, t.used.Load()).UTC(), Status: t.b.src.engine.Status()})
+	}
+	return writeAdminJSON(w, out)
 }
 
 func writeAdminJSON(w http.ResponseWriter, v any) error {

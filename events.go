@@ -24,10 +24,12 @@ import (
 const (
 	// EventTokenObtained: a token request succeeded.
 	EventTokenObtained = "desko_auth_token_obtained"
-	// EventRefreshFailed: a token request failed for a transient reason
-	// (network, timeout, 5xx, 429) or got an unusable answer.
+	// EventRefreshFailed: a token request failed for any reason but
+	// refused credentials (its "result" is the kind: transient,
+	// invalid_answer, tls, redirect, dns, connect).
 	EventRefreshFailed = "desko_auth_refresh_failed"
-	// EventCredentialsRefused: the token endpoint refused the credentials.
+	// EventCredentialsRefused: the token endpoint refused the credentials
+	// (result "refused"); nothing else emits it.
 	EventCredentialsRefused = "desko_auth_credentials_refused"
 	// EventCredentialsChanged: a source picked up credentials that
 	// changed in their files (data "source" only).
@@ -101,7 +103,11 @@ func withOwnAncestry(ctx caddy.Context) (_ caddy.Context, ok bool) {
 
 // fetched emits the event of a token request's outcome. Event handlers run
 // in a goroutine of their own, so that a slow one cannot hold up the token
-// source.
+// source. It does not ask the events app whether anything listens
+// (App.ShouldEmit, new in Caddy v2.11.7): there is an emitter only when the
+// config has an events app, and one event per token request costs nothing
+// worth saving, while the module keeps building with older Caddy versions
+// (see the support matrix in docs/development.md).
 func (r *emitterRef) fetched(label string, err *token.Error, result string, took time.Duration) {
 	em := r.p.Load()
 	if em == nil {
@@ -113,9 +119,6 @@ func (r *emitterRef) fetched(label string, err *token.Error, result string, took
 		name = EventTokenObtained
 	case err.Kind == token.KindRefused:
 		name = EventCredentialsRefused
-	}
-	if !em.app.ShouldEmit(name) {
-		return
 	}
 	data := map[string]any{"source": label, "result": result, "took_ms": took.Milliseconds()}
 	go em.app.Emit(em.ctx, name, data)

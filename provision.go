@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
+	"strings"
 	"time"
 
 	"go.uber.org/zap"
@@ -66,10 +68,7 @@ func (h *Handler) applyRequestOptions() {
 	if h.Prefix != nil {
 		h.prefix = *h.Prefix
 	}
-	if !placeholderRE.MatchString(h.ClientSecret) {
-		h.logger.Warn("client_secret is a literal value: anyone who can read the admin API's /config/ can see it; " +
-			"use {env.NAME} or {file./path} instead (a Caddyfile {$NAME} is substituted into the config and is literal too)")
-	}
+	h.warnLiterals()
 	h.replay = h.RetryOnUnauthorized == nil || *h.RetryOnUnauthorized
 	h.limit = DefaultReplayBodyLimit
 	if h.ReplayBodyLimit != nil {
@@ -81,4 +80,47 @@ func (h *Handler) applyRequestOptions() {
 	if h.ReplayMemory != nil {
 		setReplayMemory(h, *h.ReplayMemory)
 	}
+}
+
+// literalWarning ends every WARN about a credential written into the
+// config.
+const literalWarning = "anyone who can read the admin API's /config/ can see it; use {env.NAME} or {file./path} instead " +
+	"(a Caddyfile {$NAME} is substituted into the config and is literal too)"
+
+// warnLiterals warns about credentials written into the config as they
+// are: the client secret, and the token URL's query parameters, param
+// values and token_header values whose names look like credentials.
+func (h *Handler) warnLiterals() {
+	if h.ClientSecret != "" && !placeholderRE.MatchString(h.ClientSecret) {
+		h.logger.Warn("client_secret is a literal value: " + literalWarning)
+	}
+	if u, err := url.Parse(h.TokenURL); err == nil && !placeholderRE.MatchString(h.TokenURL) {
+		for name, vals := range u.Query() {
+			if credentialName(name) && slices.ContainsFunc(vals, func(v string) bool { return v != "" }) {
+				h.logger.Warn("token_url has a query parameter that looks like a credential, written as it is: "+literalWarning,
+					zap.String("parameter", name))
+			}
+		}
+	}
+	for field, m := range map[string]map[string]string{"param": h.Params, "token_header": h.TokenHeaders} {
+		for name, v := range m {
+			if credentialName(name) && v != "" && !placeholderRE.MatchString(v) {
+				h.logger.Warn(field+" looks like a credential and is a literal value: "+literalWarning, zap.String("name", name))
+			}
+		}
+	}
+}
+
+// credentialWords are the parts of a name that mark a credential.
+var credentialWords = []string{"key", "secret", "token", "passw", "pwd", "auth", "signature", "sig", "credential", "session", "cookie", "bearer"}
+
+// credentialName reports whether a parameter or header name looks like it
+// carries a credential (api_key, X-Api-Key, client_assertion, access_token,
+// password…).
+func credentialName(name string) bool {
+	n := strings.ToLower(name)
+	if n == "client_assertion" {
+		return true
+	}
+	return slices.ContainsFunc(credentialWords, func(w string) bool { return strings.Contains(n, w) })
 }

@@ -5,6 +5,7 @@
 #   ./xcaddy.sh run            run Caddyfile.example (needs DESKO_CLIENT_ID and DESKO_CLIENT_SECRET)
 #   ./xcaddy.sh demo           offline demo: a local Desko stand-in + Caddy; Ctrl-C stops it
 #   ./xcaddy.sh demo --check   the same, but run the curl once, check it and exit
+#   ./xcaddy.sh command [DIR]  print the xcaddy command that builds from DIR (default: this checkout)
 set -euo pipefail
 
 cd "$(dirname "$0")"
@@ -22,11 +23,19 @@ ensure_xcaddy() {
 	fi
 }
 
-build() {
-	ensure_xcaddy
+# xcaddy_args sets XCADDY_ARGS to the xcaddy command line that builds Caddy
+# with the module from the checkout in $1. docs/deploy/Dockerfile runs the
+# same command (CI checks that they agree: .ci/check-deploy.sh).
+xcaddy_args() {
 	# The @v0.0.0 matters: for an unpublished module path the module proxy
 	# refuses instead of answering "not found", and the replace is never used.
-	xcaddy build "$CADDY_VERSION" --with "$MODULE@v0.0.0=$ROOT" --output "$CADDY_BIN"
+	XCADDY_ARGS=(build "$CADDY_VERSION" --with "$MODULE@v0.0.0=$1")
+}
+
+build() {
+	ensure_xcaddy
+	xcaddy_args "$ROOT"
+	xcaddy "${XCADDY_ARGS[@]}" --output "$CADDY_BIN"
 	"$CADDY_BIN" version
 }
 
@@ -81,7 +90,7 @@ CADDYFILE
 		curl -fsS -o /dev/null "$url" 2>/dev/null && break
 		sleep 0.2
 	done
-	echo "Desko stand-in on 127.0.0.1:$standin_port, Caddy with desko_auth on 127.0.0.1:$proxy_port."
+	echo "Desko stand-in on 127.0.0.1:$standin_port, Caddy $("$CADDY_BIN" version | cut -d' ' -f1) with desko_auth on 127.0.0.1:$proxy_port."
 	echo "The client sends no credentials; the stand-in's API answers 401 to any request without a valid token."
 	echo
 	echo "  curl -s $url"
@@ -111,8 +120,12 @@ run)
 	exec "$CADDY_BIN" run --config "$ROOT/Caddyfile.example" --adapter caddyfile
 	;;
 demo) demo "${2:-}" ;;
+command)
+	xcaddy_args "${2:-$ROOT}"
+	echo "xcaddy ${XCADDY_ARGS[*]}"
+	;;
 *)
-	echo "usage: $0 build|run|demo [--check]" >&2
+	echo "usage: $0 build|run|demo [--check]|command [<dir>]" >&2
 	exit 2
 	;;
 esac

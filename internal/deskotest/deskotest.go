@@ -56,6 +56,7 @@ const (
 	ModeDown                  // 500 with a JSON body
 	ModeHTML                  // 200 with an HTML page
 	ModeRFCReject             // 400 invalid_client in RFC 6749's shape
+	ModeBusy                  // 429 with the Retry-After set by SetRetryAfter
 )
 
 // Server is the Desko stand-in. It is safe for concurrent use; change it
@@ -64,7 +65,11 @@ type Server struct {
 	clientID string
 
 	mu             sync.Mutex
-	secrets        []string // the client secrets accepted
+	secrets        []string            // the client secrets accepted
+	others         map[string][]string // more clients: ID → secrets
+	clients        map[string]string   // token → the client it was issued to
+	inFlight       int                 // token requests being answered
+	maxInFlight    int
 	mode           Mode
 	ttl            time.Duration
 	delay          time.Duration
@@ -91,12 +96,41 @@ type Server struct {
 // New returns a stand-in that issues tokens of the given lifetime to id and
 // secret.
 func New(id, secret string, ttl time.Duration) *Server {
-	return &Server{clientID: id, secrets: []string{secret}, ttl: ttl, tokens: map[string]time.Time{}, scopes: map[string]string{}}
+	return &Server{clientID: id, secrets: []string{secret}, ttl: ttl, tokens: map[string]time.Time{}, scopes: map[string]string{},
+		others: map[string][]string{}, clients: map[string]string{}}
 }
 
 // SetClientSecret changes the secret the token endpoint accepts. Tokens
 // already issued stay valid.
 func (s *Server) SetClientSecret(secret string) { s.SetClientSecrets(secret) }
+
+// AddClient makes the token endpoint issue tokens to another client too
+// (a tenant): the API tells whose token a request carried.
+func (s *Server) AddClient(id, secret string) {
+	s.mu.Lock()
+	s.others[id] = append(s.others[id], secret)
+	s.mu.Unlock()
+}
+
+// IssuedTo is how many tokens were issued to client.
+func (s *Server) IssuedTo(client string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, c := range s.clients {
+		if c == client {
+			n++
+		}
+	}
+	return n
+}
+
+// MaxInFlight is the most token requests the endpoint answered at once.
+func (s *Server) MaxInFlight() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.maxInFlight
+}
 
 // SetClientSecrets makes the token endpoint accept any of these secrets,
 // as during a rotation with a grace period. Tokens already issued stay
@@ -234,6 +268,9 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 		s.byScope = map[string]int64{}
 	}
 	s.byScope[asked.Scope]++
+	s.inFlight++
+	s.maxInFlight = max(s.maxInFlight, s.inFlight)
+	defer func() { s.mu.Lock(); s.inFlight--; s.mu.Unlock() }()
 	s.lastTokenReq, s.lastTokenBody = r.Clone(r.Context()), body
 	mode, ttl, delay, retryAfter, omit, offset := s.mode, s.ttl, s.delay, s.retryAfter, s.omitExpiresIn, s.clockOffset
 	s.mu.Unlock()
@@ -260,6 +297,12 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 		}
 		deskoError(w, http.StatusInternalServerError, "Internal server error")
 		return
+	case ModeBusy:
+		if retryAfter != "" {
+			w.Header().Set("Retry-After", retryAfter)
+		}
+		deskoError(w, http.StatusTooManyRequests, "Too many requests")
+		return
 	case ModeHTML:
 		w.Header().Set("Content-Type", "text/html")
 		_, _ = io.WriteString(w, "<html><body><h1>Maintenance</h1></body></html>")
@@ -279,13 +322,13 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.mu.Lock()
-	ok := req.ClientID == s.clientID && slices.Contains(s.secrets, req.ClientSecret)
+	ok := (req.ClientID == s.clientID && slices.Contains(s.secrets, req.ClientSecret)) || slices.Contains(s.others[req.ClientID], req.ClientSecret)
 	s.mu.Unlock()
 	if !ok {
 		deskoError(w, http.StatusUnauthorized, "Client authentication failed")
 		return
 	}
-	tok := s.issue(ttl, req.Scope)
+	tok := s.issue(req.ClientID, ttl, req.Scope)
 	answer := map[string]any{"token_type": "Bearer", "access_token": tok}
 	if !omit {
 		answer["expires_in"] = int(ttl / time.Second)
@@ -295,7 +338,7 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 
 // issue makes a JWT-shaped token (unsigned: the stand-in checks its own
 // list), or an opaque one, and records it.
-func (s *Server) issue(ttl time.Duration, scope string) string {
+func (s *Server) issue(client string, ttl time.Duration, scope string) string {
 	s.mu.Lock()
 	offset, opaque := s.clockOffset, s.opaque
 	s.mu.Unlock()
@@ -318,7 +361,7 @@ func (s *Server) issue(ttl time.Duration, scope string) string {
 		enc := base64.RawURLEncoding
 		header := enc.EncodeToString([]byte(`{"alg":"none","typ":"JWT"}`))
 		claims, _ := json.Marshal(map[string]any{
-			"sub": s.clientID, "scope": scope, "exp": exp.Unix(), "jti": hex.EncodeToString(nonce[:]),
+			"sub": client, "scope": scope, "exp": exp.Unix(), "jti": hex.EncodeToString(nonce[:]),
 		})
 		tok = header + "." + enc.EncodeToString(claims) + "." + enc.EncodeToString(nonce[:])
 		expires = exp.Add(-offset)
@@ -329,6 +372,7 @@ func (s *Server) issue(ttl time.Duration, scope string) string {
 	}
 	s.tokens[tok] = expires
 	s.scopes[tok] = scope
+	s.clients[tok] = client
 	s.everIssued = append(s.everIssued, tok)
 	s.mu.Unlock()
 	return tok
@@ -388,7 +432,7 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
 	}
 	s.mu.Lock()
 	s.bodies = append(s.bodies, string(body))
-	scope := s.scopes[tok]
+	scope, client := s.scopes[tok], s.clients[tok]
 	serial := slices.Index(s.everIssued, tok) + 1
 	s.mu.Unlock()
 	w.Header().Set("X-Upstream", "desko-standin")
@@ -401,6 +445,7 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
 		// Which token it was, without showing it: the n-th issued, and
 		// the scope it was issued for.
 		"token_serial": serial,
+		"client_id":    client,
 		"scope":        scope,
 	})
 }

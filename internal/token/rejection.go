@@ -51,9 +51,9 @@ type Refusal struct {
 // blocks.
 //
 // A 401 that is not about the token costs nothing: one whose upstream
-// named another error (SaidOther), and one on a route that has refused
-// fresh tokens too (routeStrikes replays with a newer token refused there
-// within routeMemory), whatever it said.
+// named another error (SaidOther), and one on a route that refused this
+// very token on a replay when it was fresh, while the token works
+// elsewhere (routes.go), whatever the upstream said.
 //
 // What any other 401 may cost is bounded two ways. A token that worked and
 // is then rejected was revoked: it is replaced at once, within a budget of
@@ -77,7 +77,7 @@ func (s *Source) Replace(ctx context.Context, r Refusal) *Token {
 	var fresh *Token
 	if f := s.replace(r); f != nil {
 		fresh, _ = f.wait(ctx)
-	} else if cur := s.cur.Load(); cur != r.Token && cur.Valid(time.Now()) && !s.routes.refuses(r.Route) && r.Said != SaidOther {
+	} else if cur := s.cur.Load(); cur != r.Token && cur.Valid(time.Now()) && r.Said != SaidOther {
 		fresh = cur // another request replaced it already
 	}
 	if fresh == nil || fresh.Value == r.Token.Value {
@@ -94,13 +94,13 @@ func (s *Source) replace(r Refusal) *flight {
 		return nil
 	}
 	if r.Replayed {
-		if s.routes.refusedFresh(r.Route) {
-			s.log.Info("a route refused fresh tokens too: its 401s no longer count against tokens",
+		if s.routes.refusedFresh(r.Route, tok) {
+			s.log.Info("a route refused a fresh token too: its refusals of that token no longer count while it works elsewhere",
 				zap.String("route", r.Route), zap.Duration("for", routeMemory))
 		}
 		return nil
 	}
-	if s.routes.refuses(r.Route) {
+	if s.routes.refuses(r.Route, tok) {
 		return nil
 	}
 	s.mu.Lock()

@@ -409,52 +409,67 @@ func TestEngineRefusalThatNamesAnotherError(t *testing.T) {
 	})
 }
 
-// A route that refuses a fresh token on a replay twice refuses for reasons
-// of its own: from then on its 401s cost no token request, whatever the
-// upstream says, for routeMemory; other routes' 401s still replace the
-// token. The first strike alone marks nothing.
+// A route that refused a fresh token on a replay refuses for reasons of
+// its own: its later refusals of that token cost no token request while
+// the token works elsewhere, whatever the upstream says; other routes'
+// 401s still replace the token, and the next token costs one request to
+// learn again. A token that works nowhere since the route's last refusal
+// (revoked after the replay) is replaced as any other.
 func TestEngineRouteThatRefusesFreshTokens(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		srv := newTokenServer(t, okToken(3600))
 		s := newTestSource(t, srv.tokenURL())
 		mustGet(t, s).Worked()
 		const denied = "GET api.test /denied/x"
-		probe := func() *Token { // a 401 on the denied route, and its replay
+		// An attacker's request to the denied route, while good requests
+		// keep working elsewhere.
+		attack := func() *Token {
 			tok := mustGet(t, s)
-			tok.Worked()
+			tok.Worked() // a good request on another route
 			fresh := s.Replace(t.Context(), Refusal{Token: tok, Route: denied, Said: SaidInvalidToken})
 			if fresh != nil {
 				s.Rejected(Refusal{Token: fresh, Route: denied, Said: SaidInvalidToken, Replayed: true})
 			}
 			return fresh
 		}
-		if probe() == nil || probe() == nil {
-			t.Fatal("the first two refusals on the route were not replayed with a fresh token")
+		if attack() == nil {
+			t.Fatal("the first refusal on the route was not replayed with a fresh token")
 		}
-		if n := srv.count(); n != 3 {
-			t.Fatalf("%d token requests after two strikes, want 3", n)
+		if n := srv.count(); n != 2 {
+			t.Fatalf("%d token requests after the first attack, want 2", n)
 		}
 		for i := range 50 {
 			settle(time.Second)
-			if probe() != nil {
-				t.Fatalf("refusal %d on a route that refuses fresh tokens was replayed", i+3)
+			if attack() != nil {
+				t.Fatalf("refusal %d of a working token on a route that refused it fresh was replayed", i+2)
 			}
 		}
-		if n := srv.count(); n != 3 {
-			t.Fatalf("%d token requests after the route was known, want 3", n)
+		if n := srv.count(); n != 2 {
+			t.Fatalf("%d token requests after the route was known, want 2", n)
 		}
-		// A genuine revocation, seen on another route, is still acted on.
+		// A genuine revocation, seen on another route, is still acted on;
+		// the denied route then costs one request to learn the new token.
 		tok := mustGet(t, s)
 		if fresh := s.Replace(t.Context(), Refusal{Token: tok, Route: "GET api.test /ok"}); fresh == nil {
 			t.Fatal("a refusal on another route was not replaced")
 		}
+		if attack() == nil || attack() != nil {
+			t.Fatal("the route did not learn the new token with one replay")
+		}
 		if n := srv.count(); n != 4 {
 			t.Fatalf("%d token requests, want 4", n)
 		}
-		// The memory lasts routeMemory after the last strike.
-		settle(routeMemory)
-		if probe() == nil {
-			t.Fatal("the route was still ignored after routeMemory")
+
+		// The token refused on the replay works nowhere afterwards (it was
+		// revoked right after its fetch): the route's next refusal of it
+		// replaces it.
+		dead := mustGet(t, s)
+		dead.Worked()
+		fresh := s.Replace(t.Context(), Refusal{Token: dead, Route: "GET api.test /only"})
+		s.Rejected(Refusal{Token: fresh, Route: "GET api.test /only", Replayed: true})
+		settle(time.Second)
+		if again := s.Replace(t.Context(), Refusal{Token: fresh, Route: "GET api.test /only"}); again == nil {
+			t.Fatal("a token that worked nowhere since the route refused it was not replaced")
 		}
 	})
 }
@@ -464,15 +479,17 @@ func TestEngineRouteThatRefusesFreshTokens(t *testing.T) {
 func TestRouteMemoryIsBounded(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var rs routes
+		tok := &Token{}
 		for i := range maxRoutes + 10 {
-			rs.refusedFresh(fmt.Sprintf("GET h /%d", i))
-			rs.refusedFresh(fmt.Sprintf("GET h /%d", i))
+			rs.refusedFresh(fmt.Sprintf("GET h /%d", i), tok)
 			time.Sleep(time.Millisecond)
 		}
 		if n := len(rs.m); n != maxRoutes {
 			t.Fatalf("%d routes remembered, want %d", n, maxRoutes)
 		}
-		if rs.refuses("GET h /0") || !rs.refuses(fmt.Sprintf("GET h /%d", maxRoutes+9)) {
+		tok.watched.Store(true)
+		tok.Worked()
+		if rs.refuses("GET h /0", tok) || !rs.refuses(fmt.Sprintf("GET h /%d", maxRoutes+9), tok) {
 			t.Fatal("the oldest route was kept or the newest forgotten")
 		}
 	})

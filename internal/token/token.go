@@ -27,13 +27,23 @@ type Token struct {
 	// the token with anything but 401: a later 401 then means a
 	// revocation.
 	worked atomic.Bool
+	// watched is set once a route refused the token when it was fresh:
+	// from then on wins counts the answers that were not 401, so that a
+	// later refusal on that route can tell a token that still works
+	// elsewhere from a dead one.
+	watched atomic.Bool
+	wins    atomic.Int64
 }
 
 // Worked records that the upstream answered a request carrying t with
-// something other than 401. It is cheap enough for every request.
+// something other than 401. It is cheap enough for every request: a load,
+// and a store the first time (and an add while a route watches it).
 func (t *Token) Worked() {
 	if !t.worked.Load() {
 		t.worked.Store(true)
+	}
+	if t.watched.Load() {
+		t.wins.Add(1)
 	}
 }
 
