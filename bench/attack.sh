@@ -8,9 +8,10 @@
 #
 # 1. builds Caddy with the module from this checkout (go build
 #    ./internal/caddycmd, into bench/bin/caddy-attack) and, with BEFORE, from
-#    that commit in a temporary git worktree (bench/bin/caddy-before; the
-#    worktree is removed as soon as the build is done); builds the Desko
-#    stand-in from this checkout;
+#    that commit's files (git archive into the work directory, removed as
+#    soon as the build is done: no worktree, the repository is not
+#    touched; bench/bin/caddy-before); builds the Desko stand-in from this
+#    checkout;
 # 2. for each run, starts a fresh stand-in (1 h tokens; its API is the
 #    upstream: GOOD_PATH answers 200 to a token it issued, DENIED_PATH
 #    answers 401 whatever the token, a resource-level refusal, saying
@@ -108,7 +109,9 @@ KEEP=${KEEP:-0}
 CADDY_PREBUILT=${CADDY:-}
 HOST=127.0.0.1
 CLIENT_ID=bench-client
-CLIENT_SECRET=bench-secret
+# A throwaway secret, new for each run; the end of the run checks that no
+# log holds it.
+CLIENT_SECRET=$(od -An -N18 -tx1 /dev/urandom | tr -d ' \n')
 
 die() {
 	echo "attack.sh: $*" >&2
@@ -163,12 +166,11 @@ proxy() { echo "http://$HOST:$((BASE_PORT + 2 + $1))"; } # site index
 
 source "$ROOT/bench/lib.sh"
 bench_init attack
-CADDY_RUN_PID= DESKO_PID= TREE=
+CADDY_RUN_PID= DESKO_PID=
 attack_cleanup() {
 	local rc=$?
 	for p in $CADDY_RUN_PID $DESKO_PID "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
 	for p in $CADDY_RUN_PID $DESKO_PID "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-	[ -n "$TREE" ] && git -C "$ROOT" worktree remove --force "$TREE" 2>/dev/null
 	if [ "$rc" -ne 0 ]; then
 		echo "attack.sh: failed (exit $rc); logs:" >&2
 		for f in "$WORK"/*.log; do
@@ -206,12 +208,12 @@ BINARIES=(after)
 if [ -n "$BEFORE" ]; then
 	REV=$(git rev-parse --verify --quiet "$BEFORE^{commit}") || die "BEFORE=$BEFORE is not a commit"
 	TREE=$WORK/before-tree
-	echo "building Caddy from $BEFORE (${REV:0:12}) in a temporary worktree" >&2
-	git worktree add --detach --quiet "$TREE" "$REV"
+	echo "building Caddy from $BEFORE (${REV:0:12}) from its files (git archive)" >&2
+	mkdir -p "$TREE"
+	git -C "$ROOT" archive "$REV" | tar -x -C "$TREE"
 	[ -d "$TREE/internal/caddycmd" ] || die "$BEFORE has no internal/caddycmd"
 	(cd "$TREE" && go build -o "$BIN/caddy-before" ./internal/caddycmd)
-	git worktree remove --force "$TREE"
-	TREE=
+	rm -rf "$TREE"
 	CADDY_OF[before]=$BIN/caddy-before
 	BINARIES=(before after)
 fi
@@ -375,10 +377,12 @@ run() {
 	start_desko
 	start_caddy "${CADDY_OF[$name]}" "$log"
 	if [ "$WARMUP" -gt 0 ]; then
+		local warm=() # not a bare wait: Caddy and the stand-in are children too
 		for ((s = 0; s < SITES; s++)); do
 			wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP"s "$(proxy "$s")$GOOD_PATH" >/dev/null &
+			warm+=($!)
 		done
-		wait
+		wait "${warm[@]}"
 	fi
 	[[ $variant == *revoke ]] && [ "$attacked" != none ] && lead "$attacked"
 	token_delay "$TOKEN_DELAY"
@@ -556,3 +560,13 @@ for name in "${BINARIES[@]}"; do
 done
 echo
 echo "Load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+# No log of the run may hold the client secret (or a token: the stand-in's
+# tokens are long JWTs; a line with one would be far longer than any log
+# line of Caddy's or the stand-in's should be).
+if grep -rlF -- "$CLIENT_SECRET" "$WORK" --include='*.log' >/dev/null; then
+	die "a log holds the client secret: $(grep -rlF -- "$CLIENT_SECRET" "$WORK" --include='*.log' | tr '\n' ' ')"
+fi
+if grep -rlE 'eyJ[A-Za-z0-9_-]{20,}\.' "$WORK" --include='*.log' >/dev/null; then
+	die "a log holds a token (a JWT): $(grep -rlE 'eyJ[A-Za-z0-9_-]{20,}\.' "$WORK" --include='*.log' | tr '\n' ' ')"
+fi
+echo "No log holds the client secret or a token."
