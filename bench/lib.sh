@@ -1,6 +1,7 @@
-# Shared by bench/profile.sh and bench/uploads.sh (sourced, not run): a work
-# directory and the processes started, both removed on exit; the builds; a
-# wait for an HTTP endpoint. Needs ROOT, BIN, CADDY and a die function.
+# Shared by bench/profile.sh, bench/uploads.sh and bench/attack.sh
+# (sourced, not run): a work directory and the processes started, both
+# removed on exit; the builds; a wait for an HTTP endpoint. Needs ROOT, BIN,
+# CADDY (for bench_build) and a die function.
 
 # bench_init NAME: makes $WORK and stops everything in PIDS on exit.
 bench_init() {
