@@ -10,16 +10,24 @@ import (
 	"github.com/deskoproxy/caddy-desko-auth/internal/deskotest"
 )
 
+// The stand-in's client for these tests (a throwaway, random-looking
+// secret).
+const (
+	testClientID     = "standin-ctl-7f3a"
+	testSecret       = "Vq8rN2xKd5LwT9mZc4HbY7pE"
+	tokenRequestBody = `{"grant_type":"client_credentials","client_id":"` + testClientID + `","client_secret":"` + testSecret + `"}`
+)
+
 // The control paths answer a loopback peer that POSTs, and no one else;
 // every other path is the stand-in's. Revoke revokes the tokens issued so
 // far.
 func TestControlRevoke(t *testing.T) {
-	s := deskotest.New("id", "secret", time.Hour)
+	s := deskotest.New(testClientID, testSecret, time.Hour)
 	h := control(s)
 	issue := func() string {
 		rec := httptest.NewRecorder()
 		req := httptest.NewRequest("POST", deskotest.TokenPath,
-			strings.NewReader(`{"grant_type":"client_credentials","client_id":"id","client_secret":"secret"}`))
+			strings.NewReader(tokenRequestBody))
 		req.Header.Set("Content-Type", "application/json")
 		h.ServeHTTP(rec, req)
 		if rec.Code != 200 || len(s.Issued()) == 0 {
@@ -64,7 +72,7 @@ func TestControlRevoke(t *testing.T) {
 
 // The token-delay control path sets how long the token endpoint waits.
 func TestControlTokenDelay(t *testing.T) {
-	s := deskotest.New("id", "secret", time.Hour)
+	s := deskotest.New(testClientID, testSecret, time.Hour)
 	h := control(s)
 	post := func(query string) int {
 		rec := httptest.NewRecorder()
@@ -83,7 +91,7 @@ func TestControlTokenDelay(t *testing.T) {
 	}
 	rec := httptest.NewRecorder()
 	req := httptest.NewRequest("POST", deskotest.TokenPath,
-		strings.NewReader(`{"grant_type":"client_credentials","client_id":"id","client_secret":"secret"}`))
+		strings.NewReader(tokenRequestBody))
 	req.Header.Set("Content-Type", "application/json")
 	start := time.Now()
 	h.ServeHTTP(rec, req)
