@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptrace"
 	"net/url"
 	"slices"
 	"strings"
@@ -231,13 +232,15 @@ func (s *Source) post(ctx context.Context, c *Credentials) (*Token, *Error) {
 
 // exchange sends the token request and reads its answer.
 func (s *Source) exchange(ctx context.Context, c *Credentials) (*Token, *Error) {
+	var phases dialPhases
+	ctx = httptrace.WithClientTrace(ctx, phases.trace())
 	req, err := s.newRequest(ctx, c)
 	if err != nil {
 		return nil, &Error{Kind: KindRefused, Message: "building the token request", Err: s.scrubber().Error(redactURLError(err))}
 	}
 	resp, err := s.client.Do(req)
 	if err != nil {
-		return nil, s.transportError(err)
+		return nil, s.transportError(err, &phases)
 	}
 	defer resp.Body.Close()
 	skew := s.noteSkew(resp.Header.Get("Date"), time.Now())
