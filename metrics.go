@@ -47,7 +47,7 @@ var metrics = struct {
 	requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "desko_auth",
 		Name:      "requests_total",
-		Help:      "Requests handled, by outcome (injected, unavailable, replayed, replay_failed, over_replay_budget).",
+		Help:      "Requests handled, by outcome (injected, unavailable, replayed, replay_failed, over_replay_budget, unknown_tenant).",
 	}, []string{"source", "outcome"}),
 	shared: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "desko_auth",

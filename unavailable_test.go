@@ -16,6 +16,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
+
+	"github.com/deskoproxy/caddy-desko-auth/internal/deskotest"
 )
 
 // The answers of requests that no token could be had for, end to end:
@@ -438,5 +440,74 @@ func TestE2EFailureKinds(t *testing.T) {
 		if !covered[name] {
 			t.Errorf("scenario %s is not checked", name)
 		}
+	}
+}
+
+// A token endpoint behind a firewall that drops the connection attempts:
+// the fetch timeout ends the dial before the dialer's own timeout, and Go
+// then reports "context deadline exceeded", not a dial error. It is a
+// connect failure all the same (503 "cannot be reached", kind connect, a
+// WARN that names the host, port and network), not an unavailable
+// endpoint. (Its own test: the 1 s it waits would push the scenarios of
+// runFailureScenarios into their retries.)
+func TestE2EConnectionAttemptUnanswered(t *testing.T) {
+	addr, stop, err := deskotest.Unanswered()
+	if err != nil {
+		t.Skip(err)
+	}
+	t.Cleanup(stop)
+	e := newE2E(t, time.Hour)
+	e.loadRaw(fmt.Sprintf(proxyBase+` {
+	log
+	log_append desko_error {http.desko_auth.error}
+	desko_auth {
+		client_id     %s
+		client_secret {env.DESKO_TEST_SECRET}
+		token_url     http://%s/token
+		timeout       500ms
+		warm_up       off
+	}
+	respond "never reached"
+}`, testClientID, addr))
+	status, hdr, body := e.do("GET", "/a", "")
+	if status != http.StatusServiceUnavailable || hdr.Get("Retry-After") == "" {
+		t.Fatalf("status %d Retry-After %q, want 503 with Retry-After: %s", status, hdr.Get("Retry-After"), body)
+	}
+	d := decodeErr(t, body)
+	if d.Message != wantMsgUnreachable {
+		t.Errorf("client message %q, want %q", d.Message, wantMsgUnreachable)
+	}
+	detail := e.detail(d)
+	for _, w := range []string{"could not connect to the token endpoint (check token_url's host and port, and the network): ",
+		addr + "/token", "(no answer to the connection attempt)"} {
+		if !strings.Contains(detail, w) {
+			t.Errorf("logged error %q, want it to hold %q", detail, w)
+		}
+	}
+	logs, err := os.ReadFile(e.logFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sourceLine, placeholder string
+	for _, line := range strings.Split(string(logs), "\n") {
+		var l struct {
+			Logger, Msg, Kind string
+			DeskoError        string `json:"desko_error"`
+		}
+		if json.Unmarshal([]byte(line), &l) != nil {
+			continue
+		}
+		switch {
+		case l.Logger == "http.handlers.desko_auth" && l.Kind != "" && l.Msg != "request answered without a token":
+			sourceLine = l.Kind + " " + l.Msg
+		case strings.HasPrefix(l.Logger, "http.log.access"):
+			placeholder = l.DeskoError
+		}
+	}
+	if want := "connect " + wantLogConnect; sourceLine != want {
+		t.Errorf("the source logged %q, want %q", sourceLine, want)
+	}
+	if placeholder != "connect" {
+		t.Errorf("{http.desko_auth.error} = %q, want connect", placeholder)
 	}
 }
