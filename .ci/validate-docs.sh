@@ -16,7 +16,8 @@
 # variables the examples read are set below. Absolute paths under /etc,
 # /run, /var, /srv and /mnt are moved into a scratch folder that holds the
 # files the examples read (secrets, a throwaway CA and client certificate),
-# so nothing of the host is read or written.
+# so nothing of the host is read or written; a credentials_dir is an empty
+# folder there.
 #
 # Failures name the file and the line of the block, and all are reported.
 #
@@ -106,7 +107,8 @@ while read -r file where; do
 	# is too; any other path is left alone, and validation says so.)
 	{
 		{ grep -oE '\{file\.[^{}]+\}' "$moved" || true; } | sed -E 's/^\{file\.(.*)\}$/secret \1/'
-		awk '$1 == "tls_ca" { print "cert", $2 } $1 == "tls_client_cert" { print "cert", $2; print "key", $3 }' "$moved"
+		awk '$1 == "tls_ca" { print "cert", $2 } $1 == "tls_client_cert" { print "cert", $2; print "key", $3 }
+			$1 == "credentials_dir" { print "dir", $2 }' "$moved"
 	} | while read -r kind p; do
 		case $p in
 		"$scratch"/*) ;;
@@ -118,6 +120,7 @@ while read -r file where; do
 		secret) echo ci-file-value >"$p" ;;
 		cert) cp "$scratch/cert.pem" "$p" ;;
 		key) cp "$scratch/key.pem" "$p" ;;
+		dir) mkdir -p "$p" ;;
 		esac
 	done
 	if ! out=$(cd "$scratch" && "$caddy" validate --config "$moved" --adapter caddyfile 2>&1 </dev/null); then
