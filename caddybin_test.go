@@ -31,6 +31,7 @@ import (
 var caddyBinTests = []string{
 	"TestFleetSharesOneTokenPerLifetime", "TestFleetRevokingServer", "TestRotationThroughCaddyReload",
 	"TestCaddyValidateCommandSendsNoTokenRequest", "TestRotationWithGracePeriod", "TestRotationHard", "TestRotationFileVanishes", "TestCheckCommand",
+	"TestCaddyValidateClientKey", "TestRotationPrivateKey", "TestCheckCommandJWTStyles",
 }
 
 // coldCompiles is how many packages a build compiles before it counts as

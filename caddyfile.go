@@ -44,8 +44,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    timeout       <duration>           # one token request; default 10s, at least 100ms
 //	    default_ttl   <duration>           # lifetime when the answer gives none; default 5m, at least 1s
 //	    retry_on_unauthorized on|off       # replay once after an upstream 401; default on
-//	    replay_body_limit <size>           # largest body kept for that; default 1MiB, 0 = no replay
-//	    replay_memory <size>               # process-wide budget for kept bodies; default 32MiB
+//	    replay_body_limit <size>           # largest body kept for that; default 1MiB, at most 64MiB, 0 = no replay
+//	    replay_memory <size>               # process-wide budget for kept bodies; default 32MiB, at most 4GiB
 //	    warm_up       on|off               # fetch the first token at startup; default on
 //	    errors        desko|caddy          # no token: answer 502/503 here (desko) or via handle_errors (caddy)
 //	    shared_cache  [{                   # cluster mode: one token per fleet; default off
@@ -71,7 +71,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	}
 //
 // Every subdirective takes exactly the arguments shown; unknown ones are
-// errors.
+// errors. Sizes parse up to 1TiB here; Validate holds them to the maxima
+// shown (MaxReplayBodyLimit, MaxReplayMemory).
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the directive name
 	if d.NextArg() {

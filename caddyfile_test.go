@@ -306,12 +306,14 @@ func TestValidate(t *testing.T) {
 			h.Timeout = caddy.Duration(time.Second)
 			h.DefaultTTL = caddy.Duration(time.Minute)
 			h.ReplayBodyLimit = int64Ptr(0)
+			h.ReplayMemory = int64Ptr(MaxReplayMemory)
 			h.RetryOnUnauthorized = boolPtr(false)
 			h.WarmUp = boolPtr(false)
 		}, ""},
 		{"http token_url", func(h *Handler) { h.TokenURL = "http://127.0.0.1:8080/token" }, ""},
 		{"token_url placeholder is checked only after expansion", func(h *Handler) { h.TokenURL = "{env.DESKO_TOKEN_URL}" }, ""},
 		{"zero timeout means default", func(h *Handler) { h.Timeout = 0 }, ""},
+		{"replay_body_limit at the maximum", func(h *Handler) { h.ReplayBodyLimit = int64Ptr(MaxReplayBodyLimit) }, ""},
 
 		{"missing client_id", func(h *Handler) { h.ClientID = "" }, "client_id|required"},
 		{"blank client_id", func(h *Handler) { h.ClientID = "  \t" }, "client_id|required"},
@@ -326,11 +328,58 @@ func TestValidate(t *testing.T) {
 		{"negative default_ttl", func(h *Handler) { h.DefaultTTL = caddy.Duration(-time.Second) }, "default_ttl"},
 		{"negative replay_body_limit", func(h *Handler) { h.ReplayBodyLimit = int64Ptr(-1) }, "replay_body_limit|negative"},
 		{"negative replay_memory", func(h *Handler) { h.ReplayMemory = int64Ptr(-1) }, "replay_memory|negative"},
+		{"replay_body_limit over the maximum", func(h *Handler) { h.ReplayBodyLimit = int64Ptr(MaxReplayBodyLimit + 1) }, "replay_body_limit|maximum|64 MiB"},
+		{"replay_memory over the maximum", func(h *Handler) { h.ReplayMemory = int64Ptr(MaxReplayMemory + 1) }, "replay_memory|maximum|4.0 GiB"},
+		{"replay sizes at the Caddyfile's 1TiB", func(h *Handler) { h.ReplayBodyLimit = int64Ptr(1 << 40) }, "replay_body_limit|1.0 TiB|maximum"},
 		{"empty scope", func(h *Handler) { h.Scopes = []string{"a", ""} }, "scope"},
 		{"scope with a space (JSON config)", func(h *Handler) { h.Scopes = []string{"a b"} }, "scope"},
 		{"scope with a quote", func(h *Handler) { h.Scopes = []string{`a"b`} }, "scope"},
 	}
 	runValidateCases(t, tests)
+}
+
+// The JWT styles' settings (issue 19): what each style needs, and the key
+// only as a placeholder. The key itself is read and test-signed at load
+// (TestCaddyValidateClientKey).
+func TestValidateJWTStyles(t *testing.T) {
+	pkjwt := func(h *Handler) {
+		h.AuthStyle, h.ClientSecret, h.ClientKey = "private_key_jwt", "", "{file./etc/caddy/desko.key}"
+	}
+	with := func(f func(*Handler)) func(*Handler) { return func(h *Handler) { pkjwt(h); f(h) } }
+	literal := "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIBmK3dz0eb5ijL8lJ3x1K2mQ0d9u8aT4s7cPqv3nWzYt\n-----END PRIVATE KEY-----\n"
+	runValidateCases(t, []validateCase{
+		{"private_key_jwt", pkjwt, ""},
+		{"private_key_jwt, every setting", with(func(h *Handler) {
+			h.ClientKey, h.ClientKeyID, h.ClientKeyAlg = "{env.DESKO_CLIENT_KEY}", "kid-2026", "PS256"
+			h.ClientAssertionAudience = "https://idp.example.com/realms/desko"
+		}), ""},
+		{"client_secret_jwt", func(h *Handler) { h.AuthStyle = "client_secret_jwt" }, ""},
+		{"client_secret_jwt with an audience", func(h *Handler) {
+			h.AuthStyle, h.ClientAssertionAudience = "client_secret_jwt", "https://idp.example.com"
+		}, ""},
+
+		{"private_key_jwt with a secret", with(func(h *Handler) { h.ClientSecret = "{env.S}" }), "client_secret|private_key_jwt|sends no secret"},
+		{"private_key_jwt without a key", with(func(h *Handler) { h.ClientKey = "" }), "client_key|private_key_jwt needs"},
+		{"a literal PEM key", with(func(h *Handler) { h.ClientKey = literal }), "client_key: a literal PEM key"},
+		{"a path without {file.*}", with(func(h *Handler) { h.ClientKey = "/etc/caddy/desko.key" }), "client_key|{file./path}|no placeholder"},
+		{"client_key_alg ES256", with(func(h *Handler) { h.ClientKeyAlg = "ES256" }), `client_key_alg: "ES256" is not RS256 or PS256`},
+		{"client_secret_jwt without a secret", func(h *Handler) { h.AuthStyle, h.ClientSecret = "client_secret_jwt", "" }, "client_secret|required"},
+		{"a key with another style", func(h *Handler) { h.ClientKey = "{file./k.pem}" }, "client_key|only auth_style private_key_jwt|json"},
+		{"a key with client_secret_jwt", func(h *Handler) {
+			h.AuthStyle, h.ClientKey = "client_secret_jwt", "{file./k.pem}"
+		}, "client_key|client_secret_jwt"},
+		{"a key ID with another style", func(h *Handler) { h.AuthStyle, h.ClientKeyID = "form", "kid" }, "client_key|form"},
+		{"an audience with another style", func(h *Handler) { h.ClientAssertionAudience = "https://idp.example.com" }, "client_assertion_audience|json"},
+	})
+	// The refusals never quote the key.
+	h := validHandler()
+	pkjwt(&h)
+	for _, key := range []string{literal, "MC4CAQAwBQYDK2VwBCIEIBmK3dz0eb5ijL8lJ3x1K2mQ0d9u8aT4s7cPqv3nWzYt"} {
+		h.ClientKey = key
+		if err := h.Validate(); err == nil || strings.Contains(err.Error(), "MC4CAQ") {
+			t.Errorf("Validate = %v, want an error that does not quote the key", err)
+		}
+	}
 }
 
 // What the Caddyfile produces passes Validate, and what Validate rejects in

@@ -34,10 +34,12 @@ desko-auth check loads the config the way 'caddy run' would (placeholders
 expanded, files read) but starts no server and writes nothing to any
 storage. For every credential set it finds (each desko_auth block; blocks
 that make the same source are checked once) it obtains one token and prints
-a row: the source label, the client ID, the result (ok, refused with the
-token endpoint's reason, unavailable, invalid answer), the token's
-lifetime, the scopes granted and the round-trip time. It never prints a
-token or a secret.
+a row: the source label, the client ID, the result (ok; refused with the
+token endpoint's reason; tls, redirect, dns or connect with what to
+check; unavailable; invalid answer), the token's lifetime, the scopes
+granted and the round-trip time, with the client authentication style
+and, for private_key_jwt, the key ID. It never prints a token, a secret or
+a key.
 
 Exit status: 0 when every set works, 1 when any fails, 2 when the config
 itself is invalid (with the message 'caddy validate' gives).`,
@@ -70,6 +72,7 @@ type checkRow struct {
 	Source    string  `json:"source"`
 	ClientID  string  `json:"client_id"`
 	AuthStyle string  `json:"auth_style"`
+	KeyID     string  `json:"key_id,omitempty"` // the kid of a private_key_jwt set's key, if any
 	Result    string  `json:"result"`
 	Reason    string  `json:"reason,omitempty"`
 	Lifetime  string  `json:"lifetime,omitempty"`
@@ -173,6 +176,9 @@ func checkAll(handlers []*Handler) ([]checkRow, []string) {
 		src, row, creds, key, timeout, err := h.checkSource()
 		if creds != nil {
 			secrets = append(append(secrets, creds.ClientSecret), creds.Secrets...)
+			if creds.Key != nil {
+				secrets = append(secrets, creds.Key.Secrets()...)
+			}
 		}
 		if err != nil {
 			j.row = checkRow{ClientID: h.ClientID, Result: checkInvalidConfig, Reason: err.Error()}
@@ -233,6 +239,9 @@ func (h *Handler) checkSource() (src *token.Source, row checkRow, creds *token.C
 		return nil, row, creds, "", 0, err
 	}
 	row = checkRow{Source: id.label(creds.ClientID), ClientID: creds.ClientID, AuthStyle: cfg.Auth.String()}
+	if creds.Key != nil {
+		row.KeyID = creds.Key.ID()
+	}
 	return src, row, creds, id.key(), cfg.Timeout, nil
 }
 
@@ -249,6 +258,9 @@ func (r *checkRow) fill(tok *token.Token, err error) {
 		r.Result = checkRefused
 	case errors.As(err, &te) && te.Kind == token.KindInvalidAnswer:
 		r.Result = checkInvalidAnswer
+	case errors.As(err, &te) && te.Kind != token.KindTransient:
+		// tls, redirect, dns, connect: the kind says where to look.
+		r.Result = te.Kind.String()
 	default:
 		r.Result = checkUnavailable
 	}
@@ -269,13 +281,14 @@ func printRows(w io.Writer, rows []checkRow, asJSON bool, sc *scrub.Scrubber) er
 		return out.err
 	}
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "SOURCE\tCLIENT ID\tSTYLE\tRESULT\tLIFETIME\tSCOPES\tRTT")
+	fmt.Fprintln(tw, "SOURCE\tCLIENT ID\tSTYLE\tKEY ID\tRESULT\tLIFETIME\tSCOPES\tRTT")
 	for _, r := range rows {
 		result := r.Result
 		if r.Reason != "" {
 			result += ": " + r.Reason
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%.0fms\n", r.Source, r.ClientID, r.AuthStyle, result, orDash(r.Lifetime), orDash(r.Scopes), r.RTTMillis)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.0fms\n", r.Source, r.ClientID, r.AuthStyle, orDash(r.KeyID), result,
+			orDash(r.Lifetime), orDash(r.Scopes), r.RTTMillis)
 	}
 	if err := tw.Flush(); err != nil {
 		return err

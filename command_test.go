@@ -2,6 +2,7 @@ package deskoauth
 
 import (
 	"bytes"
+	"crypto/elliptic"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -143,7 +144,7 @@ func TestCheckCommand(t *testing.T) {
 			t.Fatalf("exit %d, want 1; stdout %s; stderr %s", code, stdout, stderr)
 		}
 		for _, want := range []string{"ok", "refused: token endpoint answered 401: Client authentication failed",
-			"unavailable: token request failed", "refused: token endpoint answered 400", "form"} {
+			"connect: could not connect to the token endpoint (check token_url's host and port, and the network)", "refused: token endpoint answered 400", "form"} {
 			if !strings.Contains(stdout, want) {
 				t.Errorf("the table lacks %q:\n%s", want, stdout)
 			}
@@ -182,4 +183,83 @@ func TestCheckCommand(t *testing.T) {
 func checkClean(t *testing.T, desko *deskotest.Server, text string) {
 	t.Helper()
 	scrubtest.NewCheck(checkClientID, checkSecret, desko.Issued()...).AssertNone(t, "the check's output", text)
+}
+
+// `caddy desko-auth check` on the JWT styles: each row names the style and,
+// for private_key_jwt, the key ID, in JSON and in the table; a key the
+// server did not register is refused. The output shows no form of a key,
+// nor the HMAC secret, nor a token.
+func TestCheckCommandJWTStyles(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the Caddy binary")
+	}
+	t.Parallel()
+	dir := t.TempDir()
+	registered, unregistered := newECKey(t, elliptic.P256()), newECKey(t, elliptic.P256())
+	regPEM, unregPEM := pkcs8PEM(t, registered), pkcs8PEM(t, unregistered)
+	writeFile(t, filepath.Join(dir, "registered.pem"), regPEM)
+	writeFile(t, filepath.Join(dir, "unregistered.pem"), unregPEM)
+	ok, okURL := startAssertionServer(t, "check-pk", "", &registered.PublicKey, "ES256", time.Hour)
+	_, refusedURL := startAssertionServer(t, "check-pk-2", "", &registered.PublicKey, "ES256", time.Hour)
+	hs, hsURL := startAssertionServer(t, "check-hs", "", []byte(hmacSecret), "HS256", time.Hour)
+	cfg := checkConfig(
+		"\t\tauth_style private_key_jwt\n\t\tclient_id check-pk\n\t\tclient_key {file."+filepath.Join(dir, "registered.pem")+"}\n\t\tclient_key_id kid-check-7\n\t\ttoken_url "+okURL,
+		"\t\tauth_style private_key_jwt\n\t\tclient_id check-pk-2\n\t\tclient_key {file."+filepath.Join(dir, "unregistered.pem")+"}\n\t\ttoken_url "+refusedURL,
+		"\t\tauth_style client_secret_jwt\n\t\tclient_id check-hs\n\t\tclient_secret "+hmacSecret+"\n\t\ttoken_url "+hsURL,
+	)
+	secrets := append(scrubtest.PEMForms(regPEM), scrubtest.PEMForms(unregPEM)...)
+	clean := func(what, out string) {
+		t.Helper()
+		lc := scrubtest.NewCheckWith("check-hs", append([]string{hmacSecret}, secrets...), append(ok.Tokens(), hs.Tokens()...)...)
+		lc.AssertNone(t, what, out)
+	}
+
+	code, stdout, stderr := runCheck(t, cfg, "--json")
+	if code != 1 {
+		t.Fatalf("exit %d, want 1 (one set refused); stdout %s; stderr %s", code, stdout, stderr)
+	}
+	rows := checkRows(t, stdout)
+	want := []checkRow{
+		{ClientID: "check-pk", AuthStyle: "private_key_jwt", KeyID: "kid-check-7", Result: checkOK},
+		{ClientID: "check-pk-2", AuthStyle: "private_key_jwt", Result: checkRefused},
+		{ClientID: "check-hs", AuthStyle: "client_secret_jwt", Result: checkOK},
+	}
+	if len(rows) != len(want) {
+		t.Fatalf("%d rows, want %d: %s", len(rows), len(want), stdout)
+	}
+	for i, w := range want {
+		r := rows[i]
+		if r.ClientID != w.ClientID || r.AuthStyle != w.AuthStyle || r.KeyID != w.KeyID || r.Result != w.Result {
+			t.Errorf("row %d: %+v, want %+v", i, r, w)
+		}
+	}
+	if !strings.Contains(rows[1].Reason, "signature is invalid") {
+		t.Errorf("the refused row's reason %q does not say why", rows[1].Reason)
+	}
+	if strings.Contains(stdout, `"key_id":""`) {
+		t.Errorf("an empty key_id is shown: %s", stdout)
+	}
+	clean("the check's JSON output", stdout+stderr)
+
+	code, table, stderr := runCheck(t, cfg)
+	if code != 1 {
+		t.Fatalf("exit %d, want 1; stdout %s; stderr %s", code, table, stderr)
+	}
+	lines := strings.Split(strings.TrimSpace(table), "\n")
+	// The KEY ID column follows STYLE, aligned with the key IDs.
+	if col := strings.Index(lines[0], "KEY ID"); len(lines) != 4 || col < strings.Index(lines[0], "STYLE") ||
+		col != strings.Index(lines[1], "kid-check-7") {
+		t.Fatalf("the table: %s", table)
+	}
+	for i, fields := range [][]string{
+		{"check-pk", "private_key_jwt", "kid-check-7", "ok"},
+		{"check-pk-2", "private_key_jwt", "-", "refused:"},
+		{"check-hs", "client_secret_jwt", "-", "ok"},
+	} {
+		got := strings.Fields(lines[i+1])
+		if len(got) < 5 || got[1] != fields[0] || got[2] != fields[1] || got[3] != fields[2] || got[4] != fields[3] {
+			t.Errorf("table row %d: %q, want source, %s", i+1, lines[i+1], strings.Join(fields, ", "))
+		}
+	}
+	clean("the check's table", table+stderr)
 }

@@ -24,10 +24,12 @@ import (
 const (
 	// EventTokenObtained: a token request succeeded.
 	EventTokenObtained = "desko_auth_token_obtained"
-	// EventRefreshFailed: a token request failed for a transient reason
-	// (network, timeout, 5xx, 429) or got an unusable answer.
+	// EventRefreshFailed: a token request failed for any reason but
+	// refused credentials (its "result" is the kind: transient,
+	// invalid_answer, tls, redirect, dns, connect).
 	EventRefreshFailed = "desko_auth_refresh_failed"
-	// EventCredentialsRefused: the token endpoint refused the credentials.
+	// EventCredentialsRefused: the token endpoint refused the credentials
+	// (result "refused"); nothing else emits it.
 	EventCredentialsRefused = "desko_auth_credentials_refused"
 	// EventCredentialsChanged: a source picked up credentials that
 	// changed in their files (data "source" only).

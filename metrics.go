@@ -31,7 +31,7 @@ var metrics = struct {
 	fetches: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "desko_auth",
 		Name:      "token_fetches_total",
-		Help:      "Token requests sent to the token endpoint, by result (ok, refused, transient, invalid_answer).",
+		Help:      "Token requests sent to the token endpoint, by result (ok, refused, transient, invalid_answer, tls, redirect, dns, connect).",
 	}, []string{"source", "result"}),
 	duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: "desko_auth",

@@ -5,7 +5,6 @@ package deskoauth
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -49,14 +48,16 @@ type Handler struct {
 	// RetryOnUnauthorized replays a request once with a new token when
 	// the upstream answers 401 (default true).
 	RetryOnUnauthorized *bool `json:"retry_on_unauthorized,omitempty"`
-	// ReplayBodyLimit is the largest request body buffered for that replay
-	// (default 1 MiB); 0 disables the replay.
+	// ReplayBodyLimit is the largest request body kept for that replay
+	// (default 1 MiB, at most MaxReplayBodyLimit); 0 disables the replay.
 	ReplayBodyLimit *int64 `json:"replay_body_limit,omitempty"`
 	// ReplayMemory is the process-wide budget, shared by every credential
-	// set, for request bodies kept for a replay (default 32 MiB). A body
-	// that does not fit is forwarded without a replay. When several
-	// handlers set it, the largest value applies; 0 keeps no body
-	// (bodiless requests are still replayed).
+	// set, for request bodies kept for a replay (default 32 MiB, at most
+	// MaxReplayMemory). It is taken as body bytes arrive, never from a
+	// declared length, and given back once the upstream has answered
+	// anything but a 401. A body that does not fit is forwarded without a
+	// replay. When several handlers set it, the largest value applies; 0
+	// keeps no body (bodiless requests are still replayed).
 	ReplayMemory *int64 `json:"replay_memory,omitempty"`
 	// WarmUp starts the first token request in the background as soon as
 	// the config runs, never during `caddy validate` (default true).
@@ -212,14 +213,14 @@ func (h *Handler) Validate() error {
 	if err := h.checkHeaderOptions(); err != nil {
 		return err
 	}
-	if h.ReplayBodyLimit != nil && *h.ReplayBodyLimit < 0 {
-		return errors.New("replay_body_limit: must not be negative")
+	if err := checkSize("replay_body_limit", h.ReplayBodyLimit, MaxReplayBodyLimit); err != nil {
+		return err
 	}
 	if h.Errors != "" && h.Errors != ErrorsDesko && h.Errors != ErrorsCaddy {
 		return fmt.Errorf("errors: expected desko or caddy, got %q", h.Errors)
 	}
-	if h.ReplayMemory != nil && *h.ReplayMemory < 0 {
-		return errors.New("replay_memory: must not be negative")
+	if err := checkSize("replay_memory", h.ReplayMemory, MaxReplayMemory); err != nil {
+		return err
 	}
 	for _, s := range h.Scopes {
 		if s == "" || strings.ContainsAny(s, " \t\r\n\"\\") {

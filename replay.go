@@ -46,9 +46,9 @@ func (a *attempt) token() (*token.Token, error) {
 	return a.b.src.engine.Get(a.r.Context())
 }
 
-// keepBody reports whether the request could be replayed, and keeps its
-// body for that if it has one: within replay_body_limit and the memory
-// budget.
+// keepBody reports whether the request could be replayed, and wraps its
+// body, if it has one, to keep it for that as it is read: within
+// replay_body_limit, and within the memory budget as the bytes arrive.
 func (a *attempt) keepBody() bool {
 	r := a.r
 	if up := r.Header["Upgrade"]; r.Method == http.MethodConnect || (len(up) > 0 && up[0] != "") {
@@ -57,30 +57,43 @@ func (a *attempt) keepBody() bool {
 	if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
 		return true
 	}
-	if r.ContentLength > a.h.limit {
-		return false
+	limit := a.h.limit
+	if r.ContentLength > 0 {
+		if r.ContentLength > limit {
+			return false
+		}
+		// Nothing is reserved from a length the client declares: the
+		// budget is taken as the bytes arrive. A body larger than the
+		// whole budget could never be kept.
+		if r.ContentLength > replayMemory.limit.Load() {
+			a.outcome = outcomeOverReplayBudget
+			return false
+		}
+		limit = r.ContentLength
 	}
-	if a.body = newReplayBody(r.Body, r.ContentLength, a.h.limit); a.body == nil {
-		a.outcome = outcomeOverReplayBudget
-		return false
-	}
+	a.body = newReplayBody(r.Body, limit, tokenTrailers{r: r, name: a.b.header})
 	r.Body = a.body
 	return true
 }
 
-// forward sets the token header and sends the request on through next,
-// watching the answer: a 401 is held back when the request may be
-// replayed.
+// forward sets the token header (and keeps the client from sending its own
+// as a trailer) and sends the request on through next, watching the
+// answer: a 401 is held back when the request may be replayed; any other
+// answer gives the kept body's memory back at once.
 func (a *attempt) forward(next caddyhttp.Handler, tok *token.Token) error {
 	a.tok = tok
 	a.value = a.b.setToken(a.r, tok)
 	if _, ok := a.r.Header["Connection"]; ok {
 		a.b.keepTokenHeader(a.r)
 	}
+	if mayCarryTrailers(a.r) {
+		a.b.guardTrailers(a.r, a.body != nil)
+	}
 	if a.replay {
 		a.saved.take(a.w.Header())
 	}
 	a.ww = newWatchWriter(a.w, a.replay)
+	a.ww.body = a.body
 	err := next.ServeHTTP(a.ww, a.r)
 	a.status = a.ww.status
 	if a.status != 0 && a.status != http.StatusUnauthorized {

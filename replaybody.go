@@ -15,7 +15,9 @@ import (
 // kept for a replay, shared by every credential set.
 const DefaultReplayMemory = 32 << 20
 
-// replayChunk is the allocation step for a body of unknown length.
+// replayChunk is the allocation step of a kept body: memory is allocated,
+// and reserved in the budget, at most this much ahead of the bytes that
+// arrived, whatever the request's headers say.
 const replayChunk = 32 << 10
 
 // replayMemory is the process-wide budget of bytes kept for replays.
@@ -75,52 +77,66 @@ var errBodyDetached = errors.New("desko_auth: request body handed to the replay"
 
 // replayBody forwards a request body and keeps a copy of what was read, so
 // that a replay can send it again: the kept bytes, then whatever the first
-// attempt left unread. A body of known length is kept in one exact
-// allocation reserved up front; one of unknown length in replayChunk steps,
-// each reserved as it is needed. When a body outgrows the per-request limit
-// or the budget, keeping stops and the body can no longer be replayed; it
-// is still forwarded in full.
+// attempt left unread. Memory follows the bytes, never the headers: kept
+// bytes go into chunks of at most replayChunk, each allocated and reserved
+// in replayMemory when the bytes that fill it arrive, so a forged
+// Content-Length costs nothing. When a body outgrows its limit or the
+// budget, keeping stops, the memory is given back and the body can no
+// longer be replayed; it is still forwarded in full.
 //
-// A transport may go on reading a body after its round trip returned, so
-// every read of src happens under mu, and rewind detaches the first
-// attempt: its later reads fail and never touch src again.
+// A transport may go on reading a body after its round trip returned.
+// Every read of src by the first attempt happens under readMu, which only
+// rewind also takes: the replay needs every byte, so it waits for a read
+// in progress (whose bytes are kept), then detaches the first attempt,
+// whose later reads fail and never touch src again. The kept state has a
+// mutex of its own, held only briefly, so that release and
+// skippedForBudget never wait for a client that sends nothing.
 type replayBody struct {
-	mu         sync.Mutex
-	src        io.ReadCloser
+	readMu   sync.Mutex // held across each read of src by the first attempt
+	src      io.ReadCloser
+	trailers tokenTrailers // strips the token header from the trailers at src's EOF
+	detached bool          // under readMu: the replay took src over
+
+	mu         sync.Mutex // guards what follows
 	kept       [][]byte
 	limit      int64 // the most bytes kept
 	size       int64 // bytes kept so far
 	reserved   int64 // bytes reserved in replayMemory
 	keeping    bool
 	overBudget bool // keeping stopped because the budget was spent
-	detached   bool
 }
 
-// newReplayBody wraps body, of length n (-1 if unknown), for a replay of at
-// most limit bytes. For a known length it reserves n bytes now and returns
-// nil if the budget cannot hold them.
-func newReplayBody(body io.ReadCloser, n, limit int64) *replayBody {
-	b := &replayBody{src: body, limit: limit, keeping: true}
-	if n >= 0 {
-		if !replayMemory.reserve(n) {
-			return nil
-		}
-		b.reserved, b.limit = n, n
-		b.kept = [][]byte{make([]byte, 0, n)}
-	}
-	return b
+// newReplayBody wraps body for a replay of at most limit bytes (the
+// body's length when it is known). It reserves and allocates nothing yet.
+func newReplayBody(body io.ReadCloser, limit int64, trailers tokenTrailers) *replayBody {
+	return &replayBody{src: body, trailers: trailers, limit: limit, keeping: true}
 }
 
 // Read reads from the client's body and keeps what it read.
 func (b *replayBody) Read(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
+	b.readMu.Lock()
+	defer b.readMu.Unlock()
 	if b.detached {
 		return 0, errBodyDetached
 	}
+	n, err := b.readSrc(p)
+	if n > 0 {
+		b.mu.Lock()
+		if b.keeping {
+			b.keep(p[:n])
+		}
+		b.mu.Unlock()
+	}
+	return n, err
+}
+
+// readSrc reads from the client's body. At its end (where the server has
+// just merged the client's trailers into the request) the token header is
+// taken out of the trailers, before the reader above sees io.EOF.
+func (b *replayBody) readSrc(p []byte) (int, error) {
 	n, err := b.src.Read(p)
-	if n > 0 && b.keeping {
-		b.keep(p[:n])
+	if err == io.EOF {
+		b.trailers.strip()
 	}
 	return n, err
 }
@@ -168,9 +184,11 @@ func (b *replayBody) drop(overBudget bool) {
 // the kept bytes, then the rest of the client's body. ok is false when the
 // body was not kept whole.
 func (b *replayBody) rewind() (body io.ReadCloser, ok bool) {
+	b.readMu.Lock() // wait for a read in progress: its bytes are kept
+	b.detached = true
+	b.readMu.Unlock()
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.detached = true
 	if !b.keeping {
 		return nil, false
 	}
@@ -178,8 +196,14 @@ func (b *replayBody) rewind() (body io.ReadCloser, ok bool) {
 	for _, c := range b.kept {
 		readers = append(readers, bytes.NewReader(c))
 	}
-	return io.NopCloser(io.MultiReader(append(readers, b.src)...)), true
+	return io.NopCloser(io.MultiReader(append(readers, replayTail{b})...)), true
 }
+
+// replayTail is the replay's way to the part of the client's body the
+// first attempt left unread; only the replay reads src by then.
+type replayTail struct{ b *replayBody }
+
+func (t replayTail) Read(p []byte) (int, error) { return t.b.readSrc(p) }
 
 // skippedForBudget reports whether the body could not be kept because the
 // budget was spent.
@@ -189,8 +213,9 @@ func (b *replayBody) skippedForBudget() bool {
 	return b.overBudget
 }
 
-// release gives the kept memory back when the request is done. A first
-// attempt still reading after that keeps nothing more.
+// release stops keeping and gives the memory back: when the request is
+// done, or as soon as the upstream's answer shows that there will be no
+// replay. A first attempt still reading after that keeps nothing more.
 func (b *replayBody) release() {
 	b.mu.Lock()
 	defer b.mu.Unlock()

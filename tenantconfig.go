@@ -191,6 +191,10 @@ func (h *Handler) validateCredentials() error {
 	switch {
 	case h.auth == token.AuthPrivateKeyJWT && strings.TrimSpace(h.ClientKey) == "":
 		return errors.New("client_key: auth_style private_key_jwt needs the client's private key, e.g. client_key {file./etc/caddy/desko.key}")
+	case h.auth == token.AuthPrivateKeyJWT && h.ClientSecret != "":
+		// It would not be sent, and the shared cache would derive its key
+		// from it rather than from the private key.
+		return errors.New("client_secret: auth_style private_key_jwt authenticates with client_key and sends no secret; remove client_secret")
 	case h.auth != token.AuthPrivateKeyJWT && strings.TrimSpace(h.ClientSecret) == "":
 		return errors.New("client_secret: is required")
 	case h.auth != token.AuthPrivateKeyJWT && (h.ClientKey != "" || h.ClientKeyID != "" || h.ClientKeyAlg != ""):
@@ -200,8 +204,13 @@ func (h *Handler) validateCredentials() error {
 	case h.ClientKeyAlg != "" && h.ClientKeyAlg != "PS256" && h.ClientKeyAlg != "RS256":
 		return fmt.Errorf("client_key_alg: %q is not RS256 or PS256 (the other keys' algorithm follows the key)", h.ClientKeyAlg)
 	}
-	if strings.Contains(h.ClientKey, "-----BEGIN") {
+	switch {
+	case strings.Contains(h.ClientKey, "-----BEGIN"):
 		return errors.New("client_key: a literal PEM key would be visible in the admin API's /config/; give it as {file./path}")
+	case h.ClientKey != "" && !placeholderRE.MatchString(h.ClientKey):
+		// A path written without {file.*}, most likely; the value is not
+		// quoted, in case it is a key after all.
+		return errors.New("client_key: give the key's PEM file as {file./path} (or a variable as {env.NAME}); the value has no placeholder")
 	}
 	return nil
 }

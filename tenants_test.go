@@ -8,11 +8,13 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/deskoproxy/caddy-desko-auth/internal/deskotest"
 	"github.com/deskoproxy/caddy-desko-auth/internal/scrub/scrubtest"
 )
 
@@ -267,15 +269,6 @@ func TestE2ETenantsRefuseUnknownAndHostileValues(t *testing.T) {
 	}
 }
 
-func readLog(t *testing.T, path string) string {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(b)
-}
-
 // Tenants are released when idle and past max_tenants (least recently used
 // first), and start again on demand; a tenant whose folder is removed is
 // released at its next token request and then refused.
@@ -392,5 +385,35 @@ func TestE2ETokenConcurrency(t *testing.T) {
 	waitFor(t, "the twenty warm-ups", func() bool { return e.desko.TokenRequests() == 20 })
 	if m := e.desko.MaxInFlight(); m != 3 {
 		t.Errorf("at most %d token requests were in flight, want 3", m)
+	}
+}
+
+// A 429 with Retry-After from the token endpoint pauses every tenant of
+// that endpoint, not only the one that got it: the others send nothing
+// until then and answer 503 with the time left.
+func TestE2ETokenEndpointPauseHoldsEveryTenant(t *testing.T) {
+	w := newTenantWorld(t, time.Hour)
+	w.load("warm_up off")
+	w.desko.SetRetryAfter("30")
+	w.desko.SetMode(deskotest.ModeBusy)
+	if s, _ := w.call("acme"); s != http.StatusServiceUnavailable {
+		t.Fatalf("acme against a busy endpoint: %d", s)
+	}
+	if n := w.desko.TokenRequests(); n != 1 {
+		t.Fatalf("%d token requests, want 1", n)
+	}
+	req, _ := http.NewRequest("GET", proxyBase+"/api", nil)
+	req.Header.Set("X-Desko-Tenant", "globex")
+	resp, err := w.tester.Client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	ra, _ := strconv.Atoi(resp.Header.Get("Retry-After"))
+	if resp.StatusCode != http.StatusServiceUnavailable || ra < 25 || ra > 30 {
+		t.Errorf("globex during the pause: %d, Retry-After %q; want 503 with the pause's time left", resp.StatusCode, resp.Header.Get("Retry-After"))
+	}
+	if n := w.desko.TokenRequests(); n != 1 {
+		t.Errorf("%d token requests during the pause, want 1 (only acme's)", n)
 	}
 }

@@ -268,10 +268,11 @@ func TestTLSEngineMutualTLS(t *testing.T) {
 	t.Run("system roots", func(t *testing.T) {
 		e := engine(t, &Handler{TLSClientCert: []string{pki.clientCertFile, pki.clientKeyFile}})
 		te := sourceGetErr(t, e)
-		// A certificate that does not verify is a configuration problem:
-		// refused, so it is retried slowly and answered 502.
-		if te.Kind != token.KindRefused || !strings.Contains(te.Error(), "x509") {
-			t.Errorf("error %v (kind %v), want a refused x509 error", te, te.Kind)
+		// A certificate that does not verify is a configuration problem of
+		// its own (tls): retried slowly and answered 502, not refused
+		// credentials.
+		if te.Kind != token.KindTLS || !strings.Contains(te.Error(), "x509") {
+			t.Errorf("error %v (kind %v), want a tls x509 error", te, te.Kind)
 		}
 	})
 	t.Run("default client", func(t *testing.T) {

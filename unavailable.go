@@ -19,12 +19,37 @@ import (
 // This file answers the requests for which no token could be had.
 
 // The fixed messages of the answers to clients that no token could be had
-// for. They never hold what the token endpoint said, its address, or Go's
-// error text: those go to the operator's log under the correlation ID.
+// for, one per kind of failure (see answerFor). They never hold what the
+// token endpoint said, its address, or Go's error text: those go to the
+// operator's log under the correlation ID.
 const (
 	msgRefused     = "could not obtain a Desko access token: the token endpoint refused this proxy's credentials"
+	msgTLS         = "could not obtain a Desko access token: this proxy does not trust the token endpoint's certificate"
+	msgRedirect    = "could not obtain a Desko access token: the token endpoint redirects this proxy's token requests"
+	msgUnresolved  = "could not obtain a Desko access token: the token endpoint's address does not resolve; try again later"
+	msgUnreachable = "could not obtain a Desko access token: the token endpoint cannot be reached; try again later"
 	msgUnavailable = "could not obtain a Desko access token: the token endpoint is unavailable; try again later"
 )
+
+// answerFor is the status and fixed message of the answer to a client
+// that no token could be had for because of an error of kind k: 502 for a
+// configuration problem, which waiting will not mend; 503 (with
+// Retry-After) for the others.
+func answerFor(k token.Kind) (status int, msg string) {
+	switch k {
+	case token.KindRefused:
+		return http.StatusBadGateway, msgRefused
+	case token.KindTLS:
+		return http.StatusBadGateway, msgTLS
+	case token.KindRedirect:
+		return http.StatusBadGateway, msgRedirect
+	case token.KindDNS:
+		return http.StatusServiceUnavailable, msgUnresolved
+	case token.KindConnect:
+		return http.StatusServiceUnavailable, msgUnreachable
+	}
+	return http.StatusServiceUnavailable, msgUnavailable
+}
 
 // The values of the errors option.
 const (
@@ -39,8 +64,9 @@ const (
 const (
 	// phSource is the source label of the request's credential set.
 	phSource = "http.desko_auth.source"
-	// phError is why no token could be had: refused, transient,
-	// invalid_answer or canceled.
+	// phError is why no token could be had: a token.Kind's label
+	// (transient, refused, invalid_answer, tls, redirect, dns, connect),
+	// canceled, or unknown_tenant.
 	phError = "http.desko_auth.error"
 )
 
@@ -64,19 +90,19 @@ func (h *Handler) unbound(w http.ResponseWriter, r *http.Request, err error) err
 	return h.answer(w, correlationID(repl), http.StatusForbidden, msgUnknownTenant)
 }
 
-// unavailable answers a request that could not get a token: 502 when the
-// credentials were rejected, 503 with Retry-After when the failure is
-// transient; in Desko's error shape, or through Caddy's handle_errors.
+// unavailable answers a request that could not get a token, with the
+// status and fixed message of the failure's kind (answerFor): 502 for a
+// configuration problem, 503 with Retry-After for the others; in Desko's
+// error shape, or through Caddy's handle_errors.
 func (h *Handler) unavailable(w http.ResponseWriter, r *http.Request, err error, log *zap.Logger) error {
-	status := http.StatusServiceUnavailable
-	msg, why := msgUnavailable, "transient"
+	status, msg := answerFor(token.KindTransient)
+	why := token.KindTransient.String()
 	var te *token.Error
 	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	if errors.As(err, &te) {
 		why = te.Kind.String()
-		if te.Kind == token.KindRefused {
-			status, msg = http.StatusBadGateway, msgRefused
-		} else {
+		status, msg = answerFor(te.Kind)
+		if status == http.StatusServiceUnavailable {
 			secs := int((te.RetryAfter + time.Second - 1) / time.Second)
 			w.Header().Set("Retry-After", strconv.Itoa(max(secs, 1)))
 		}
@@ -94,6 +120,7 @@ func (h *Handler) unavailable(w http.ResponseWriter, r *http.Request, err error,
 	log.Warn("request answered without a token",
 		zap.String("correlation_id", ref),
 		zap.Int("status", status),
+		zap.String("kind", why),
 		zap.String("error", err.Error()),
 		zap.String("method", r.Method),
 		zap.String("uri", r.URL.Path))

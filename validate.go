@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/dustin/go-humanize"
 	"golang.org/x/net/http/httpguts"
 
 	"github.com/deskoproxy/caddy-desko-auth/internal/token"
@@ -47,6 +48,34 @@ const (
 	MinTimeout    = 100 * time.Millisecond
 	MinDefaultTTL = time.Second
 )
+
+// The largest replay_body_limit and replay_memory accepted. A body kept for
+// a replay stays in memory for the whole request: past tens of MiB a
+// replay saves little (the client can send it again) and costs much, so
+// replay_body_limit stops at 64 times its default. replay_memory bounds
+// what clients can make the process hold for replays by sending bytes;
+// 4 GiB holds 64 bodies of the largest limit, and anything larger is
+// almost surely a unit mistake (a budget of terabytes is no budget).
+const (
+	// MaxReplayBodyLimit is the largest replay_body_limit accepted, 64 MiB.
+	MaxReplayBodyLimit = 64 << 20
+	// MaxReplayMemory is the largest replay_memory accepted, 4 GiB.
+	MaxReplayMemory = 4 << 30
+)
+
+// checkSize rejects a size option that is negative or above its maximum.
+func checkSize(field string, n *int64, maximum int64) error {
+	switch {
+	case n == nil:
+		return nil
+	case *n < 0:
+		return fmt.Errorf("%s: must not be negative", field)
+	case *n > maximum:
+		return fmt.Errorf("%s: %d bytes (%s) is above the maximum, %s (%d bytes)",
+			field, *n, humanize.IBytes(uint64(*n)), humanize.IBytes(uint64(maximum)), maximum)
+	}
+	return nil
+}
 
 // checkDurationFloor rejects a duration option set below its floor (0
 // means the default), with a message that shows the unit mistake.

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -164,5 +165,36 @@ func TestE2EWarmUpWithSharedCacheWhenRunning(t *testing.T) {
 	}
 	if n := e.desko.TokenRequests(); n != 1 {
 		t.Errorf("token requests = %d, want 1: the request should find the warm token", n)
+	}
+}
+
+// Issue 16.3: `caddy validate` refuses replay sizes above their maxima,
+// naming the subdirective and the maximum, and accepts the maxima.
+func TestValidateRefusesReplaySizesAboveTheMaxima(t *testing.T) {
+	t.Setenv("DESKO_VALIDATE_SECRET", validateSecret)
+	config := func(sizes string) *caddy.Config {
+		t.Helper()
+		raw := fmt.Sprintf(`{"admin": {"disabled": true}, "apps": {"http": {"servers": {"s": {"listen": ["127.0.0.1:9"], "routes": [{"handle": [
+			{"handler": "desko_auth", "client_id": "validate-client", "client_secret": "{env.DESKO_VALIDATE_SECRET}",
+			 "token_url": "http://127.0.0.1:9/token", "warm_up": false, %s}]}]}}}}}`, sizes)
+		var cfg caddy.Config
+		if err := json.Unmarshal([]byte(raw), &cfg); err != nil {
+			t.Fatal(err)
+		}
+		return &cfg
+	}
+	if err := caddy.Validate(config(fmt.Sprintf(`"replay_body_limit": %d, "replay_memory": %d`, MaxReplayBodyLimit, MaxReplayMemory))); err != nil {
+		t.Errorf("the maxima: %v", err)
+	}
+	for _, tt := range []struct{ sizes, want string }{
+		{`"replay_body_limit": 4398046511104`, "replay_body_limit: 4398046511104 bytes (4.0 TiB) is above the maximum, 64 MiB (67108864 bytes)"},
+		{`"replay_memory": 8796093022208`, "replay_memory: 8796093022208 bytes (8.0 TiB) is above the maximum, 4.0 GiB (4294967296 bytes)"},
+		{fmt.Sprintf(`"replay_body_limit": %d`, MaxReplayBodyLimit+1), "replay_body_limit: 67108865 bytes"},
+		{fmt.Sprintf(`"replay_memory": %d`, MaxReplayMemory+1), "replay_memory: 4294967297 bytes"},
+	} {
+		err := caddy.Validate(config(tt.sizes))
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%s: Validate = %v, want an error with %q", tt.sizes, err, tt.want)
+		}
 	}
 }

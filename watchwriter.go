@@ -15,12 +15,15 @@ const maxHeld401 = 32 << 10
 // watchWriter records the final status the next handler wrote. With hold
 // set, a 401 answer (status, headers and up to maxHeld401 bytes of body) is
 // held back instead of written, for the handler to replay the request or
-// to send it with sendHeld.
+// to send it with sendHeld. Any other answer, or a 401 that is let go,
+// releases the body kept for a replay at once: there will be none, and the
+// answer may take long to stream.
 type watchWriter struct {
 	http.ResponseWriter
 	status int // the final status written, 0 if none yet
 	hold   bool
-	held   bool // a 401 is being held back
+	held   bool        // a 401 is being held back
+	body   *replayBody // the body kept for a replay of this attempt, if any
 	buf    []byte
 }
 
@@ -34,9 +37,19 @@ func newWatchWriter(w http.ResponseWriter, hold bool) *watchWriter {
 }
 
 // reset makes ww watch another attempt, holding nothing back: a held
-// answer is dropped.
+// answer is dropped, and the kept body is the replay's (the handler
+// releases it when the request is done).
 func (ww *watchWriter) reset() {
-	ww.status, ww.hold, ww.held, ww.buf = 0, false, false, ww.buf[:0]
+	ww.status, ww.hold, ww.held, ww.body, ww.buf = 0, false, false, nil, ww.buf[:0]
+}
+
+// noReplay releases the kept body: the answer shows there will be no
+// replay.
+func (ww *watchWriter) noReplay() {
+	if ww.body != nil {
+		ww.body.release()
+		ww.body = nil
+	}
 }
 
 // free returns ww to the pool, dropping a large held buffer.
@@ -64,6 +77,7 @@ func (ww *watchWriter) WriteHeader(code int) {
 		ww.held = true
 		return
 	}
+	ww.noReplay()
 	ww.ResponseWriter.WriteHeader(code)
 }
 
@@ -92,6 +106,7 @@ func (ww *watchWriter) sendHeld() error {
 		return nil
 	}
 	ww.held, ww.hold = false, false
+	ww.noReplay()
 	ww.ResponseWriter.WriteHeader(http.StatusUnauthorized)
 	if len(ww.buf) == 0 {
 		return nil

@@ -6,7 +6,7 @@
 #     and docs/deploy/Caddyfile must be formatted (`caddy fmt` changes
 #     nothing) and must validate (`caddy validate`) with no WARN and no
 #     error. A ```caddyfile block is a complete config; a syntax summary is
-#     a ```text block.
+#     a ```text block. A client_key's {file.*} gets a throwaway P-256 key.
 #   - a fenced block right after a line `<!-- file: PATH -->` must be PATH's
 #     content, byte for byte (docs/deploy.md shows the deployment files).
 #
@@ -108,6 +108,7 @@ while read -r file where; do
 	{
 		{ grep -oE '\{file\.[^{}]+\}' "$moved" || true; } | sed -E 's/^\{file\.(.*)\}$/secret \1/'
 		awk '$1 == "tls_ca" { print "cert", $2 } $1 == "tls_client_cert" { print "cert", $2; print "key", $3 }
+			$1 == "client_key" && $2 ~ /^\{file\..*\}$/ { p = substr($2, 7, length($2) - 7); print "key", p }
 			$1 == "credentials_dir" { print "dir", $2 }' "$moved"
 	} | while read -r kind p; do
 		case $p in

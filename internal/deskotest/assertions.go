@@ -2,9 +2,12 @@ package deskotest
 
 import (
 	"crypto"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,26 +18,35 @@ import (
 // AssertionServer is a token endpoint for clients that authenticate with
 // a signed JWT (RFC 7523 §2.2: private_key_jwt and client_secret_jwt). It
 // verifies each assertion with golang-jwt — a library other than the one
-// the module signs with — against the key registered for the client: the
-// signature and its algorithm, iss = sub = client_id, aud, exp (at most
-// MaxAssertionLifetime after iat, and not passed), and a jti never seen
-// before. It answers like Desko: a JSON token, or 401 in Desko's shape with
-// the reason. It is safe for concurrent use.
+// the module signs with — against the keys registered for the client
+// (SetKey, AddKey; each for one algorithm): the signature and its
+// algorithm, iss = sub = client_id, aud, exp (at most MaxAssertionLifetime
+// after iat, and not passed), and a jti never seen before. It answers like
+// Desko: a JSON token, or 401 in Desko's shape with the reason. It is safe
+// for concurrent use.
 type AssertionServer struct {
 	clientID string
 	audience string
-	key      any // *rsa.PublicKey, *ecdsa.PublicKey, ed25519.PublicKey or []byte (HS256)
-	methods  []string
 	ttl      time.Duration
 
 	mu       sync.Mutex
+	keys     []registeredKey // the keys the client may sign with
 	seen     map[string]bool // jti
 	last     string          // the last assertion received
+	tokens   []string        // every token issued
 	now      func() time.Time
 	issued   atomic.Int64
 	requests atomic.Int64
 	refused  atomic.Int64
 	reasons  []string
+}
+
+// registeredKey is a key registered for the client, with the algorithm it
+// verifies: *rsa.PublicKey, *ecdsa.PublicKey, ed25519.PublicKey, or a
+// []byte for HS256.
+type registeredKey struct {
+	public any
+	alg    string
 }
 
 // MaxAssertionLifetime is the longest exp − iat the server accepts.
@@ -45,8 +57,33 @@ const MaxAssertionLifetime = 60 * time.Second
 // with the shared secret, as a []byte, for HS256) and name audience; alg
 // is the algorithm expected (RS256, PS256, ES256, ES384, EdDSA, HS256).
 func NewAssertionServer(clientID, audience string, public crypto.PublicKey, alg string, ttl time.Duration) *AssertionServer {
-	return &AssertionServer{clientID: clientID, audience: audience, key: public, methods: []string{alg}, ttl: ttl,
+	return &AssertionServer{clientID: clientID, audience: audience, keys: []registeredKey{{public, alg}}, ttl: ttl,
 		seen: map[string]bool{}, now: time.Now}
+}
+
+// SetKey registers public (for alg) as the client's only key, as a
+// server does when a key is replaced at once: assertions signed with any
+// other key are refused from now on.
+func (s *AssertionServer) SetKey(public crypto.PublicKey, alg string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.keys = []registeredKey{{public, alg}}
+}
+
+// AddKey registers public (for alg) beside the client's other keys, as
+// during the overlap of a rotation: assertions signed with either are
+// accepted.
+func (s *AssertionServer) AddKey(public crypto.PublicKey, alg string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.keys = append(s.keys, registeredKey{public, alg})
+}
+
+// Tokens returns every token issued so far.
+func (s *AssertionServer) Tokens() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.tokens...)
 }
 
 // SetClock makes the server judge exp and iat against now().
@@ -109,21 +146,49 @@ func (s *AssertionServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, err.Error())
 		return
 	}
+	var nonce [8]byte
+	_, _ = rand.Read(nonce[:])
+	s.mu.Lock()
+	tok := fmt.Sprintf("assertion-token-%d-%s", len(s.tokens)+1, hex.EncodeToString(nonce[:]))
+	s.tokens = append(s.tokens, tok)
+	s.mu.Unlock()
 	s.issued.Add(1)
 	writeJSON(w, http.StatusOK, map[string]any{
 		"token_type": "Bearer", "expires_in": int(s.ttl / time.Second),
-		"access_token": fmt.Sprintf("assertion-token-%d", s.issued.Load()), "scope": f.Get("scope"),
+		"access_token": tok, "scope": f.Get("scope"),
 	})
+}
+
+// Valid reports whether tok is a token the server issued.
+func (s *AssertionServer) Valid(tok string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Contains(s.tokens, tok)
 }
 
 // Verify checks an assertion as ServeHTTP does, recording its jti.
 func (s *AssertionServer) Verify(assertion string) error {
 	s.mu.Lock()
-	now := s.now
+	now, keys := s.now, s.keys
 	s.mu.Unlock()
+	var methods []string
+	for _, k := range keys {
+		methods = append(methods, k.alg)
+	}
+	// The keys registered for the assertion's algorithm: golang-jwt tries
+	// each.
+	keyFor := func(t *jwt.Token) (any, error) {
+		var set jwt.VerificationKeySet
+		for _, k := range keys {
+			if k.alg == t.Method.Alg() {
+				set.Keys = append(set.Keys, k.public)
+			}
+		}
+		return set, nil
+	}
 	var claims jwt.RegisteredClaims
-	_, err := jwt.ParseWithClaims(assertion, &claims, func(*jwt.Token) (any, error) { return s.key, nil },
-		jwt.WithValidMethods(s.methods), jwt.WithAudience(s.audience), jwt.WithIssuer(s.clientID),
+	_, err := jwt.ParseWithClaims(assertion, &claims, keyFor,
+		jwt.WithValidMethods(methods), jwt.WithAudience(s.audience), jwt.WithIssuer(s.clientID),
 		jwt.WithSubject(s.clientID), jwt.WithExpirationRequired(), jwt.WithIssuedAt(), jwt.WithTimeFunc(now))
 	if err != nil {
 		return fmt.Errorf("invalid assertion: %w", err)

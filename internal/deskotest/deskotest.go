@@ -45,6 +45,7 @@ const (
 	ModeDown                  // 500 with a JSON body
 	ModeHTML                  // 200 with an HTML page
 	ModeRFCReject             // 400 invalid_client in RFC 6749's shape
+	ModeBusy                  // 429 with the Retry-After set by SetRetryAfter
 )
 
 // Server is the Desko stand-in. It is safe for concurrent use; change it
@@ -261,6 +262,12 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Retry-After", retryAfter)
 		}
 		deskoError(w, http.StatusInternalServerError, "Internal server error")
+		return
+	case ModeBusy:
+		if retryAfter != "" {
+			w.Header().Set("Retry-After", retryAfter)
+		}
+		deskoError(w, http.StatusTooManyRequests, "Too many requests")
 		return
 	case ModeHTML:
 		w.Header().Set("Content-Type", "text/html")

@@ -1,6 +1,7 @@
 package token
 
 import (
+	"bytes"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
@@ -37,8 +38,12 @@ type SigningKey struct {
 	signer crypto.Signer
 	alg    jose.SignatureAlgorithm
 	id     string
-	der    []byte // PKCS#8, for Secret and comparisons
+	der    []byte // PKCS#8, for Secrets and comparisons
+	file   []byte // the DER of the PEM block read, when it is not PKCS#8 (PKCS#1, SEC1)
 }
+
+// errEncryptedKey is the error of a key encrypted with a passphrase.
+var errEncryptedKey = errors.New("is an encrypted private key; give it unencrypted (protect the file instead)")
 
 // ParseSigningKey reads a PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC)
 // and decides its algorithm: RSA → RS256 (or PS256 when alg says so),
@@ -54,6 +59,11 @@ func ParseSigningKey(pemBytes []byte, kid, alg string) (*SigningKey, error) {
 			return nil, errors.New("holds more than one PEM block; give the private key alone")
 		}
 	}
+	// OpenSSL's traditional encryption (Proc-Type: 4,ENCRYPTED) keeps the
+	// block's type: without this, such a key "does not parse".
+	if strings.Contains(block.Headers["Proc-Type"], "ENCRYPTED") {
+		return nil, errEncryptedKey
+	}
 	var key any
 	var err error
 	switch block.Type {
@@ -64,7 +74,7 @@ func ParseSigningKey(pemBytes []byte, kid, alg string) (*SigningKey, error) {
 	case "EC PRIVATE KEY":
 		key, err = x509.ParseECPrivateKey(block.Bytes)
 	case "ENCRYPTED PRIVATE KEY":
-		return nil, errors.New("is an encrypted private key; give it unencrypted (protect the file instead)")
+		return nil, errEncryptedKey
 	default:
 		return nil, fmt.Errorf("holds a %q PEM block, not a private key (PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY)", block.Type)
 	}
@@ -101,6 +111,9 @@ func ParseSigningKey(pemBytes []byte, kid, alg string) (*SigningKey, error) {
 	if k.der, err = x509.MarshalPKCS8PrivateKey(k.signer); err != nil {
 		return nil, errors.New("holds a private key that cannot be encoded as PKCS#8")
 	}
+	if !bytes.Equal(block.Bytes, k.der) {
+		k.file = bytes.Clone(block.Bytes)
+	}
 	// Sign once now: a key that cannot sign is a load error, not a failed
 	// token request.
 	if _, err := k.sign("probe", "probe", time.Now()); err != nil {
@@ -126,9 +139,19 @@ func (k *SigningKey) Equal(o *SigningKey) bool {
 }
 
 // Secrets are the forms of the key that must never appear in a log: its
-// PKCS#8 DER in base64, whole and in PEM lines.
+// PKCS#8 DER in base64, whole and in PEM lines, and the same of the DER
+// its file holds when that is another form (PKCS#1, SEC1).
 func (k *SigningKey) Secrets() []string {
-	b64 := base64.StdEncoding.EncodeToString(k.der)
+	out := pemLines(k.der)
+	if k.file != nil {
+		out = append(out, pemLines(k.file)...)
+	}
+	return out
+}
+
+// pemLines is der in base64, whole and in the 64-character lines of PEM.
+func pemLines(der []byte) []string {
+	b64 := base64.StdEncoding.EncodeToString(der)
 	out := []string{b64}
 	for len(b64) > 64 {
 		out, b64 = append(out, b64[:64]), b64[64:]

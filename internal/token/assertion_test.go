@@ -8,10 +8,13 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
+	"encoding/json"
 	"encoding/pem"
 	"strings"
 	"testing"
 	"time"
+
+	jose "github.com/go-jose/go-jose/v4"
 
 	"github.com/deskoproxy/caddy-desko-auth/internal/deskotest"
 )
@@ -171,6 +174,8 @@ func TestParseSigningKeyErrors(t *testing.T) {
 		"alg does not fit": {keys[3].pem, "PS256", "holds a key for ES256, not PS256"},
 		"garbage DER":      {"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n", "", "does not parse"},
 		"encrypted PKCS#8": {"-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n", "", "encrypted"},
+		"encrypted PKCS#1 (OpenSSL's traditional encryption)": {"-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\n" +
+			"DEK-Info: AES-256-CBC,7A1D0F4E2B9C3A8D5E6F708192A3B4C5\n\nAAAA\n-----END RSA PRIVATE KEY-----\n", "", "encrypted"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, err := ParseSigningKey([]byte(tc.pem), "", tc.alg)
@@ -184,18 +189,95 @@ func TestParseSigningKeyErrors(t *testing.T) {
 	}
 }
 
-// The key never reaches a log or an error: the scrubber knows its forms.
+// The key never reaches a log or an error: the scrubber knows its forms,
+// PKCS#8 and the file's own (PKCS#1, SEC1): each line of the file's PEM
+// body, and the body whole.
 func TestPrivateKeyIsScrubbed(t *testing.T) {
-	key, err := ParseSigningKey([]byte(testKeys(t)[3].pem), "", "")
+	for _, k := range testKeys(t) {
+		t.Run(k.name, func(t *testing.T) {
+			key, err := ParseSigningKey([]byte(k.pem), "", "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := newTestSource(t, "http://unused.test/token", func(c *Config) {
+				c.Auth, c.Credentials = AuthPrivateKeyJWT, &Static{ClientID: tsClientID, Key: key}
+			})
+			block, _ := pem.Decode([]byte(k.pem))
+			body := strings.TrimSuffix(strings.SplitN(k.pem, "\n", 2)[1], "-----END "+block.Type+"-----\n")
+			forms := append(strings.Split(strings.TrimSpace(body), "\n"), strings.ReplaceAll(body, "\n", ""))
+			for _, form := range append(forms, key.Secrets()...) {
+				if out := s.Scrub("echo: " + form); strings.Contains(out, form) {
+					t.Fatalf("the scrubber kept a form of the key: %q", out)
+				}
+			}
+		})
+	}
+}
+
+// jwksAsDocumented is the JWK Set of the public half of a PKCS#8 PEM key,
+// made as docs/other-oauth2-servers.md shows (jwk.go), as JSON.
+func jwksAsDocumented(t *testing.T, pemText, kid, alg string) []byte {
+	t.Helper()
+	block, _ := pem.Decode([]byte(pemText))
+	key, err := x509.ParsePKCS8PrivateKey(block.Bytes)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := newTestSource(t, "http://unused.test/token", func(c *Config) {
-		c.Auth, c.Credentials = AuthPrivateKeyJWT, &Static{ClientID: tsClientID, Key: key}
-	})
-	for _, form := range key.Secrets() {
-		if out := s.Scrub("echo: " + form); strings.Contains(out, form) {
-			t.Fatalf("the scrubber kept a form of the key: %q", out)
+	jwk := jose.JSONWebKey{Key: key.(crypto.Signer).Public(), KeyID: kid, Algorithm: alg, Use: "sig"}
+	out, err := json.MarshalIndent(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{jwk}}, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// A server that registers the JWK Set the docs say how to make accepts the
+// assertions: the key under the client's kid, read from the set as JSON,
+// verifies them (with golang-jwt). The set holds no private value.
+func TestPublishedJWKSVerifies(t *testing.T) {
+	for _, k := range testKeys(t) {
+		if !strings.Contains(k.pem, "BEGIN PRIVATE KEY") {
+			continue // the documented program reads PKCS#8, what openssl genpkey writes
 		}
+		t.Run(k.name, func(t *testing.T) {
+			kid := "kid-" + strings.ReplaceAll(k.name, " ", "-")
+			doc := jwksAsDocumented(t, k.pem, kid, k.alg)
+			var fields struct {
+				Keys []map[string]any `json:"keys"`
+			}
+			if err := json.Unmarshal(doc, &fields); err != nil || len(fields.Keys) != 1 {
+				t.Fatalf("the JWK Set: %s (%v)", doc, err)
+			}
+			for _, private := range []string{"d", "p", "q", "dp", "dq", "qi"} {
+				if _, ok := fields.Keys[0][private]; ok {
+					t.Fatalf("the JWK Set holds the private value %q: %s", private, doc)
+				}
+			}
+			// The server's side: the set, parsed, and the key by kid.
+			var set jose.JSONWebKeySet
+			if err := json.Unmarshal(doc, &set); err != nil {
+				t.Fatal(err)
+			}
+			found := set.Key(kid)
+			if len(found) != 1 || !found[0].Valid() || !found[0].IsPublic() {
+				t.Fatalf("no public key %s in %s", kid, doc)
+			}
+			alg := ""
+			if k.alg == "PS256" {
+				alg = "PS256"
+			}
+			key, err := ParseSigningKey([]byte(k.pem), kid, alg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			as := deskotest.NewAssertionServer(tsClientID, "https://issuer.example", found[0].Key, found[0].Algorithm, time.Hour)
+			s := newTestSource(t, serveInMemory(t, as)+deskotest.TokenPath, func(c *Config) {
+				c.Auth, c.AssertionAudience = AuthPrivateKeyJWT, "https://issuer.example"
+				c.Credentials = &Static{ClientID: tsClientID, Key: key}
+			})
+			if _, err := s.Refresh(t.Context()); err != nil {
+				t.Fatalf("Refresh: %v (server: %v)", err, as.Reasons())
+			}
+		})
 	}
 }

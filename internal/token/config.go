@@ -147,6 +147,10 @@ const (
 	skewFloor = 2 * time.Second
 	skewWarn  = 30 * time.Second
 
+	// The backoff after failures: from transientBackoffMin doubling to
+	// transientBackoffMax for the kinds that look like outages (transient,
+	// invalid_answer, dns, connect), from refusedBackoffMin to
+	// refusedBackoffMax for configuration problems (Kind.Misconfigured).
 	transientBackoffMin = 1 * time.Second
 	transientBackoffMax = 60 * time.Second
 	refusedBackoffMin   = 5 * time.Second

@@ -7,30 +7,57 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/deskoproxy/caddy-desko-auth/internal/scrub"
 )
 
-// Kind classifies why a token could not be obtained.
+// Kind classifies why a token could not be obtained: what to check, and
+// how soon to try again.
 type Kind int
 
-// The kinds of token errors. Their String forms are metric labels.
+// The kinds of token errors. Their String forms are metric labels and the
+// {http.desko_auth.error} placeholder's values. Refused credentials, a
+// certificate that does not verify and a redirect are configuration
+// problems (Misconfigured): retried slowly, answered 502. The others look
+// like outages: retried with a short backoff, answered 503.
 const (
-	// KindTransient is a network error, timeout, 5xx or 429: retried with a
-	// short exponential backoff.
+	// KindTransient is a timeout, a connection that broke, a 5xx or 429:
+	// retried with a short exponential backoff.
 	KindTransient Kind = iota + 1
 	// KindRefused means the token endpoint refused the credentials (400,
-	// 401, 403 and other 4xx): a configuration problem, retried slowly.
+	// 401, 403 and other 4xx, or an OAuth error in a 2xx): a configuration
+	// problem, retried slowly.
 	KindRefused
 	// KindInvalidAnswer is a 2xx answer that is not a usable token (not
-	// JSON, no access_token, a wrong token_type, control characters…).
-	// It is retried like a transient error.
+	// JSON, no access_token, a wrong token_type, control characters, over
+	// 1 MiB…). It is retried like a transient error.
 	KindInvalidAnswer
+	// KindTLS is a certificate of the token endpoint that does not verify
+	// (unknown authority, another host's, expired): tls_ca or the
+	// endpoint's certificate is wrong. A configuration problem.
+	KindTLS
+	// KindRedirect is a redirect the token request does not follow: to
+	// another scheme or host, one that would turn the POST into a GET, one
+	// too many, or a 3xx Go's client leaves alone. token_url is not the
+	// endpoint's address. A configuration problem.
+	KindRedirect
+	// KindDNS is a token endpoint host that does not resolve (no such
+	// host, or no answer from the resolver): token_url's host or the
+	// network's DNS. Retried like a transient error, as DNS outages look
+	// the same.
+	KindDNS
+	// KindConnect is a connection to the token endpoint that could not be
+	// made (refused, host or network unreachable, no answer to the
+	// connection attempt): token_url's host and port, a firewall, the
+	// network. Retried like a transient error.
+	KindConnect
 )
 
 // String is the kind's metric label.
@@ -42,9 +69,28 @@ func (k Kind) String() string {
 		return "refused"
 	case KindInvalidAnswer:
 		return "invalid_answer"
+	case KindTLS:
+		return "tls"
+	case KindRedirect:
+		return "redirect"
+	case KindDNS:
+		return "dns"
+	case KindConnect:
+		return "connect"
 	}
 	return "unknown"
 }
+
+// Misconfigured reports whether errors of the kind are configuration
+// problems that retrying soon will not mend (refused credentials, a
+// certificate that does not verify, a redirect): they are retried slowly,
+// and the clients that wait for a token are answered 502, not 503.
+func (k Kind) Misconfigured() bool {
+	return k == KindRefused || k == KindTLS || k == KindRedirect
+}
+
+// Kinds are the kinds of token errors, in the order of their values.
+var Kinds = []Kind{KindTransient, KindRefused, KindInvalidAnswer, KindTLS, KindRedirect, KindDNS, KindConnect}
 
 // Error is the one error type a source returns. Its text never contains
 // the client secret or a token.
@@ -87,24 +133,72 @@ func (e *Error) Error() string {
 // Unwrap returns the underlying cause.
 func (e *Error) Unwrap() error { return e.Err }
 
-// errCrossHostRedirect is a token endpoint redirecting elsewhere: a
-// configuration problem, not an outage.
-var errCrossHostRedirect = errors.New("refusing to follow a redirect to another host; check token_url")
+// The messages of the errors of a failed round trip, by kind. They name
+// what to check.
+const (
+	msgTransportFailed = "token request failed"
+	msgTLS             = "token endpoint's certificate does not verify (check tls_ca and the endpoint's certificate)"
+	msgDNS             = "token endpoint's host does not resolve (check token_url and DNS)"
+	msgConnect         = "could not connect to the token endpoint (check token_url's host and port, and the network)"
+)
 
-// transportError classifies a failed round trip: a redirect elsewhere or a
-// certificate that does not verify is a configuration problem (retried
-// slowly), anything else (network, timeout) transient.
-func (s *Source) transportError(err error) *Error {
-	kind := KindTransient
-	var certErr *tls.CertificateVerificationError
-	var unknownCA x509.UnknownAuthorityError
-	var hostErr x509.HostnameError
-	var invalid x509.CertificateInvalidError
-	if errors.Is(err, errCrossHostRedirect) || errors.As(err, &certErr) || errors.As(err, &unknownCA) ||
-		errors.As(err, &hostErr) || errors.As(err, &invalid) {
-		kind = KindRefused
+// redirectError is a redirect a token request does not follow (see
+// sameHostClient). Its text names where the redirect pointed, without
+// query or user information, and why it was not followed.
+type redirectError struct {
+	status int    // the redirect's status
+	to     string // where it pointed, redacted ("" if nowhere usable)
+	why    string
+}
+
+func (e *redirectError) Error() string {
+	to := ""
+	if e.to != "" {
+		to = " to " + e.to
 	}
-	return &Error{Kind: kind, Message: "token request failed", Err: s.scrubber().Error(redactURLError(err))}
+	return "redirect" + to + " not followed: " + e.why + " (check token_url)"
+}
+
+// transportError classifies a failed round trip by what to check: a
+// redirect not followed (token_url), a certificate that does not verify
+// (tls_ca), a host that does not resolve (token_url, DNS), a connection
+// that could not be made (host, port, network); anything else (a timeout,
+// a connection that broke) is transient.
+func (s *Source) transportError(err error) *Error {
+	sc := s.scrubber()
+	var re *redirectError
+	if errors.As(err, &re) {
+		return &Error{Kind: KindRedirect, Status: re.status, Message: sc.Scrub(re.Error())}
+	}
+	kind, msg := classifyTransport(err)
+	return &Error{Kind: kind, Message: msg, Err: sc.Error(redactURLError(err))}
+}
+
+// classifyTransport is the kind and message of a round trip's error that
+// is not a redirect.
+func classifyTransport(err error) (Kind, string) {
+	var (
+		certErr   *tls.CertificateVerificationError
+		unknownCA x509.UnknownAuthorityError
+		hostErr   x509.HostnameError
+		invalid   x509.CertificateInvalidError
+		dnsErr    *net.DNSError
+		opErr     *net.OpError
+	)
+	switch {
+	case errors.As(err, &certErr) || errors.As(err, &unknownCA) || errors.As(err, &hostErr) || errors.As(err, &invalid):
+		return KindTLS, msgTLS
+	case errors.As(err, &dnsErr):
+		// Not found, or no answer from the resolver in time: either way the
+		// name is where to look.
+		return KindDNS, msgDNS
+	case errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EHOSTUNREACH) || errors.Is(err, syscall.ENETUNREACH) ||
+		errors.As(err, &opErr) && (opErr.Op == "dial" || opErr.Op == "proxyconnect"):
+		// Refused, unreachable, or a dial that timed out (a firewall that
+		// drops the connection attempt).
+		return KindConnect, msgConnect
+	}
+	return KindTransient, msgTransportFailed
 }
 
 // statusError builds the error for a non-2xx answer (or a 2xx that holds
@@ -124,8 +218,14 @@ func (s *Source) statusError(resp *http.Response, body []byte) *Error {
 		te.Kind = KindTransient
 		te.RetryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), time.Now().Round(0))
 	case code >= 300 && code < 400:
-		te.Kind = KindRefused
-		te.Message = "redirect not followed (check token_url)"
+		// A redirect Go's client does not follow (300, 304, a 3xx without
+		// Location…), or a 307/308 it could not resend.
+		te.Kind = KindRedirect
+		re := &redirectError{status: code, why: "not a redirect a token request can follow"}
+		if loc, err := resp.Location(); err == nil {
+			re.to = RedactURL(loc.String())
+		}
+		te.Message = sc.Scrub(re.Error())
 	default:
 		te.Kind = KindRefused
 	}

@@ -1,11 +1,20 @@
 package token
 
 import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
+	"io"
+	"log"
+	"net"
 	"net/http"
+	"net/http/httptest"
+	"os"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 	"unicode/utf8"
@@ -138,11 +147,6 @@ func TestTokenErrorShapes(t *testing.T) {
 			handler:  respondWith(answer(200, "application/json", `{"access_token":"abc","pad":"`+strings.Repeat("x", maxBodyBytes)+`"}`)),
 			wantKind: KindInvalidAnswer, wantStatus: 200, wantIn: []string{"1 MiB"},
 		},
-		{
-			name:     "304, a redirect status the client does not follow, is a configuration problem",
-			handler:  respondWith(answer(304, "", "")),
-			wantKind: KindRefused, wantStatus: 304, wantIn: []string{"redirect not followed (check token_url)"},
-		},
 	}
 	for _, tt := range tests {
 		inBubble(t, tt.name, func(t *testing.T) {
@@ -242,8 +246,8 @@ func TestTokenErrorsHideTheURLQuery(t *testing.T) {
 			c.HTTPClient = nil // the source's own client: a real dial
 		})
 		te := mustGetErr(t, s)
-		if te.Kind != KindTransient || !strings.Contains(te.Error(), "127.0.0.1:1/t") {
-			t.Errorf("error %q (%v), want a transient error naming the redacted URL", te, te.Kind)
+		if te.Kind.String() != "connect" || !strings.Contains(te.Error(), "127.0.0.1:1/t") {
+			t.Errorf("error %q (%v), want a connect error naming the redacted URL", te, te.Kind)
 		}
 		for _, bad := range []string{"QUERYKEY", "PASSWORD-xyz", "key=", "user:"} {
 			if strings.Contains(te.Error(), bad) || strings.Contains(s.Status().LastError, bad) {
@@ -381,4 +385,273 @@ func (r *rotating) set(c *Credentials) {
 	r.mu.Lock()
 	r.cur = c
 	r.mu.Unlock()
+}
+
+// failure is a way for a token request to fail: a round trip error (as
+// the transport returns it) or an answer of the token endpoint.
+type failure struct {
+	err error
+	r   responder
+}
+
+// dialError is the error of a dial to a loopback port that fails with
+// errno, as the net package builds it.
+func dialError(errno syscall.Errno) error {
+	return &net.OpError{Op: "dial", Net: "tcp", Addr: &net.TCPAddr{IP: net.IPv4(192, 0, 2, 1), Port: 443},
+		Err: os.NewSyscallError("connect", errno)}
+}
+
+// failureKinds are the failures each kind of error comes from, with the
+// kind's label, the status the error carries, substrings of its text, the
+// first two steps of its backoff (Rand 0.5: no jitter) and its log lines
+// (level and message, with no valid token and while one is served). The
+// labels and messages are written out: they are what operators read.
+var failureKinds = []struct {
+	name         string
+	f            failure
+	label        string
+	status       int
+	wantIn       []string
+	backoff      []time.Duration
+	level        zapcore.Level
+	msg, serving string
+}{
+	{
+		name: "no such host", f: failure{err: &net.OpError{Op: "dial", Net: "tcp",
+			Err: &net.DNSError{Err: "no such host", Name: "desko.invalid", Server: "10.0.0.53:53", IsNotFound: true}}},
+		label:   "dns",
+		wantIn:  []string{"token endpoint's host does not resolve (check token_url and DNS): ", "lookup desko.invalid", "no such host"},
+		backoff: secs(1, 2), level: zapcore.WarnLevel,
+		msg:     "could not obtain a token: the token endpoint's host does not resolve; check token_url and DNS",
+		serving: "token refresh failed: the token endpoint's host does not resolve; still serving the current token; check token_url and DNS",
+	},
+	{
+		name: "the resolver does not answer", f: failure{err: &net.OpError{Op: "dial", Net: "tcp",
+			Err: &net.DNSError{Err: "i/o timeout", Name: "desko.example", Server: "10.0.0.53:53", IsTimeout: true}}},
+		label: "dns", wantIn: []string{"token endpoint's host does not resolve", "i/o timeout"}, backoff: secs(1, 2), level: zapcore.WarnLevel,
+		msg:     "could not obtain a token: the token endpoint's host does not resolve; check token_url and DNS",
+		serving: "token refresh failed: the token endpoint's host does not resolve; still serving the current token; check token_url and DNS",
+	},
+	{
+		name: "connection refused", f: failure{err: dialError(syscall.ECONNREFUSED)},
+		label:   "connect",
+		wantIn:  []string{"could not connect to the token endpoint (check token_url's host and port, and the network): ", "connection refused"},
+		backoff: secs(1, 2), level: zapcore.WarnLevel,
+		msg:     "could not obtain a token: no connection to the token endpoint; check token_url's host and port, and the network",
+		serving: "token refresh failed: no connection to the token endpoint; still serving the current token; check token_url's host and port, and the network",
+	},
+	{
+		name: "host unreachable", f: failure{err: dialError(syscall.EHOSTUNREACH)},
+		label: "connect", wantIn: []string{"could not connect to the token endpoint", "no route to host"}, backoff: secs(1, 2), level: zapcore.WarnLevel,
+		msg:     "could not obtain a token: no connection to the token endpoint; check token_url's host and port, and the network",
+		serving: "token refresh failed: no connection to the token endpoint; still serving the current token; check token_url's host and port, and the network",
+	},
+	{
+		name: "network unreachable", f: failure{err: dialError(syscall.ENETUNREACH)},
+		label: "connect", wantIn: []string{"could not connect to the token endpoint", "network is unreachable"}, backoff: secs(1, 2), level: zapcore.WarnLevel,
+		msg:     "could not obtain a token: no connection to the token endpoint; check token_url's host and port, and the network",
+		serving: "token refresh failed: no connection to the token endpoint; still serving the current token; check token_url's host and port, and the network",
+	},
+	{
+		name: "no answer to the connection attempt", f: failure{err: &net.OpError{Op: "dial", Net: "tcp", Err: os.ErrDeadlineExceeded}},
+		label: "connect", wantIn: []string{"could not connect to the token endpoint", "i/o timeout"}, backoff: secs(1, 2), level: zapcore.WarnLevel,
+		msg:     "could not obtain a token: no connection to the token endpoint; check token_url's host and port, and the network",
+		serving: "token refresh failed: no connection to the token endpoint; still serving the current token; check token_url's host and port, and the network",
+	},
+	{
+		name: "connection reset while reading", f: failure{err: &net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("read", syscall.ECONNRESET)}},
+		label: "transient", wantIn: []string{"token request failed: ", "connection reset by peer"}, backoff: secs(1, 2), level: zapcore.WarnLevel,
+		msg: "could not obtain a token", serving: "token refresh failed; still serving the current token",
+	},
+	{
+		name: "timeout", f: failure{err: context.DeadlineExceeded},
+		label: "transient", wantIn: []string{"token request failed: ", "context deadline exceeded"}, backoff: secs(1, 2), level: zapcore.WarnLevel,
+		msg: "could not obtain a token", serving: "token refresh failed; still serving the current token",
+	},
+	{
+		name: "certificate of an unknown authority", f: failure{err: &tls.CertificateVerificationError{Err: x509.UnknownAuthorityError{}}},
+		label:   "tls",
+		wantIn:  []string{"token endpoint's certificate does not verify (check tls_ca and the endpoint's certificate): ", "unknown authority"},
+		backoff: secs(5, 10), level: zapcore.ErrorLevel,
+		msg:     "token endpoint's certificate does not verify; check tls_ca and the endpoint's certificate",
+		serving: "token endpoint's certificate does not verify; check tls_ca and the endpoint's certificate",
+	},
+	{
+		name: "another host's certificate", f: failure{err: &tls.CertificateVerificationError{
+			Err: x509.HostnameError{Certificate: &x509.Certificate{DNSNames: []string{"other.example"}}, Host: "desko.example"}}},
+		label: "tls", wantIn: []string{"token endpoint's certificate does not verify", "desko.example"}, backoff: secs(5, 10), level: zapcore.ErrorLevel,
+		msg:     "token endpoint's certificate does not verify; check tls_ca and the endpoint's certificate",
+		serving: "token endpoint's certificate does not verify; check tls_ca and the endpoint's certificate",
+	},
+	{
+		name: "expired certificate", f: failure{err: &tls.CertificateVerificationError{Err: x509.CertificateInvalidError{Reason: x509.Expired}}},
+		label: "tls", wantIn: []string{"token endpoint's certificate does not verify", "expired"}, backoff: secs(5, 10), level: zapcore.ErrorLevel,
+		msg:     "token endpoint's certificate does not verify; check tls_ca and the endpoint's certificate",
+		serving: "token endpoint's certificate does not verify; check tls_ca and the endpoint's certificate",
+	},
+	{
+		name: "a redirect status that is not followed", f: failure{r: answer(304, "", "")},
+		label: "redirect", status: 304, wantIn: []string{"token endpoint answered 304: redirect not followed: ", "(check token_url)"},
+		backoff: secs(5, 10), level: zapcore.ErrorLevel,
+		msg:     "token endpoint redirected the token request; check token_url",
+		serving: "token endpoint redirected the token request; check token_url",
+	},
+	{
+		name: "a redirect status with a Location", f: failure{r: answer(300, "", "", "Location", "/v2/token?key=QUERYKEY")},
+		label: "redirect", status: 300, wantIn: []string{"token endpoint answered 300: redirect to http://", "/v2/token not followed: "},
+		backoff: secs(5, 10), level: zapcore.ErrorLevel,
+		msg:     "token endpoint redirected the token request; check token_url",
+		serving: "token endpoint redirected the token request; check token_url",
+	},
+	{
+		name: "refused credentials", f: failure{r: answer(401, "application/json", `{"error":401,"id":"oauth_server","message":"Client authentication failed"}`)},
+		label: "refused", status: 401, wantIn: []string{"token endpoint answered 401: Client authentication failed"},
+		backoff: secs(5, 10), level: zapcore.ErrorLevel,
+		msg:     "token endpoint refused the credentials; check client_id, client_secret and scope",
+		serving: "token endpoint refused the credentials; check client_id, client_secret and scope",
+	},
+	{
+		name: "5xx", f: failure{r: answer(503, "text/plain", "maintenance")},
+		label: "transient", status: 503, wantIn: []string{"token endpoint answered 503"}, backoff: secs(1, 2), level: zapcore.WarnLevel,
+		msg: "could not obtain a token", serving: "token refresh failed; still serving the current token",
+	},
+}
+
+// Each kind of failure is told apart, names what to check in its error
+// and its log line, and is retried at its kind's pace.
+func TestEngineFailureKinds(t *testing.T) {
+	for _, tc := range failureKinds {
+		inBubble(t, tc.name, func(t *testing.T) {
+			core, logs := observer.New(zapcore.DebugLevel)
+			url := ""
+			if tc.f.err != nil {
+				url = failInMemory(t, tc.f.err)
+			} else {
+				url = serveInMemory(t, respondWith(tc.f.r))
+			}
+			s := newTestSource(t, url+deskotest.TokenPath, func(c *Config) { c.Logger = zap.New(core) })
+			for i, want := range tc.backoff {
+				if i > 0 {
+					settle(tc.backoff[i-1]) // the retry, at the end of the step, fails too
+				}
+				te := mustGetErr(t, s)
+				if te.Kind.String() != tc.label || te.Status != tc.status {
+					t.Fatalf("error %q: kind %s, status %d; want %s, %d", te, te.Kind, te.Status, tc.label, tc.status)
+				}
+				for _, w := range tc.wantIn {
+					if !strings.Contains(te.Error(), w) {
+						t.Errorf("error %q, want it to hold %q", te, w)
+					}
+				}
+				if strings.Contains(te.Error(), "QUERYKEY") {
+					t.Errorf("error %q holds a URL's query", te)
+				}
+				if got := nextWake(t, s); got != want {
+					t.Fatalf("after failure %d the next attempt is in %v, want %v", i+1, got, want)
+				}
+			}
+			got := logs.All()
+			if len(got) != 1 {
+				t.Fatalf("%d log lines for %d failures of one kind, want 1: %v", len(got), len(tc.backoff), got)
+			}
+			if g := got[0]; g.Level != tc.level || g.Message != tc.msg || g.ContextMap()["kind"] != tc.label {
+				t.Errorf("log line %s %q %v, want %s %q with kind %s", g.Level, g.Message, g.ContextMap(), tc.level, tc.msg, tc.label)
+			}
+			if st := s.Status(); (st.State == StateRefused) != (tc.label == "refused") {
+				t.Errorf("status state %s for %s", st.State, tc.label)
+			}
+		})
+		inBubble(t, tc.name+" while a token is served", func(t *testing.T) {
+			core, logs := observer.New(zapcore.WarnLevel)
+			srv := newTokenServer(t, okToken(100))
+			s := newTestSource(t, srv.tokenURL(), func(c *Config) { c.Logger = zap.New(core) })
+			tok := mustGet(t, s)
+			if tc.f.err != nil {
+				testHosts.Store(strings.TrimPrefix(srv.url, "http://"), tc.f.err)
+			} else {
+				srv.setRespond(tc.f.r)
+			}
+			settle(nextWake(t, s)) // the proactive refresh fails
+			if got := mustGet(t, s); got != tok {
+				t.Fatalf("Get = %q, want the current token %q", got.Value, tok.Value)
+			}
+			got := logs.All()
+			if len(got) != 1 || got[0].Level != tc.level || got[0].Message != tc.serving {
+				t.Fatalf("log lines %v, want one %s %q", got, tc.level, tc.serving)
+			}
+		})
+	}
+}
+
+// A refusal is a refusal whatever the size of its body; an error status
+// never becomes an unusable answer.
+func TestEngineLargeErrorAnswersKeepTheirStatus(t *testing.T) {
+	huge := strings.Repeat("x", maxBodyBytes+10)
+	for _, tc := range []struct {
+		status int
+		label  string
+	}{{401, "refused"}, {400, "refused"}, {503, "transient"}, {304, "redirect"}} {
+		inBubble(t, fmt.Sprint(tc.status), func(t *testing.T) {
+			url := serveInMemory(t, respondWith(answer(tc.status, "application/json",
+				`{"error":"invalid_client","error_description":"`+huge+`"}`)))
+			s := newTestSource(t, url+deskotest.TokenPath)
+			te := mustGetErr(t, s)
+			if te.Kind.String() != tc.label || te.Status != tc.status {
+				t.Fatalf("error %.200q: kind %s status %d, want %s %d", te, te.Kind, te.Status, tc.label, tc.status)
+			}
+			if len(te.Error()) > 400 {
+				t.Errorf("error is %d bytes", len(te.Error()))
+			}
+		})
+	}
+}
+
+// Real TLS (outside a bubble: a real handshake): a certificate of an
+// unknown authority, and one for another name, are tls errors.
+func TestEngineTLSErrors(t *testing.T) {
+	srv := httptest.NewTLSServer(respondWith(okToken(3600)))
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0) // the refused handshakes
+	t.Cleanup(srv.Close)
+	trusting := func() *http.Client {
+		pool := x509.NewCertPool()
+		pool.AddCert(srv.Certificate())
+		return &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	}
+	for _, tc := range []struct {
+		name, url string
+		client    *http.Client
+		want      string
+	}{
+		// The system's roots do not hold httptest's certificate.
+		{"unknown authority", srv.URL + "/token", nil, "certificate signed by unknown authority"},
+		// httptest's certificate is for 127.0.0.1, ::1 and example.com.
+		{"another name", strings.Replace(srv.URL, "127.0.0.1", "localhost", 1) + "/token", trusting(), "not localhost"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newTestSource(t, tc.url, func(c *Config) { c.HTTPClient = tc.client })
+			te := mustGetErr(t, s)
+			if te.Kind.String() != "tls" || !strings.Contains(te.Error(), tc.want) ||
+				!strings.HasPrefix(te.Error(), "token endpoint's certificate does not verify (check tls_ca and the endpoint's certificate): ") {
+				t.Errorf("error %q (kind %s), want a tls error holding %q", te, te.Kind, tc.want)
+			}
+		})
+	}
+	t.Run("trusted", func(t *testing.T) {
+		mustGet(t, newTestSource(t, srv.URL+"/token", func(c *Config) { c.HTTPClient = trusting() }))
+	})
+}
+
+// Real DNS (outside a bubble): .invalid never resolves (RFC 6761). The
+// fetch timeout bounds a resolver that does not answer; either way the
+// error is dns.
+func TestEngineUnresolvableHost(t *testing.T) {
+	s := newTestSource(t, "https://desko-auth-test.invalid/token", func(c *Config) {
+		c.HTTPClient = nil // the source's own client: a real lookup
+		c.Timeout = 5 * time.Second
+	})
+	te := mustGetErr(t, s)
+	if te.Kind.String() != "dns" || !strings.Contains(te.Error(), "desko-auth-test.invalid") ||
+		!strings.HasPrefix(te.Error(), "token endpoint's host does not resolve (check token_url and DNS): ") {
+		t.Errorf("error %q (kind %s), want a dns error naming the host", te, te.Kind)
+	}
 }

@@ -94,14 +94,28 @@ func serveInMemory(t testing.TB, h http.Handler) string {
 	return "http://" + host
 }
 
+// failInMemory registers a host of the test network, for the rest of the
+// test, whose round trips all fail with err (as a transport's would: the
+// client wraps it in a *url.Error), and returns its base URL.
+func failInMemory(t testing.TB, err error) string {
+	host := fmt.Sprintf("failing-%d.test", testHostSeq.Add(1))
+	testHosts.Store(host, err)
+	t.Cleanup(func() { testHosts.Delete(host) })
+	return "http://" + host
+}
+
 // RoundTrip serves req as a server would see it: a copy with the request
 // URI and host set, the same body, and the caller's context, so that a
-// handler that holds a request gives up when the fetch times out.
+// handler that holds a request gives up when the fetch times out. A host
+// of failInMemory fails with its error.
 func (testNet) RoundTrip(req *http.Request) (*http.Response, error) {
 	h, ok := testHosts.Load(req.URL.Host)
-	if !ok {
+	if err, isErr := h.(error); !ok || isErr {
 		if req.Body != nil {
 			req.Body.Close()
+		}
+		if isErr {
+			return nil, err
 		}
 		return nil, fmt.Errorf("dial %s: %w", req.URL.Host, testNetError)
 	}

@@ -152,9 +152,16 @@ func (s *Source) newRequest(ctx context.Context, c *Credentials) (*http.Request,
 	return req, nil
 }
 
+// maxRedirects is how many redirects a token request follows.
+const maxRedirects = 2
+
 // sameHostClient returns a copy of c (or a new client) whose redirect
-// policy only follows redirects to the same scheme and host, so the secret
-// in a re-sent body never reaches another server.
+// policy follows at most maxRedirects redirects, each to the same scheme
+// and host (so that the secret in a re-sent body never reaches another
+// server) and keeping the POST and its body (307 and 308: a 301, 302 or
+// 303 would resend the token request as a GET without its body, which no
+// token endpoint answers with a token). Any other redirect fails the
+// request with a *redirectError.
 func sameHostClient(c *http.Client) *http.Client {
 	var nc http.Client
 	if c != nil {
@@ -164,17 +171,28 @@ func sameHostClient(c *http.Client) *http.Client {
 		nc.Transport = http.DefaultTransport.(*http.Transport).Clone()
 	}
 	nc.Timeout = 0 // the source sets a per-fetch deadline
-	nc.CheckRedirect = func(req *http.Request, via []*http.Request) error {
-		if len(via) >= 3 {
-			return errors.New("stopped after 3 redirects")
-		}
-		first := via[0].URL
-		if req.URL.Scheme != first.Scheme || req.URL.Host != first.Host {
-			return fmt.Errorf("%w (%s://%s)", errCrossHostRedirect, req.URL.Scheme, req.URL.Host)
-		}
+	nc.CheckRedirect = checkRedirect
+	return &nc
+}
+
+// checkRedirect is the token requests' redirect policy (sameHostClient).
+func checkRedirect(req *http.Request, via []*http.Request) error {
+	first := via[0]
+	re := &redirectError{to: RedactURL(req.URL.String())}
+	if req.Response != nil {
+		re.status = req.Response.StatusCode
+	}
+	switch {
+	case req.URL.Scheme != first.URL.Scheme || req.URL.Host != first.URL.Host:
+		re.why = "it points to another scheme or host"
+	case req.Method != first.Method:
+		re.why = fmt.Sprintf("a %d would resend the token request as a %s without its body", re.status, req.Method)
+	case len(via) > maxRedirects:
+		re.why = fmt.Sprintf("%d redirects followed already", maxRedirects)
+	default:
 		return nil
 	}
-	return &nc
+	return re
 }
 
 // post sends one token request with the credentials c, counts it for
@@ -227,11 +245,13 @@ func (s *Source) exchange(ctx context.Context, c *Credentials) (*Token, *Error) 
 	if err != nil {
 		return nil, &Error{Kind: KindTransient, Status: resp.StatusCode, Message: "reading the answer", Err: s.scrubber().Error(redactURLError(err))}
 	}
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		// The status says what happened, whatever the body's size: a
+		// refusal stays a refusal. Its message comes from the first MiB.
+		return nil, s.statusError(resp, body[:min(len(body), maxBodyBytes)])
+	}
 	if len(body) > maxBodyBytes {
 		return nil, &Error{Kind: KindInvalidAnswer, Status: resp.StatusCode, Message: "answer larger than 1 MiB"}
-	}
-	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return nil, s.statusError(resp, body)
 	}
 	p, perr := parseAnswer(resp.Header.Get("Content-Type"), body, time.Now(), skew, s.cfg.DefaultTTL)
 	if errors.Is(perr, errOAuthErrorAnswer) {

@@ -163,24 +163,39 @@ func TestEngineRedirects(t *testing.T) {
 		inBubble(t, fmt.Sprintf("%d to another host is not followed", code), func(t *testing.T) {
 			other := newTokenServer(t, okToken(3600))
 			srv := newTokenServer(t, func(w http.ResponseWriter, r *http.Request, n int64) {
-				http.Redirect(w, r, other.tokenURL(), code)
+				http.Redirect(w, r, other.tokenURL()+"?key=QUERYKEY", code)
 			})
 			s := newTestSource(t, srv.tokenURL())
 			te := mustGetErr(t, s)
 			if other.count() != 0 {
 				t.Fatalf("the other host received %d requests (and the secret)", other.count())
 			}
-			if !strings.Contains(te.Error(), "redirect") {
-				t.Errorf("Error() = %q, want it to mention the redirect", te.Error())
+			want := fmt.Sprintf("token endpoint answered %d: redirect to %s not followed: it points to another scheme or host (check token_url)", code, other.tokenURL())
+			if te.Error() != want {
+				t.Errorf("Error() = %q, want %q", te.Error(), want)
 			}
-			if te.Kind != KindRefused {
-				t.Errorf("Kind = %v, want refused: a redirect elsewhere is a configuration problem", te.Kind)
+			if te.Kind.String() != "redirect" || te.Status != code {
+				t.Errorf("Kind = %v, Status %d; want redirect, %d: a redirect elsewhere is a configuration problem", te.Kind, te.Status, code)
 			}
 			if leaksSecret(te.Error()) {
 				t.Errorf("Error() leaks the secret: %q", te.Error())
 			}
 		})
 	}
+	inBubble(t, "http to https on the same host is not followed", func(t *testing.T) {
+		srv := newTokenServer(t, func(w http.ResponseWriter, r *http.Request, n int64) {
+			http.Redirect(w, r, "https://"+r.Host+r.URL.Path, http.StatusMovedPermanently)
+		})
+		s := newTestSource(t, srv.tokenURL())
+		te := mustGetErr(t, s)
+		https := strings.Replace(srv.tokenURL(), "http://", "https://", 1)
+		if want := "token endpoint answered 301: redirect to " + https + " not followed: it points to another scheme or host (check token_url)"; te.Error() != want || te.Kind.String() != "redirect" {
+			t.Errorf("error %q (%v), want redirect %q", te, te.Kind, want)
+		}
+		if srv.count() != 1 {
+			t.Errorf("%d requests, want 1", srv.count())
+		}
+	})
 	inBubble(t, "307 on the same host is followed with the body", func(t *testing.T) {
 		var bodies []string
 		srv := newTokenServer(t, func(w http.ResponseWriter, r *http.Request, n int64) {
@@ -205,18 +220,42 @@ func TestEngineRedirects(t *testing.T) {
 			t.Fatalf("redirected request = %q, want a POST with the JSON body", bodies[1])
 		}
 	})
+	// A 301, 302 or 303 would make the token request a GET without its
+	// body: the endpoint would answer that as a refusal, which would send
+	// operators to the credentials.
+	for _, code := range []int{http.StatusMovedPermanently, http.StatusFound, http.StatusSeeOther} {
+		inBubble(t, fmt.Sprintf("%d on the same host is not followed", code), func(t *testing.T) {
+			srv := newTokenServer(t, func(w http.ResponseWriter, r *http.Request, n int64) {
+				if r.Method != http.MethodPost {
+					answer(401, "application/json", `{"error":401,"message":"Client authentication failed"}`)(w, r, n)
+					return
+				}
+				http.Redirect(w, r, "/new/token", code)
+			})
+			s := newTestSource(t, srv.tokenURL())
+			te := mustGetErr(t, s)
+			want := fmt.Sprintf("token endpoint answered %d: redirect to %s/new/token not followed: a %d would resend the token request as a GET without its body (check token_url)", code, srv.url, code)
+			if te.Kind.String() != "redirect" || te.Error() != want {
+				t.Errorf("error %q (%v), want redirect %q", te, te.Kind, want)
+			}
+			if srv.count() != 1 {
+				t.Errorf("%d requests, want 1: the GET was sent", srv.count())
+			}
+		})
+	}
 	inBubble(t, "same-host redirect loop stops", func(t *testing.T) {
 		srv := newTokenServer(t, func(w http.ResponseWriter, r *http.Request, n int64) {
 			http.Redirect(w, r, fmt.Sprintf("/loop/%d", n), http.StatusTemporaryRedirect)
 		})
 		s := newTestSource(t, srv.tokenURL())
 		te := mustGetErr(t, s)
-		// The first request and two redirects; the third is refused.
+		// The first request and two redirects; the third is not followed.
 		if n := srv.count(); n != 3 {
 			t.Fatalf("%d requests, want the first and 2 redirects", n)
 		}
-		if !strings.Contains(te.Error(), "stopped after 3 redirects") {
-			t.Errorf("Error() = %q, want it to say the redirects stopped", te.Error())
+		want := "token endpoint answered 307: redirect to " + srv.url + "/loop/3 not followed: 2 redirects followed already (check token_url)"
+		if te.Error() != want || te.Kind.String() != "redirect" || te.Status != 307 {
+			t.Errorf("error %q (%v, %d), want redirect %q", te, te.Kind, te.Status, want)
 		}
 	})
 }

@@ -6,11 +6,13 @@ import "time"
 // the timer that wakes the source for it, and the backoff after failures.
 
 // backoff returns how long to wait after the s.failures-th consecutive
-// failure with err: exponential with ±20% jitter, slower for refused
-// credentials, at least what a Retry-After asked for.
+// failure with err: exponential with ±20% jitter, slower for
+// configuration problems (Kind.Misconfigured: refused credentials, a
+// certificate that does not verify, a redirect), at least what a
+// Retry-After asked for.
 func (s *Source) backoff(err *Error) time.Duration {
 	lo, hi := transientBackoffMin, transientBackoffMax
-	if err.Kind == KindRefused {
+	if err.Kind.Misconfigured() {
 		lo, hi = refusedBackoffMin, refusedBackoffMax
 	}
 	d := lo

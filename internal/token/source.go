@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"golang.org/x/time/rate"
 
 	"github.com/deskoproxy/caddy-desko-auth/internal/scrub"
@@ -354,14 +355,40 @@ func (s *Source) logFailure(terr *Error, attempt int, backoff time.Duration) {
 	if terr.Status != 0 {
 		fields = append(fields, zap.Int("status", terr.Status))
 	}
-	switch {
-	case terr.Kind == KindRefused:
-		s.log.Error("token endpoint refused the credentials; check client_id, client_secret and scope", fields...)
-	case s.cur.Load().Valid(time.Now()):
-		s.log.Warn("token refresh failed; still serving the current token", fields...)
-	default:
-		s.log.Warn("could not obtain a token", fields...)
+	level, msg := FailureLog(terr.Kind, s.cur.Load().Valid(time.Now()))
+	s.log.Log(level, msg, fields...)
+}
+
+// FailureLog is the level and message of the line a source logs, once per
+// state change, when a fetch fails with an error of kind k; serving says
+// whether a valid token is still being served. Each names what to check:
+// configuration problems (Kind.Misconfigured) are ERRORs whatever the
+// token, the others WARNs.
+func FailureLog(k Kind, serving bool) (zapcore.Level, string) {
+	switch k {
+	case KindRefused:
+		return zapcore.ErrorLevel, "token endpoint refused the credentials; check client_id, client_secret and scope"
+	case KindTLS:
+		return zapcore.ErrorLevel, "token endpoint's certificate does not verify; check tls_ca and the endpoint's certificate"
+	case KindRedirect:
+		return zapcore.ErrorLevel, "token endpoint redirected the token request; check token_url"
 	}
+	var what, check string
+	switch k {
+	case KindDNS:
+		what, check = "the token endpoint's host does not resolve", "check token_url and DNS"
+	case KindConnect:
+		what, check = "no connection to the token endpoint", "check token_url's host and port, and the network"
+	default:
+		if serving {
+			return zapcore.WarnLevel, "token refresh failed; still serving the current token"
+		}
+		return zapcore.WarnLevel, "could not obtain a token"
+	}
+	if serving {
+		return zapcore.WarnLevel, "token refresh failed: " + what + "; still serving the current token; " + check
+	}
+	return zapcore.WarnLevel, "could not obtain a token: " + what + "; " + check
 }
 
 // warnDefaultTTL logs, once per source, that an answer gave no usable

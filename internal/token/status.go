@@ -32,7 +32,7 @@ const (
 	StateEmpty      State = "empty"       // no token and no failure yet
 	StateFresh      State = "fresh"       // a valid token is held
 	StateRefreshing State = "refreshing"  // a fetch is in flight
-	StateBackingOff State = "backing_off" // the last fetch failed transiently
+	StateBackingOff State = "backing_off" // the last fetch failed for another reason (LastError says which)
 	StateRefused    State = "refused"     // the token endpoint refused the credentials
 )
 

@@ -126,6 +126,10 @@ func TestStateAndKindLabels(t *testing.T) {
 		{KindTransient.String(), "transient"},
 		{KindRefused.String(), "refused"},
 		{KindInvalidAnswer.String(), "invalid_answer"},
+		{KindTLS.String(), "tls"},
+		{KindRedirect.String(), "redirect"},
+		{KindDNS.String(), "dns"},
+		{KindConnect.String(), "connect"},
 		{Kind(0).String(), "unknown"},
 		{string(StoreHit), "hit"},
 		{string(StoreAdopted), "adopted"},
@@ -137,6 +141,21 @@ func TestStateAndKindLabels(t *testing.T) {
 		if l.got != l.want {
 			t.Errorf("label %q, want %q", l.got, l.want)
 		}
+	}
+	// Kinds lists every kind once; the configuration problems are the
+	// ones retried slowly and answered 502.
+	var labels, slow []string
+	for _, k := range Kinds {
+		labels = append(labels, k.String())
+		if k.Misconfigured() {
+			slow = append(slow, k.String())
+		}
+	}
+	if got, want := strings.Join(labels, " "), "transient refused invalid_answer tls redirect dns connect"; got != want {
+		t.Errorf("Kinds = %s, want %s", got, want)
+	}
+	if got, want := strings.Join(slow, " "), "refused tls redirect"; got != want {
+		t.Errorf("misconfigured kinds = %s, want %s", got, want)
 	}
 }
 
