@@ -417,3 +417,40 @@ func TestE2ETokenEndpointPauseHoldsEveryTenant(t *testing.T) {
 		t.Errorf("%d token requests during the pause, want 1 (only acme's)", n)
 	}
 }
+
+// Every log line about a credentials_dir tenant names it once: a line with
+// two "tenant" keys is JSON that log pipelines read one way or the other
+// (or refuse). The lines of a tenant whose credentials become unreadable,
+// then whose folder is removed, and of its source, are checked.
+func TestE2ETenantLogLinesNameTheTenantOnce(t *testing.T) {
+	w := newTenantWorld(t, 2*time.Second, "initech")
+	w.load("")
+	if s, got := w.call("initech"); s != 200 || got != "client-initech" {
+		t.Fatalf("initech: %d %q", s, got)
+	}
+	// An empty secret: the last good credentials are kept, with a WARN, at
+	// the next token request (2 s tokens refresh within about 1.5 s).
+	writeFile(t, filepath.Join(w.dir, "initech", dirClientSecret), "")
+	waitFor(t, "the WARN about initech's unreadable credentials", func() bool {
+		return strings.Contains(readLog(t, w.logFile), "a tenant's credentials cannot be read; keeping the last good ones")
+	})
+	if err := os.RemoveAll(filepath.Join(w.dir, "initech")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the INFO about initech's folder being gone", func() bool {
+		return strings.Contains(readLog(t, w.logFile), "a tenant's folder is gone from credentials_dir")
+	})
+	seen := 0
+	for line := range strings.Lines(readLog(t, w.logFile)) {
+		if !strings.Contains(line, "initech") {
+			continue
+		}
+		if n := strings.Count(line, `"tenant":`); n > 1 {
+			t.Errorf("a log line names its tenant %d times: %s", n, line)
+		}
+		seen++
+	}
+	if seen < 2 {
+		t.Errorf("%d log lines name initech, want at least the WARN and the INFO", seen)
+	}
+}
