@@ -184,6 +184,15 @@ func TestE2ETenantsPickCredentials(t *testing.T) {
 	if v := metricValue(t, text, "desko_auth_token_fetches_total", map[string]string{"source": block, "result": "ok"}); v != 3 {
 		t.Errorf("the block's fetches = %v, want 3", v)
 	}
+	// One expiry gauge cannot tell the block's tenants apart, and the last
+	// one set would outlive its tenant (an alert on it would fire once the
+	// tenant is released): the block's stays 0; a named tenant has its own.
+	if v := metricValue(t, text, "desko_auth_token_expiry_timestamp_seconds", map[string]string{"source": block}); v != 0 {
+		t.Errorf("the block's token expiry = %v, want 0", v)
+	}
+	if v := metricValue(t, text, "desko_auth_token_expiry_timestamp_seconds", map[string]string{"source": p.Tenants[0].Source}); v < float64(time.Now().Unix()) {
+		t.Errorf("the named tenant acme's token expiry = %v, want its token's", v)
+	}
 	logs, _ := os.ReadFile(w.logFile)
 	for _, name := range []string{"acme", "globex", "initech", "umbrella", "hooli"} {
 		scrubtest.NewCheck("client-"+name, tenantSecret(name), w.desko.Issued()...).AssertNone(t, "Caddy's log", string(logs))
