@@ -463,3 +463,29 @@ func TestE2ETenantLogLinesNameTheTenantOnce(t *testing.T) {
 		t.Errorf("%d log lines name initech, want at least the WARN and the INFO", seen)
 	}
 }
+
+// The shared cache's gauges count a credentials_dir tenant under its
+// block's label, like its other series: a storage that fails for the
+// tenants of a folder shows as degraded (and DeskoAuthSharedCacheDegraded
+// can fire), not as nothing.
+func TestE2ETenantsSharedCacheGauges(t *testing.T) {
+	w := newTenantWorld(t, time.Hour, "initech")
+	notADir := filepath.Join(t.TempDir(), "not-a-folder")
+	writeFile(t, notADir, "a file where the storage wants a folder\n")
+	w.load(fmt.Sprintf("warm_up off\n\t\tshared_cache {\n\t\t\tstorage file_system %s\n\t\t}", notADir))
+	if s, got := w.call("initech"); s != 200 || got != "client-initech" {
+		t.Fatalf("initech with a failing storage: %d %q (a token fetched locally is still served)", s, got)
+	}
+	var block string
+	for _, tn := range tenantPage(t, "").Tenants {
+		if tn.Kind == "dir" {
+			block = tn.Block
+		}
+	}
+	if block == "" {
+		t.Fatal("initech is not live")
+	}
+	if degraded, stuck := sharedGauges(t, block); degraded != 1 || stuck != 0 {
+		t.Errorf("the block's shared cache gauges: degraded %v, stuck %v; want 1 and 0", degraded, stuck)
+	}
+}

@@ -38,6 +38,9 @@ type source struct {
 	// hidden keeps a credentials_dir tenant's source out of the status
 	// endpoint's list of sources (its tenants are listed, paged, apart).
 	hidden bool
+	// series is the label the source's series are counted under: its
+	// own, or its tenant block's (a credentials_dir tenant's).
+	series string
 }
 
 // credentialPoll is how often a source whose credentials come from files
@@ -109,7 +112,7 @@ func (h *Handler) attachWith(env sourceEnv, creds *token.Credentials, cs token.C
 		if err != nil {
 			return nil, err
 		}
-		return &source{key: h.key, engine: e, obs: obs, metrics: metrics, label: label, hidden: metricsLabel != "",
+		return &source{key: h.key, engine: e, obs: obs, metrics: metrics, label: label, hidden: metricsLabel != "", series: cmp.Or(metricsLabel, label),
 			clientID: creds.ClientID, tokenURL: token.RedactURL(cfg.TokenURL), scopes: cfg.Scopes, id: id}, nil
 	})
 	if err != nil {
