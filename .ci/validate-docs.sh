@@ -88,6 +88,7 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 
 echo ci-file-secret >"$root/run/credentials/caddy.service/desko_client_secret"
 export HOME=$scratch/home XDG_DATA_HOME=$scratch/home XDG_CONFIG_HOME=$scratch/home
 export DESKO_CLIENT_ID=ci-client DESKO_CLIENT_SECRET=ci-secret PARTNER_CLIENT_ID=ci-partner
+export ACME_ID=ci-acme GLOBEX_ID=ci-globex
 export DESKO_TOKEN_URL=http://127.0.0.1:9/v1.1/oauth/token
 export CREDENTIALS_DIRECTORY=$root/run/credentials/caddy.service
 export HTTPS_PROXY=http://127.0.0.1:9 HTTP_PROXY=http://127.0.0.1:9 NO_PROXY=
