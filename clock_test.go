@@ -118,7 +118,7 @@ func (e *e2e) peerToken(t *testing.T) (string, time.Duration) {
 // request reaches the upstream with an expired token, and clients see
 // only 200s.
 func TestE2EPeerClockAhead(t *testing.T) {
-	const ttl, ahead = 4 * time.Second, 10 * time.Minute
+	const ttl, ahead = 3 * time.Second, 10 * time.Minute
 	e := newE2E(t, ttl)
 	dir := t.TempDir()
 	peer, err := fleet.New(&certmagic.FileStorage{Path: dir}, e.tokenURL(), []string{"booking.show", "organization.show"}, nil)
@@ -151,7 +151,7 @@ func TestE2EPeerClockAhead(t *testing.T) {
 	defer func() { close(stop); <-stopped }()
 
 	e.load("warm_up off\n\t\tshared_cache {\n\t\t\tstorage file_system " + dir + "\n\t\t}")
-	counts := e.clients(2, ttl*5/2)
+	counts := e.clients(2, ttl*2)
 	t.Logf("clients: %v; upstream 401s: %d; token requests: %d (the peer's and Caddy's)", counts, e.desko.APIRejected(), e.desko.TokenRequests())
 	if n := e.desko.APIRejected(); n != 0 {
 		t.Errorf("%d requests reached the upstream with an expired token", n)
@@ -203,7 +203,7 @@ func TestE2ENoTokenInItsLastMoments(t *testing.T) {
 func TestE2ETokenEndpointClockSkew(t *testing.T) {
 	for _, offset := range []time.Duration{10 * time.Minute, -10 * time.Minute} {
 		t.Run(fmt.Sprint(offset), func(t *testing.T) {
-			const ttl = 4 * time.Second
+			const ttl = 3 * time.Second
 			e := newE2E(t, ttl)
 			e.desko.SetClockOffset(offset)
 			e.desko.SetOmitExpiresIn(true)
@@ -216,7 +216,7 @@ func TestE2ETokenEndpointClockSkew(t *testing.T) {
 			if life := st.ExpiresAt.Sub(st.LastFetchAt); life < ttl-time.Second || life > ttl+time.Second {
 				t.Errorf("the token expires %v after its fetch; want its real %v", life, ttl)
 			}
-			counts := e.clients(2, ttl*3/2)
+			counts := e.clients(2, ttl*4/3)
 			t.Logf("clients: %v; upstream 401s: %d; token requests: %d", counts, e.desko.APIRejected(), e.desko.TokenRequests())
 			if n := e.desko.APIRejected(); n != 0 {
 				t.Errorf("%d requests reached the upstream with an expired token", n)
@@ -225,7 +225,7 @@ func TestE2ETokenEndpointClockSkew(t *testing.T) {
 				t.Errorf("clients got %v; want only 200s", counts)
 			}
 			if n := e.desko.TokenRequests(); n < 2 {
-				t.Errorf("%d token requests in %v of %v tokens: the token was not refreshed", n, ttl*3/2, ttl)
+				t.Errorf("%d token requests in %v of %v tokens: the token was not refreshed", n, ttl*4/3, ttl)
 			}
 			if n := e.logCount("warn", "clock"); n != 1 {
 				t.Errorf("%d WARNs about the token endpoint's clock, want 1", n)

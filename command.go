@@ -27,14 +27,16 @@ import (
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "desko-auth",
-		Usage: "check --config <file> [--adapter <name>] [--json]",
+		Usage: "check --config <file> [--adapter <name>] [--json] [--tenant <name>...]",
 		Short: "Checks the credentials of every desko_auth credential set in a config",
 		Long: `
 desko-auth check loads the config the way 'caddy run' would (placeholders
 expanded, files read) but starts no server and writes nothing to any
-storage. For every credential set it finds (each desko_auth block; blocks
-that make the same source are checked once) it obtains one token and prints
-a row: the source label, the client ID, the result (ok; refused with the
+storage. For every credential set it finds (each desko_auth block, each
+named credentials block of a tenant block, and, with --tenant NAME, that
+tenant of every credentials_dir; sets that make the same source are checked
+once) it obtains one token and prints a row: the source label, the tenant,
+the client ID, the result (ok; refused with the
 token endpoint's reason; tls, redirect, dns or connect with what to
 check; unavailable; invalid answer), the token's lifetime, the scopes
 granted and the round-trip time, with the client authentication style
@@ -45,7 +47,7 @@ Exit status: 0 when every set works, 1 when any fails, 2 when the config
 itself is invalid (with the message 'caddy validate' gives).`,
 		CobraFunc: func(cmd *cobra.Command) {
 			check := &cobra.Command{
-				Use:   "check --config <file> [--adapter <name>] [--json]",
+				Use:   "check --config <file> [--adapter <name>] [--json] [--tenant <name>...]",
 				Short: "Obtains one token for every credential set of a config",
 				Args:  cobra.NoArgs,
 				RunE:  caddycmd.WrapCommandFuncForCobra(cmdCheck),
@@ -53,6 +55,7 @@ itself is invalid (with the message 'caddy validate' gives).`,
 			check.Flags().StringP("config", "c", "", "Configuration file (required)")
 			check.Flags().StringP("adapter", "a", "", "Name of the config adapter (default: caddyfile for a file named Caddyfile)")
 			check.Flags().Bool("json", false, "Print one JSON object per credential set")
+			check.Flags().StringSlice("tenant", nil, "Also check these tenants of every credentials_dir (repeatable, or comma-separated)")
 			cmd.AddCommand(check)
 		},
 	})
@@ -64,12 +67,16 @@ const (
 	checkRefused       = "refused"
 	checkUnavailable   = "unavailable"
 	checkInvalidAnswer = "invalid answer"
+	// checkUnknownTenant is a --tenant that a credentials_dir does not
+	// hold.
+	checkUnknownTenant = "unknown tenant"
 )
 
 // checkRow is one credential set's result. It holds no token and no
 // secret.
 type checkRow struct {
 	Source    string  `json:"source"`
+	Tenant    string  `json:"tenant,omitempty"` // the tenant of a tenant block's set
 	ClientID  string  `json:"client_id"`
 	AuthStyle string  `json:"auth_style"`
 	KeyID     string  `json:"key_id,omitempty"` // the kid of a private_key_jwt set's key, if any
@@ -89,7 +96,24 @@ func cmdCheck(fl caddycmd.Flags) (int, error) {
 	if err != nil {
 		return 2, err
 	}
-	rows, secrets := checkAll(handlers)
+	tenants, err := fl.GetStringSlice("tenant")
+	if err != nil {
+		return 2, err
+	}
+	for _, name := range tenants {
+		if !validTenantName(name) {
+			return 2, fmt.Errorf("--tenant %q: a tenant name is 1 to %d ASCII letters, digits, '.', '_' or '-', not starting with '.'", name, maxTenantName)
+		}
+	}
+	sets, dirRows, err := checkSets(handlers, tenants)
+	if err != nil {
+		return 2, err
+	}
+	rows, secrets := checkAll(sets)
+	rows = append(rows, dirRows...)
+	if len(rows) == 0 {
+		return 1, errors.New("no credential set to check: the tenant blocks have no credentials blocks; name credentials_dir tenants with --tenant")
+	}
 	sc := scrub.New("", "", secrets...)
 	if err := printRows(os.Stdout, rows, fl.Bool("json"), sc); err != nil {
 		return 1, fmt.Errorf("writing the results: %w", err)
@@ -157,10 +181,72 @@ func walkHandlers(v any, f func(json.RawMessage)) {
 	}
 }
 
-// checkAll obtains one token for each distinct source of the handlers, in
-// parallel, and returns a row per source in the handlers' order, with the
+// checkSet is one credential set to check: a block's settings (a tenant's
+// on top of its block's), and the credentials of a credentials_dir tenant,
+// read from its folder.
+type checkSet struct {
+	h     *Handler
+	creds *token.Credentials // nil: h's own values, expanded
+}
+
+// checkSets lists the credential sets of the handlers: each block that is
+// not a tenant block; each named credentials block of a tenant block; and
+// each of tenants that a tenant block's credentials_dir holds (read as the
+// running module reads it, through os.Root). A tenant that no
+// credentials_dir holds gets a row of its own, unknown tenant.
+func checkSets(handlers []*Handler, tenants []string) ([]checkSet, []checkRow, error) {
+	var sets []checkSet
+	var rows []checkRow
+	found := map[string]bool{}
+	dirs := 0
+	for _, h := range handlers {
+		if !h.tenantMode() {
+			sets = append(sets, checkSet{h: h})
+			continue
+		}
+		for _, name := range slices.Sorted(maps.Keys(h.Credentials)) {
+			sets = append(sets, checkSet{h: h.forTenant(name, h.Credentials[name])})
+		}
+		if h.CredentialsDir == "" || len(tenants) == 0 {
+			continue
+		}
+		dirs++
+		dir, err := openCredentialsDir(h.CredentialsDir)
+		if err != nil {
+			return nil, nil, err
+		}
+		for _, name := range tenants {
+			creds, scopes, err := dir.credentials(name)
+			switch {
+			case errors.Is(err, errNoTenant):
+				continue
+			case err != nil:
+				found[name] = true
+				rows = append(rows, checkRow{Tenant: name, Result: checkInvalidConfig, Reason: err.Error()})
+				continue
+			}
+			found[name] = true
+			th := h.forTenant(name, &TenantCredentials{Scopes: scopes})
+			th.dirTenant = dir.path
+			sets = append(sets, checkSet{h: th, creds: creds})
+		}
+		_ = dir.Close()
+	}
+	if len(tenants) > 0 && dirs == 0 {
+		return nil, nil, errors.New("--tenant: the config has no tenant block with a credentials_dir")
+	}
+	for _, name := range tenants {
+		if !found[name] {
+			rows = append(rows, checkRow{Tenant: name, Result: checkUnknownTenant, Reason: "no credentials_dir holds this tenant"})
+		}
+	}
+	return sets, rows, nil
+}
+
+// checkAll obtains one token for each distinct source of the sets, in
+// parallel, and returns a row per source in the sets' order, with the
 // secrets the rows must not show.
-func checkAll(handlers []*Handler) ([]checkRow, []string) {
+func checkAll(sets []checkSet) ([]checkRow, []string) {
 	type job struct {
 		row  checkRow
 		src  *token.Source
@@ -170,10 +256,11 @@ func checkAll(handlers []*Handler) ([]checkRow, []string) {
 	var jobs []*job
 	var secrets []string
 	seen := map[string]bool{}
-	for _, h := range handlers {
+	for _, set := range sets {
+		h := set.h
 		j := &job{done: make(chan struct{})}
 		jobs = append(jobs, j)
-		src, row, creds, key, timeout, err := h.checkSource()
+		src, row, creds, key, timeout, err := h.checkSource(set.creds)
 		if creds != nil {
 			secrets = append(append(secrets, creds.ClientSecret), creds.Secrets...)
 			if creds.Key != nil {
@@ -181,7 +268,7 @@ func checkAll(handlers []*Handler) ([]checkRow, []string) {
 			}
 		}
 		if err != nil {
-			j.row = checkRow{ClientID: h.ClientID, Result: checkInvalidConfig, Reason: err.Error()}
+			j.row = checkRow{Tenant: h.tenantName, ClientID: h.ClientID, Result: checkInvalidConfig, Reason: err.Error()}
 			close(j.done)
 			continue
 		}
@@ -219,15 +306,18 @@ const checkInvalidConfig = "invalid config"
 
 // checkSource builds the token source of h as Provision would, without a
 // shared cache (the check writes nothing to any storage), and the row that
-// names it. The caller closes the source and cleans h up.
-func (h *Handler) checkSource() (src *token.Source, row checkRow, creds *token.Credentials, key string, timeout time.Duration, err error) {
+// names it; with the credentials given (a credentials_dir tenant's), else
+// with h's values expanded. The caller closes the source and cleans h up.
+func (h *Handler) checkSource(given *token.Credentials) (src *token.Source, row checkRow, creds *token.Credentials, key string, timeout time.Duration, err error) {
 	h.logger = caddy.Log().Named("desko_auth.check").WithOptions(zap.IncreaseLevel(zap.WarnLevel))
 	if err := h.Validate(); err != nil {
-		return nil, row, nil, "", 0, err
+		return nil, row, given, "", 0, err
 	}
-	creds, err = h.credentialValues().expand()
-	if err != nil {
-		return nil, row, nil, "", 0, err
+	creds = given
+	if creds == nil {
+		if creds, err = h.credentialValues().expand(); err != nil {
+			return nil, row, nil, "", 0, err
+		}
 	}
 	cfg, tlsFingerprint, err := h.requestConfig()
 	if err != nil {
@@ -238,7 +328,7 @@ func (h *Handler) checkSource() (src *token.Source, row checkRow, creds *token.C
 	if src, err = token.New(cfg); err != nil {
 		return nil, row, creds, "", 0, err
 	}
-	row = checkRow{Source: id.label(creds.ClientID), ClientID: creds.ClientID, AuthStyle: cfg.Auth.String()}
+	row = checkRow{Source: id.label(creds.ClientID), Tenant: h.tenantName, ClientID: creds.ClientID, AuthStyle: cfg.Auth.String()}
 	if creds.Key != nil {
 		row.KeyID = creds.Key.ID()
 	}
@@ -281,13 +371,13 @@ func printRows(w io.Writer, rows []checkRow, asJSON bool, sc *scrub.Scrubber) er
 		return out.err
 	}
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "SOURCE\tCLIENT ID\tSTYLE\tKEY ID\tRESULT\tLIFETIME\tSCOPES\tRTT")
+	fmt.Fprintln(tw, "SOURCE\tTENANT\tCLIENT ID\tSTYLE\tKEY ID\tRESULT\tLIFETIME\tSCOPES\tRTT")
 	for _, r := range rows {
 		result := r.Result
 		if r.Reason != "" {
 			result += ": " + r.Reason
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.0fms\n", r.Source, r.ClientID, r.AuthStyle, orDash(r.KeyID), result,
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.0fms\n", orDash(r.Source), orDash(r.Tenant), orDash(r.ClientID), orDash(r.AuthStyle), orDash(r.KeyID), result,
 			orDash(r.Lifetime), orDash(r.Scopes), r.RTTMillis)
 	}
 	if err := tw.Flush(); err != nil {

@@ -159,6 +159,67 @@ func TestCheckCommand(t *testing.T) {
 		}
 	})
 
+	t.Run("tenants", func(t *testing.T) {
+		// Named credentials are always checked; a credentials_dir's
+		// tenants only when named with --tenant.
+		dir := t.TempDir()
+		for name, secret := range map[string]string{"dir-good": checkSecret, "dir-bad": "Zq7-other-tenant-Lp30"} {
+			if err := os.Mkdir(filepath.Join(dir, name), 0o700); err != nil {
+				t.Fatal(err)
+			}
+			writeFile(t, filepath.Join(dir, name, "client_id"), checkClientID+"\n")
+			writeFile(t, filepath.Join(dir, name, "client_secret"), secret+"\n")
+		}
+		writeFile(t, filepath.Join(dir, "dir-good", "scope"), "booking.show\n")
+		block := fmt.Sprintf("\t\ttenant {http.request.header.X-Tenant}\n\t\ttoken_url %s\n\t\tcredentials_dir %s\n"+
+			"\t\tcredentials acme {\n\t\t\tclient_id %s\n\t\t\tclient_secret {env.CHECK_SECRET}\n\t\t}\n"+
+			"\t\tcredentials globex {\n\t\t\tclient_id %s\n\t\t\tclient_secret Wd5-globex-wrong-Ka92\n\t\t}",
+			tokenURL, dir, checkClientID, checkClientID)
+		before := desko.TokenRequests()
+		code, stdout, stderr := runCheck(t, checkConfig(block), "--json")
+		if code != 1 {
+			t.Fatalf("exit %d, want 1 (globex is refused); stdout %s; stderr %s", code, stdout, stderr)
+		}
+		rows := checkRows(t, stdout)
+		if len(rows) != 2 || rows[0].Tenant != "acme" || rows[0].Result != checkOK || rows[1].Tenant != "globex" || rows[1].Result != checkRefused {
+			t.Fatalf("rows %+v, want acme ok and globex refused, and no credentials_dir tenant", rows)
+		}
+		if n := desko.TokenRequests() - before; n != 2 {
+			t.Errorf("%d token requests, want 2", n)
+		}
+
+		code, stdout, stderr = runCheck(t, checkConfig(block), "--json", "--tenant", "dir-good,dir-bad", "--tenant", "nobody")
+		if code != 1 {
+			t.Fatalf("exit %d, want 1; stdout %s; stderr %s", code, stdout, stderr)
+		}
+		got := map[string]checkRow{}
+		for _, r := range checkRows(t, stdout) {
+			got[r.Tenant] = r
+		}
+		for tenant, want := range map[string]string{"acme": checkOK, "globex": checkRefused, "dir-good": checkOK, "dir-bad": checkRefused, "nobody": checkUnknownTenant} {
+			if r, ok := got[tenant]; !ok || r.Result != want {
+				t.Errorf("tenant %s: row %+v, want %s", tenant, r, want)
+			}
+		}
+		if r := got["dir-good"]; r.Scopes != "booking.show" || r.ClientID != checkClientID || !strings.HasPrefix(r.Source, checkClientID+"@") {
+			t.Errorf("dir-good: %+v, want its client ID, its scope file's scope and a source label", r)
+		}
+		if len(got) != 5 {
+			t.Errorf("%d rows, want 5: %s", len(got), stdout)
+		}
+		checkClean(t, desko, stdout+stderr)
+		for _, other := range []string{"Zq7-other-tenant-Lp30", "Wd5-globex-wrong-Ka92"} {
+			scrubtest.NewCheck(checkClientID, other).AssertNone(t, "the check's output", stdout+stderr)
+		}
+
+		// A tenant value that could leave the folder is refused as input.
+		for _, bad := range []string{"../dir-good", "/etc", ".hidden", "a/b"} {
+			if code, stdout, stderr := runCheck(t, checkConfig(block), "--tenant", bad); code != 2 || !strings.Contains(stderr, "a tenant name is") {
+				t.Errorf("--tenant %q: exit %d, want 2 naming the rule; stdout %s; stderr %s", bad, code, stdout, stderr)
+			}
+		}
+	})
+
 	t.Run("invalid config", func(t *testing.T) {
 		cfg := checkConfig("\t\tclient_id x")
 		code, stdout, stderr := runCheck(t, cfg)
@@ -257,7 +318,7 @@ func TestCheckCommandJWTStyles(t *testing.T) {
 		{"check-hs", "client_secret_jwt", "-", "ok"},
 	} {
 		got := strings.Fields(lines[i+1])
-		if len(got) < 5 || got[1] != fields[0] || got[2] != fields[1] || got[3] != fields[2] || got[4] != fields[3] {
+		if len(got) < 6 || got[1] != "-" || got[2] != fields[0] || got[3] != fields[1] || got[4] != fields[2] || got[5] != fields[3] {
 			t.Errorf("table row %d: %q, want source, %s", i+1, lines[i+1], strings.Join(fields, ", "))
 		}
 	}

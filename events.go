@@ -124,9 +124,10 @@ func (r *emitterRef) fetched(label string, err *token.Error, result string, took
 	go em.app.Emit(em.ctx, name, data)
 }
 
-// credentialsChanged emits EventCredentialsChanged.
+// credentialsChanged emits EventCredentialsChanged (without
+// App.ShouldEmit, for the reason fetched gives).
 func (r *emitterRef) credentialsChanged(label string) {
-	if em := r.p.Load(); em != nil && em.app.ShouldEmit(EventCredentialsChanged) {
+	if em := r.p.Load(); em != nil {
 		go em.app.Emit(em.ctx, EventCredentialsChanged, map[string]any{"source": label})
 	}
 }
