@@ -210,7 +210,8 @@ func TestTroubleshootingQuotesTheFailureKinds(t *testing.T) {
 // The rest of the page: every message quoted in a table's first column,
 // or after a log level, is made of text the module's sources (or
 // certmagic's, for the storage's errors) print, "…" standing for any text.
-// So are the log lines docs/failures.md and docs/logs.md quote.
+// So are the log lines docs/failures.md, docs/logs.md and docs/tenants.md
+// quote.
 func TestTroubleshootingQuotesRealMessages(t *testing.T) {
 	var msgs []string
 	for _, s := range readSections(t, troubleshootingPage) {
@@ -249,7 +250,7 @@ func TestTroubleshootingQuotesRealMessages(t *testing.T) {
 	checkQuotes(t, troubleshootingPage, msgs, lits)
 
 	// The log lines other pages quote after their level.
-	for _, page := range []string{"docs/failures.md", "docs/logs.md"} {
+	for _, page := range []string{"docs/failures.md", "docs/logs.md", "docs/tenants.md"} {
 		b, err := os.ReadFile(page)
 		if err != nil {
 			t.Fatal(err)

@@ -116,7 +116,7 @@ func fileProblem(file string, err error) error {
 type dirCredentials struct {
 	dir        *credentialsDir
 	tenant     string
-	log        *zap.Logger
+	log        *zap.Logger // the block's: each line names the tenant itself
 	unreadable prometheus.Counter
 	gone       func()
 
