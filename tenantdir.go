@@ -203,10 +203,3 @@ func (c *missCache) add(v string, now time.Time) {
 	}
 	c.m[v] = now.Add(missFor)
 }
-
-// forget forgets v (a tenant added since).
-func (c *missCache) forget(v string) {
-	c.mu.Lock()
-	delete(c.m, v)
-	c.mu.Unlock()
-}
