@@ -14,6 +14,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	tokenpkg "github.com/deskoproxy/caddy-desko-auth/internal/token"
 )
 
@@ -208,7 +210,8 @@ func TestTroubleshootingQuotesTheFailureKinds(t *testing.T) {
 // The rest of the page: every message quoted in a table's first column,
 // or after a log level, is made of text the module's sources (or
 // certmagic's, for the storage's errors) print, "…" standing for any text.
-// So are the log lines docs/failures.md and docs/logs.md quote.
+// So are the log lines docs/failures.md, docs/logs.md and docs/tenants.md
+// quote.
 func TestTroubleshootingQuotesRealMessages(t *testing.T) {
 	var msgs []string
 	for _, s := range readSections(t, troubleshootingPage) {
@@ -247,7 +250,7 @@ func TestTroubleshootingQuotesRealMessages(t *testing.T) {
 	checkQuotes(t, troubleshootingPage, msgs, lits)
 
 	// The log lines other pages quote after their level.
-	for _, page := range []string{"docs/failures.md", "docs/logs.md"} {
+	for _, page := range []string{"docs/failures.md", "docs/logs.md", "docs/tenants.md"} {
 		b, err := os.ReadFile(page)
 		if err != nil {
 			t.Fatal(err)
@@ -476,6 +479,33 @@ func TestDocsListEveryKind(t *testing.T) {
 	for _, name := range []string{EventTokenObtained, EventRefreshFailed, EventCredentialsRefused} {
 		if !strings.Contains(string(b), "| `"+name+"` |") {
 			t.Errorf("docs/caddy-integration.md has no row for the event %s", name)
+		}
+	}
+}
+
+// The outcomes of desko_auth_requests_total: docs/metrics.md's row and the
+// metric's help list every one the code counts.
+func TestDocsListEveryOutcome(t *testing.T) {
+	b, err := os.ReadFile("docs/metrics.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const row = "| `desko_auth_requests_total` |"
+	text := string(b)
+	i := strings.Index(text, row)
+	if i < 0 {
+		t.Fatalf("docs/metrics.md has no %q", row)
+	}
+	line, _, _ := strings.Cut(text[i:], "\n")
+	ch := make(chan *prometheus.Desc, 1)
+	metrics.requests.Describe(ch)
+	desc := (<-ch).String()
+	for o := range numOutcomes {
+		if !strings.Contains(line, "`"+o.String()+"`") {
+			t.Errorf("docs/metrics.md's %s row does not list the outcome %s", row, o)
+		}
+		if !strings.Contains(desc, o.String()) {
+			t.Errorf("the help of desko_auth_requests_total does not list the outcome %s: %s", o, desc)
 		}
 	}
 }

@@ -1,6 +1,7 @@
 package deskoauth
 
 import (
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -331,4 +332,99 @@ func TestValidateFloorsAndHeaders(t *testing.T) {
 		{"token_header Connection", func(h *Handler) { h.TokenHeaders = map[string]string{"Connection": "close"} }, "token_header: Connection cannot be set|hop-by-hop"},
 		{"token_header X-Api-Key from a file", func(h *Handler) { h.TokenHeaders = map[string]string{"X-Api-Key": "{file./run/key}"} }, ""},
 	})
+}
+
+// Issue 16, point 2, through Caddy: a token endpoint that echoes the
+// request, or the secret, encoded: base64 of the whole request body (the
+// secret at whatever offset the body puts it), base64 after one or two
+// bytes, upper- and lower-cased, reversed, spaced out, split between
+// error and error_description, hex under unpadded base64url. Neither the
+// client's answer nor Caddy's log nor the admin status may hold anything
+// the echo's own decoders (scrubtest's steps, not the scrubber) read
+// back as 8 bytes of the secret.
+func TestE2EEncodedEchoesNeverLeak(t *testing.T) {
+	const secret = "Kq8vT2xW9mR4-pZ7nB3yH6cJ"
+	b64 := base64.StdEncoding.EncodeToString
+	echoes := []struct {
+		name  string
+		chain []scrubtest.Step // how the echo encodes what it shows
+		echo  func(body string) (code, desc string)
+	}{
+		{"body_base64", []scrubtest.Step{scrubtest.B64Std}, func(body string) (string, string) {
+			return "invalid_request", "could not parse request " + b64([]byte(body))
+		}},
+		{"x_base64", []scrubtest.Step{scrubtest.B64Std}, func(string) (string, string) { return "invalid_client", "bad " + b64([]byte("x"+secret)) }},
+		{"xy_base64", []scrubtest.Step{scrubtest.B64Std}, func(string) (string, string) { return "invalid_client", "bad " + b64([]byte("xy"+secret)) }},
+		{"upper", []scrubtest.Step{scrubtest.Upper}, func(string) (string, string) { return "invalid_client", "secret " + strings.ToUpper(secret) }},
+		{"lower", []scrubtest.Step{scrubtest.Lower}, func(string) (string, string) { return "invalid_client", "secret " + strings.ToLower(secret) }},
+		{"reversed", []scrubtest.Step{scrubtest.Reverse}, func(string) (string, string) {
+			r := []rune(secret)
+			for i, j := 0, len(r)-1; i < j; i, j = i+1, j-1 {
+				r[i], r[j] = r[j], r[i]
+			}
+			return "invalid_client", "terces " + string(r)
+		}},
+		{"spaced", []scrubtest.Step{scrubtest.Spaced(" ")}, func(string) (string, string) {
+			return "invalid_client", "secret " + strings.Join(strings.Split(secret, ""), " ")
+		}},
+		{"split", nil, func(string) (string, string) { return secret[:12], secret[12:] }},
+		{"hex_base64url", []scrubtest.Step{scrubtest.Hex, scrubtest.B64URLRaw}, func(string) (string, string) {
+			return "invalid_client", "bad " + base64.RawURLEncoding.EncodeToString([]byte(fmt.Sprintf("%x", secret)))
+		}},
+	}
+	echo := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		for _, ec := range echoes {
+			if r.URL.Path == "/"+ec.name {
+				code, desc := ec.echo(string(body))
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(http.StatusBadRequest)
+				_ = json.NewEncoder(w).Encode(map[string]string{"error": code, "error_description": desc})
+				return
+			}
+		}
+		http.NotFound(w, r)
+	}))
+	t.Cleanup(echo.Close)
+	e := newE2E(t, time.Hour)
+	t.Setenv("DESKO_TEST_SECRET", secret)
+	var site strings.Builder
+	fmt.Fprintf(&site, "%s {\n", proxyBase)
+	for _, ec := range echoes {
+		fmt.Fprintf(&site, "\thandle /%s/* {\n\t\tdesko_auth {\n\t\t\tclient_id %s\n\t\t\tclient_secret {env.DESKO_TEST_SECRET}\n\t\t\ttoken_url %s/%s\n\t\t\twarm_up off\n\t\t}\n\t\trespond \"never reached\"\n\t}\n",
+			ec.name, testClientID, echo.URL, ec.name)
+	}
+	site.WriteString("}\n")
+	e.loadRaw(site.String())
+
+	var bodies strings.Builder
+	for _, ec := range echoes {
+		status, _, body := e.do("GET", "/"+ec.name+"/x", "")
+		if status != http.StatusBadGateway {
+			t.Errorf("%s: status %d, want 502: %s", ec.name, status, body)
+		}
+		bodies.WriteString(body + "\n")
+	}
+	logs, err := os.ReadFile(e.logFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, admin := adminDo(t, "GET", "/desko_auth/status")
+	if !strings.Contains(string(logs), "could not parse request") || !strings.Contains(admin, "token endpoint answered 400") {
+		t.Fatalf("the log or the status lacks the endpoint's answer: the test would prove nothing\n%.2000s", admin)
+	}
+	sample := `{"client_id":"` + testClientID + `","client_secret":"` + secret + `","grant_type":"client_credentials"}`
+	for _, ec := range echoes {
+		// The echo itself leaks, as its decoders read it: the check is
+		// sound.
+		code, desc := ec.echo(sample)
+		if _, ok := scrubtest.Recover(code+" "+desc, secret, ec.chain); !ok {
+			t.Fatalf("%s: the decoders cannot read the secret back from the echo itself", ec.name)
+		}
+		for what, text := range map[string]string{"the clients' answers": bodies.String(), "Caddy's log": string(logs), "the admin status": admin} {
+			if r, ok := scrubtest.Recover(text, secret, ec.chain); ok {
+				t.Errorf("%s: %s hold the secret, read back through %d steps as %.200q", ec.name, what, len(ec.chain), r)
+			}
+		}
+	}
 }

@@ -2,6 +2,7 @@ package deskoauth
 
 import (
 	"errors"
+	"slices"
 	"sync"
 	"time"
 
@@ -47,7 +48,7 @@ var metrics = struct {
 	requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "desko_auth",
 		Name:      "requests_total",
-		Help:      "Requests handled, by outcome (injected, unavailable, replayed, replay_failed, over_replay_budget).",
+		Help:      "Requests handled, by outcome (injected, unavailable, replayed, replay_failed, over_replay_budget, unknown_tenant).",
 	}, []string{"source", "outcome"}),
 	shared: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "desko_auth",
@@ -198,8 +199,9 @@ func (m *sourceMetrics) count(o outcome) { m.requests[o].Inc() }
 // sharedCacheCollector reports, when scraped, the state of the shared
 // cache of every live source that has one: desko_auth_shared_cache_degraded
 // and desko_auth_shared_cache_stuck_calls. Sources that share a label
-// (same client ID, token URL and scopes, other settings) are added up: the
-// cache is degraded if any is, and their stuck calls are summed.
+// (same client ID, token URL and scopes, other settings; or the tenants of
+// a credentials_dir, under their block's) are added up: the cache is
+// degraded if any is, and their stuck calls are summed.
 type sharedCacheCollector struct {
 	degraded, stuck *prometheus.Desc
 }
@@ -215,22 +217,25 @@ func (c sharedCacheCollector) Collect(ch chan<- prometheus.Metric) {
 	type state struct{ degraded, stuck float64 }
 	var labels []string
 	by := map[string]*state{}
-	for _, s := range snapshot() { // sorted by label
+	sources.Range(func(_, v any) bool { // every live source, the hidden ones too
+		s := v.(*source)
 		sc := s.engine.SharedCache()
 		if sc == nil {
-			continue
+			return true
 		}
-		st, ok := by[s.label]
+		st, ok := by[s.series]
 		if !ok {
 			st = &state{}
-			by[s.label] = st
-			labels = append(labels, s.label)
+			by[s.series] = st
+			labels = append(labels, s.series)
 		}
 		if sc.State == token.SharedCacheDegraded {
 			st.degraded = 1
 		}
 		st.stuck += float64(sc.StuckCalls)
-	}
+		return true
+	})
+	slices.Sort(labels)
 	for _, l := range labels {
 		ch <- prometheus.MustNewConstMetric(c.degraded, prometheus.GaugeValue, by[l].degraded, l)
 		ch <- prometheus.MustNewConstMetric(c.stuck, prometheus.GaugeValue, by[l].stuck, l)

@@ -116,7 +116,7 @@ func fileProblem(file string, err error) error {
 type dirCredentials struct {
 	dir        *credentialsDir
 	tenant     string
-	log        *zap.Logger
+	log        *zap.Logger // the block's: each line names the tenant itself
 	unreadable prometheus.Counter
 	gone       func()
 
@@ -202,11 +202,4 @@ func (c *missCache) add(v string, now time.Time) {
 		}
 	}
 	c.m[v] = now.Add(missFor)
-}
-
-// forget forgets v (a tenant added since).
-func (c *missCache) forget(v string) {
-	c.mu.Lock()
-	delete(c.m, v)
-	c.mu.Unlock()
 }

@@ -178,7 +178,7 @@ func (s *tenantSet) start(name string, now time.Time) (*binding, error) {
 	}
 	th := s.block.forTenant(name, &TenantCredentials{Scopes: scopes})
 	th.dirTenant = s.dir.path
-	dc := &dirCredentials{dir: s.dir, tenant: name, cur: creds, log: env.logger.With(zap.String("tenant", name)),
+	dc := &dirCredentials{dir: s.dir, tenant: name, cur: creds, log: env.logger,
 		unreadable: s.metrics.credentials[credentialsUnreadable], gone: func() { s.release(name, "removed") }}
 	if _, err := s.startLocked(th, creds, dc, false); err != nil {
 		return nil, err

@@ -184,6 +184,15 @@ func TestE2ETenantsPickCredentials(t *testing.T) {
 	if v := metricValue(t, text, "desko_auth_token_fetches_total", map[string]string{"source": block, "result": "ok"}); v != 3 {
 		t.Errorf("the block's fetches = %v, want 3", v)
 	}
+	// One expiry gauge cannot tell the block's tenants apart, and the last
+	// one set would outlive its tenant (an alert on it would fire once the
+	// tenant is released): the block's stays 0; a named tenant has its own.
+	if v := metricValue(t, text, "desko_auth_token_expiry_timestamp_seconds", map[string]string{"source": block}); v != 0 {
+		t.Errorf("the block's token expiry = %v, want 0", v)
+	}
+	if v := metricValue(t, text, "desko_auth_token_expiry_timestamp_seconds", map[string]string{"source": p.Tenants[0].Source}); v < float64(time.Now().Unix()) {
+		t.Errorf("the named tenant acme's token expiry = %v, want its token's", v)
+	}
 	logs, _ := os.ReadFile(w.logFile)
 	for _, name := range []string{"acme", "globex", "initech", "umbrella", "hooli"} {
 		scrubtest.NewCheck("client-"+name, tenantSecret(name), w.desko.Issued()...).AssertNone(t, "Caddy's log", string(logs))
@@ -415,5 +424,68 @@ func TestE2ETokenEndpointPauseHoldsEveryTenant(t *testing.T) {
 	}
 	if n := w.desko.TokenRequests(); n != 1 {
 		t.Errorf("%d token requests during the pause, want 1 (only acme's)", n)
+	}
+}
+
+// Every log line about a credentials_dir tenant names it once: a line with
+// two "tenant" keys is JSON that log pipelines read one way or the other
+// (or refuse). The lines of a tenant whose credentials become unreadable,
+// then whose folder is removed, and of its source, are checked.
+func TestE2ETenantLogLinesNameTheTenantOnce(t *testing.T) {
+	w := newTenantWorld(t, 2*time.Second, "initech")
+	w.load("")
+	if s, got := w.call("initech"); s != 200 || got != "client-initech" {
+		t.Fatalf("initech: %d %q", s, got)
+	}
+	// An empty secret: the last good credentials are kept, with a WARN, at
+	// the next token request (2 s tokens refresh within about 1.5 s).
+	writeFile(t, filepath.Join(w.dir, "initech", dirClientSecret), "")
+	waitFor(t, "the WARN about initech's unreadable credentials", func() bool {
+		return strings.Contains(readLog(t, w.logFile), "a tenant's credentials cannot be read; keeping the last good ones")
+	})
+	if err := os.RemoveAll(filepath.Join(w.dir, "initech")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the INFO about initech's folder being gone", func() bool {
+		return strings.Contains(readLog(t, w.logFile), "a tenant's folder is gone from credentials_dir")
+	})
+	seen := 0
+	for line := range strings.Lines(readLog(t, w.logFile)) {
+		if !strings.Contains(line, "initech") {
+			continue
+		}
+		if n := strings.Count(line, `"tenant":`); n > 1 {
+			t.Errorf("a log line names its tenant %d times: %s", n, line)
+		}
+		seen++
+	}
+	if seen < 2 {
+		t.Errorf("%d log lines name initech, want at least the WARN and the INFO", seen)
+	}
+}
+
+// The shared cache's gauges count a credentials_dir tenant under its
+// block's label, like its other series: a storage that fails for the
+// tenants of a folder shows as degraded (and DeskoAuthSharedCacheDegraded
+// can fire), not as nothing.
+func TestE2ETenantsSharedCacheGauges(t *testing.T) {
+	w := newTenantWorld(t, time.Hour, "initech")
+	notADir := filepath.Join(t.TempDir(), "not-a-folder")
+	writeFile(t, notADir, "a file where the storage wants a folder\n")
+	w.load(fmt.Sprintf("warm_up off\n\t\tshared_cache {\n\t\t\tstorage file_system %s\n\t\t}", notADir))
+	if s, got := w.call("initech"); s != 200 || got != "client-initech" {
+		t.Fatalf("initech with a failing storage: %d %q (a token fetched locally is still served)", s, got)
+	}
+	var block string
+	for _, tn := range tenantPage(t, "").Tenants {
+		if tn.Kind == "dir" {
+			block = tn.Block
+		}
+	}
+	if block == "" {
+		t.Fatal("initech is not live")
+	}
+	if degraded, stuck := sharedGauges(t, block); degraded != 1 || stuck != 0 {
+		t.Errorf("the block's shared cache gauges: degraded %v, stuck %v; want 1 and 0", degraded, stuck)
 	}
 }

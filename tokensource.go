@@ -38,6 +38,9 @@ type source struct {
 	// hidden keeps a credentials_dir tenant's source out of the status
 	// endpoint's list of sources (its tenants are listed, paged, apart).
 	hidden bool
+	// series is the label the source's series are counted under: its
+	// own, or its tenant block's (a credentials_dir tenant's).
+	series string
 }
 
 // credentialPoll is how often a source whose credentials come from files
@@ -96,7 +99,7 @@ func (h *Handler) attachWith(env sourceEnv, creds *token.Credentials, cs token.C
 	// depend on the Provision ctx, and never uses ctx for its requests.
 	logger := sourceLogger(env.logger, label, creds.ClientID, cfg.TokenURL)
 	val, _, err := sources.LoadOrNew(h.key, func() (caddy.Destructor, error) {
-		obs := &sourceObserver{metrics: metrics, label: label}
+		obs := &sourceObserver{metrics: metrics, label: label, pooled: metricsLabel != ""}
 		cfg.Credentials = cs
 		if cs == nil {
 			cfg.Credentials = credentialSource(values, creds, logger, metrics)
@@ -109,7 +112,7 @@ func (h *Handler) attachWith(env sourceEnv, creds *token.Credentials, cs token.C
 		if err != nil {
 			return nil, err
 		}
-		return &source{key: h.key, engine: e, obs: obs, metrics: metrics, label: label, hidden: metricsLabel != "",
+		return &source{key: h.key, engine: e, obs: obs, metrics: metrics, label: label, hidden: metricsLabel != "", series: cmp.Or(metricsLabel, label),
 			clientID: creds.ClientID, tokenURL: token.RedactURL(cfg.TokenURL), scopes: cfg.Scopes, id: id}, nil
 	})
 	if err != nil {
@@ -258,6 +261,12 @@ type sourceObserver struct {
 	metrics *sourceMetrics
 	label   string
 	emit    emitterRef
+	// pooled is set for a credentials_dir tenant, counted under its
+	// block's label with every other tenant of the block: one expiry
+	// gauge cannot say when each of their tokens expires, and the last
+	// one set would stay after its tenant is released (an alert on it
+	// would fire for a tenant gone idle). The block's gauge stays 0.
+	pooled bool
 }
 
 // Fetched implements token.Observer: metrics, then an event.
@@ -271,7 +280,11 @@ func (o *sourceObserver) Fetched(err *token.Error, took time.Duration) {
 }
 
 // TokenChanged implements token.Observer.
-func (o *sourceObserver) TokenChanged(expiry time.Time) { o.metrics.expiry.Set(float64(expiry.Unix())) }
+func (o *sourceObserver) TokenChanged(expiry time.Time) {
+	if !o.pooled {
+		o.metrics.expiry.Set(float64(expiry.Unix()))
+	}
+}
 
 // StoreUsed implements token.Observer.
 func (o *sourceObserver) StoreUsed(r token.StoreResult) {

@@ -16,7 +16,8 @@
 # variables the examples read are set below. Absolute paths under /etc,
 # /run, /var, /srv and /mnt are moved into a scratch folder that holds the
 # files the examples read (secrets, a throwaway CA and client certificate),
-# so nothing of the host is read or written.
+# so nothing of the host is read or written; a credentials_dir is an empty
+# folder there.
 #
 # Failures name the file and the line of the block, and all are reported.
 #
@@ -87,6 +88,7 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 
 echo ci-file-secret >"$root/run/credentials/caddy.service/desko_client_secret"
 export HOME=$scratch/home XDG_DATA_HOME=$scratch/home XDG_CONFIG_HOME=$scratch/home
 export DESKO_CLIENT_ID=ci-client DESKO_CLIENT_SECRET=ci-secret PARTNER_CLIENT_ID=ci-partner
+export ACME_ID=ci-acme GLOBEX_ID=ci-globex
 export DESKO_TOKEN_URL=http://127.0.0.1:9/v1.1/oauth/token
 export CREDENTIALS_DIRECTORY=$root/run/credentials/caddy.service
 export HTTPS_PROXY=http://127.0.0.1:9 HTTP_PROXY=http://127.0.0.1:9 NO_PROXY=
@@ -107,7 +109,8 @@ while read -r file where; do
 	{
 		{ grep -oE '\{file\.[^{}]+\}' "$moved" || true; } | sed -E 's/^\{file\.(.*)\}$/secret \1/'
 		awk '$1 == "tls_ca" { print "cert", $2 } $1 == "tls_client_cert" { print "cert", $2; print "key", $3 }
-			$1 == "client_key" && $2 ~ /^\{file\..*\}$/ { p = substr($2, 7, length($2) - 7); print "key", p }' "$moved"
+			$1 == "client_key" && $2 ~ /^\{file\..*\}$/ { p = substr($2, 7, length($2) - 7); print "key", p }
+			$1 == "credentials_dir" { print "dir", $2 }' "$moved"
 	} | while read -r kind p; do
 		case $p in
 		"$scratch"/*) ;;
@@ -119,6 +122,7 @@ while read -r file where; do
 		secret) echo ci-file-value >"$p" ;;
 		cert) cp "$scratch/cert.pem" "$p" ;;
 		key) cp "$scratch/key.pem" "$p" ;;
+		dir) mkdir -p "$p" ;;
 		esac
 	done
 	if ! out=$(cd "$scratch" && "$caddy" validate --config "$moved" --adapter caddyfile 2>&1 </dev/null); then

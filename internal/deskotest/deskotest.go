@@ -67,6 +67,7 @@ type Server struct {
 	mu             sync.Mutex
 	secrets        []string            // the client secrets accepted
 	others         map[string][]string // more clients: ID → secrets
+	dir            *clientsDir         // more clients, in a folder (nil: none)
 	clients        map[string]string   // token → the client it was issued to
 	inFlight       int                 // token requests being answered
 	maxInFlight    int
@@ -323,7 +324,11 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 	}
 	s.mu.Lock()
 	ok := (req.ClientID == s.clientID && slices.Contains(s.secrets, req.ClientSecret)) || slices.Contains(s.others[req.ClientID], req.ClientSecret)
+	dir := s.dir
 	s.mu.Unlock()
+	if !ok && dir != nil {
+		ok = dir.accepts(req.ClientID, req.ClientSecret)
+	}
 	if !ok {
 		deskoError(w, http.StatusUnauthorized, "Client authentication failed")
 		return

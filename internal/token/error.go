@@ -2,6 +2,7 @@ package token
 
 import (
 	"bytes"
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -9,9 +10,11 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -164,14 +167,80 @@ func (e *redirectError) Error() string {
 // (tls_ca), a host that does not resolve (token_url, DNS), a connection
 // that could not be made (host, port, network); anything else (a timeout,
 // a connection that broke) is transient.
-func (s *Source) transportError(err error) *Error {
+//
+// phases is how far the request got (nil: unknown). A request whose
+// deadline ends it before a connection is made fails with the context's
+// error, not a dial error: the fetch timeout (10 s by default) is shorter
+// than the dialer's (30 s) and the resolver's, and Go stops waiting for
+// the dial as the deadline passes. Then the phase it was in says what to
+// check: a lookup that got no answer is a dns error, a connection attempt
+// that got none (a firewall that drops it) a connect error.
+func (s *Source) transportError(err error, phases *dialPhases) *Error {
 	sc := s.scrubber()
 	var re *redirectError
 	if errors.As(err, &re) {
 		return &Error{Kind: KindRedirect, Status: re.status, Message: sc.Scrub(re.Error())}
 	}
 	kind, msg := classifyTransport(err)
-	return &Error{Kind: kind, Message: msg, Err: sc.Error(redactURLError(err))}
+	cause := redactURLError(err)
+	if kind == KindTransient && phases != nil && isTimeout(err) {
+		switch phases.unanswered() {
+		case KindDNS:
+			kind, msg = KindDNS, msgDNS
+			cause = fmt.Errorf("%w (no answer from the resolver)", cause)
+		case KindConnect:
+			kind, msg = KindConnect, msgConnect
+			cause = fmt.Errorf("%w (no answer to the connection attempt)", cause)
+		}
+	}
+	return &Error{Kind: kind, Message: msg, Err: sc.Error(cause)}
+}
+
+// isTimeout reports whether err is a deadline that passed (the fetch's, or
+// a timeout of the network).
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout()
+}
+
+// dialPhases records, through an httptrace.ClientTrace, how far a token
+// request got towards a connection. The dial may go on, and call the
+// trace, after the request has given up on it: the fields are atomic.
+type dialPhases struct {
+	lookups   atomic.Int32 // DNS lookups started and not done
+	dials     atomic.Int32 // connection attempts started
+	connected atomic.Bool  // a connection attempt succeeded, or a connection was had
+}
+
+// trace is the ClientTrace that records the phases.
+func (p *dialPhases) trace() *httptrace.ClientTrace {
+	return &httptrace.ClientTrace{
+		DNSStart:     func(httptrace.DNSStartInfo) { p.lookups.Add(1) },
+		DNSDone:      func(httptrace.DNSDoneInfo) { p.lookups.Add(-1) },
+		ConnectStart: func(string, string) { p.dials.Add(1) },
+		ConnectDone: func(_, _ string, err error) {
+			if err == nil {
+				p.connected.Store(true)
+			}
+		},
+		GotConn: func(httptrace.GotConnInfo) { p.connected.Store(true) },
+	}
+}
+
+// unanswered is the kind of a request that timed out before it had a
+// connection: KindDNS while a lookup was waiting for its answer,
+// KindConnect while connection attempts were; 0 when it had a connection
+// (what timed out came after) or got to neither.
+func (p *dialPhases) unanswered() Kind {
+	switch {
+	case p.connected.Load():
+		return 0
+	case p.lookups.Load() > 0:
+		return KindDNS
+	case p.dials.Load() > 0:
+		return KindConnect
+	}
+	return 0
 }
 
 // classifyTransport is the kind and message of a round trip's error that

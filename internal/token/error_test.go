@@ -655,3 +655,96 @@ func TestEngineUnresolvableHost(t *testing.T) {
 		t.Errorf("error %q (kind %s), want a dns error naming the host", te, te.Kind)
 	}
 }
+
+// Real dials (outside a bubble) that get no answer within the fetch
+// timeout. The fetch's deadline ends them before the dialer's own timeout
+// (30 s) or the resolver's, so Go reports "context deadline exceeded", not
+// a dial error: the phase the request was in says what to check. A
+// connection attempt that gets no answer (a firewall that drops it) is a
+// connect error; a resolver that does not answer is a dns error; a
+// connection made whose answer does not come in time stays transient.
+func TestEngineUnansweredDials(t *testing.T) {
+	silentResolver := func(t *testing.T) *http.Client {
+		// A DNS server that reads the queries and never answers.
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { pc.Close() })
+		go func() {
+			buf := make([]byte, 1500)
+			for {
+				if _, _, err := pc.ReadFrom(buf); err != nil {
+					return
+				}
+			}
+		}()
+		r := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "udp", pc.LocalAddr().String())
+		}}
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.DialContext = (&net.Dialer{Timeout: 30 * time.Second, Resolver: r}).DialContext
+		t.Cleanup(tr.CloseIdleConnections)
+		return &http.Client{Transport: tr}
+	}
+	slowAnswer := make(chan struct{})
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-slowAnswer:
+		case <-r.Context().Done():
+		}
+	}))
+	t.Cleanup(slow.Close)
+	t.Cleanup(func() { close(slowAnswer) }) // before slow.Close
+	for _, tc := range []struct {
+		name   string
+		url    func(t *testing.T) string
+		client func(t *testing.T) *http.Client
+		kind   string
+		prefix string
+		want   string
+	}{
+		{
+			name: "connection attempt", kind: "connect",
+			url: func(t *testing.T) string {
+				addr, stop, err := deskotest.Unanswered()
+				if err != nil {
+					t.Skip(err)
+				}
+				t.Cleanup(stop)
+				return "http://" + addr + "/token"
+			},
+			prefix: msgConnect + ": ",
+			want:   "no answer to the connection attempt",
+		},
+		{
+			name: "resolver", kind: "dns",
+			url:    func(*testing.T) string { return "https://desko-auth-test.example/token" },
+			client: silentResolver,
+			prefix: msgDNS + ": ",
+			want:   "no answer from the resolver",
+		},
+		{
+			name: "answer after the connection", kind: "transient",
+			url:    func(*testing.T) string { return slow.URL + "/token" },
+			prefix: msgTransportFailed + ": ",
+			want:   "context deadline exceeded",
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			url := tc.url(t)
+			s := newTestSource(t, url, func(c *Config) {
+				c.HTTPClient = nil // the source's own client: a real dial
+				if tc.client != nil {
+					c.HTTPClient = tc.client(t)
+				}
+				c.Timeout = 500 * time.Millisecond
+			})
+			te := mustGetErr(t, s)
+			if te.Kind.String() != tc.kind || !strings.HasPrefix(te.Error(), tc.prefix) || !strings.Contains(te.Error(), tc.want) {
+				t.Errorf("error %q (kind %s), want a %s error starting %q and holding %q", te, te.Kind, tc.kind, tc.prefix, tc.want)
+			}
+		})
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptrace"
 	"net/url"
 	"slices"
 	"strings"
@@ -183,7 +184,7 @@ func checkRedirect(req *http.Request, via []*http.Request) error {
 		re.status = req.Response.StatusCode
 	}
 	switch {
-	case req.URL.Scheme != first.URL.Scheme || req.URL.Host != first.URL.Host:
+	case !sameOrigin(req.URL, first.URL):
 		re.why = "it points to another scheme or host"
 	case req.Method != first.Method:
 		re.why = fmt.Sprintf("a %d would resend the token request as a %s without its body", re.status, req.Method)
@@ -193,6 +194,24 @@ func checkRedirect(req *http.Request, via []*http.Request) error {
 		return nil
 	}
 	return re
+}
+
+// sameOrigin reports whether a and b have the same scheme, host and port:
+// the host in any case, a missing port as the scheme's default.
+func sameOrigin(a, b *url.URL) bool {
+	return strings.EqualFold(a.Scheme, b.Scheme) && strings.EqualFold(a.Hostname(), b.Hostname()) &&
+		portOf(a) == portOf(b)
+}
+
+// portOf is u's port, or its scheme's default.
+func portOf(u *url.URL) string {
+	if p := u.Port(); p != "" {
+		return p
+	}
+	if strings.EqualFold(u.Scheme, "https") {
+		return "443"
+	}
+	return "80"
 }
 
 // post sends one token request with the credentials c, counts it for
@@ -231,13 +250,15 @@ func (s *Source) post(ctx context.Context, c *Credentials) (*Token, *Error) {
 
 // exchange sends the token request and reads its answer.
 func (s *Source) exchange(ctx context.Context, c *Credentials) (*Token, *Error) {
+	var phases dialPhases
+	ctx = httptrace.WithClientTrace(ctx, phases.trace())
 	req, err := s.newRequest(ctx, c)
 	if err != nil {
 		return nil, &Error{Kind: KindRefused, Message: "building the token request", Err: s.scrubber().Error(redactURLError(err))}
 	}
 	resp, err := s.client.Do(req)
 	if err != nil {
-		return nil, s.transportError(err)
+		return nil, s.transportError(err, &phases)
 	}
 	defer resp.Body.Close()
 	skew := s.noteSkew(resp.Header.Get("Date"), time.Now())

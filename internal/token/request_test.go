@@ -243,6 +243,44 @@ func TestEngineRedirects(t *testing.T) {
 			}
 		})
 	}
+	// The same host, spelled otherwise: in another case, or with the
+	// scheme's default port. A redirect there is followed; one to another
+	// port is not.
+	for _, tc := range []struct {
+		name, from, to string
+		follow         bool
+	}{
+		{"in another case", "TOKEN-X.test", "token-x.test", true},
+		{"with the default port", "token-x.test:80", "token-x.test", true},
+		{"to the default port", "token-x.test", "token-x.test:80", true},
+		{"to another port", "token-x.test", "token-x.test:8080", false},
+	} {
+		inBubble(t, "307 to the same host "+tc.name, func(t *testing.T) {
+			srv := newTokenServer(t, func(w http.ResponseWriter, r *http.Request, n int64) {
+				if r.URL.Path != deskotest.TokenPath {
+					http.Redirect(w, r, "http://"+tc.to+deskotest.TokenPath, http.StatusTemporaryRedirect)
+					return
+				}
+				okToken(3600)(w, r, n)
+			})
+			h, _ := testHosts.Load(strings.TrimPrefix(srv.url, "http://"))
+			for _, host := range []string{tc.from, tc.to} {
+				testHosts.Store(host, h)
+				t.Cleanup(func() { testHosts.Delete(host) })
+			}
+			s := newTestSource(t, "http://"+tc.from+"/old/token")
+			tok, err := s.Get(t.Context())
+			if tc.follow && err != nil {
+				t.Fatalf("Get: %v, want the redirect to %s followed", err, tc.to)
+			}
+			if !tc.follow {
+				var te *Error
+				if !errors.As(err, &te) || te.Kind != KindRedirect || !strings.Contains(te.Error(), "another scheme or host") {
+					t.Fatalf("Get = %v, %v; want a redirect error", tok, err)
+				}
+			}
+		})
+	}
 	inBubble(t, "same-host redirect loop stops", func(t *testing.T) {
 		srv := newTokenServer(t, func(w http.ResponseWriter, r *http.Request, n int64) {
 			http.Redirect(w, r, fmt.Sprintf("/loop/%d", n), http.StatusTemporaryRedirect)

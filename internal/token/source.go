@@ -26,8 +26,8 @@ type Source struct {
 	obs    Observer
 	rand   func() float64
 	// scrub redacts the secrets of the credentials in use from text that
-	// came from elsewhere.
-	scrub atomic.Pointer[scrub.Scrubber]
+	// came from elsewhere; it is built when first needed.
+	scrub atomic.Pointer[lazyScrubber]
 
 	cur atomic.Pointer[Token]
 	// rejected is the token the upstream rejected last, until another is
@@ -111,7 +111,7 @@ func New(cfg Config) (*Source, error) {
 		budget: rate.NewLimiter(rate.Every(revocationEvery), revocationBurst),
 	}
 	s.creds = cfg.Credentials.Current()
-	s.scrub.Store(s.newScrubber(s.creds, nil))
+	s.scrub.Store(s.lazyScrubber(s.creds, nil))
 	s.timer = time.AfterFunc(time.Hour, s.wake)
 	s.timer.Stop()
 	return s, nil
@@ -138,7 +138,28 @@ func (s *Source) newScrubber(c, prev *Credentials) *scrub.Scrubber {
 	return scrub.NewWith(c.ClientID, secrets, extra...)
 }
 
-func (s *Source) scrubber() *scrub.Scrubber { return s.scrub.Load() }
+// lazyScrubber is a scrubber built at its first use. Only a failure is
+// described with one, and its index of the secrets' forms takes some
+// 16 KiB: a source that never fails, like most of a block's many tenants,
+// should not hold it.
+type lazyScrubber struct {
+	once  sync.Once
+	build func() *scrub.Scrubber
+	sc    *scrub.Scrubber
+}
+
+// lazyScrubber returns the scrubber of newScrubber(c, prev), not built yet.
+func (s *Source) lazyScrubber(c, prev *Credentials) *lazyScrubber {
+	return &lazyScrubber{build: func() *scrub.Scrubber { return s.newScrubber(c, prev) }}
+}
+
+// get builds the scrubber if it is not yet, and returns it.
+func (l *lazyScrubber) get() *scrub.Scrubber {
+	l.once.Do(func() { l.sc, l.build = l.build(), nil })
+	return l.sc
+}
+
+func (s *Source) scrubber() *scrub.Scrubber { return s.scrub.Load().get() }
 
 // Scrub removes the source's secrets from text that came from elsewhere.
 func (s *Source) Scrub(text string) string { return s.scrubber().Scrub(text) }
@@ -282,7 +303,7 @@ func (s *Source) credentials() *Credentials {
 	s.creds = c
 	s.mu.Unlock()
 	if c != prev {
-		s.scrub.Store(s.newScrubber(c, prev))
+		s.scrub.Store(s.lazyScrubber(c, prev))
 		s.log.Info("credentials changed; the token request uses the new ones")
 		if o, ok := s.obs.(CredentialsObserver); ok {
 			o.CredentialsChanged()

@@ -1,6 +1,11 @@
 // Command desko-standin runs the Desko stand-in on a loopback address: a
 // token endpoint in Desko's format and an echo API that accepts only the
-// tokens it issued. It is for the offline demo and the load bench.
+// tokens it issued. It is for the offline demo and the load benches.
+//
+// With -clients-dir, the token endpoint also accepts every client of a
+// folder laid out as desko_auth's credentials_dir
+// (<dir>/<tenant>/client_id, <dir>/<tenant>/client_secret), read on
+// demand: bench/tenants.sh gives it the same folder as Caddy.
 //
 // Besides the stand-in's paths (deskotest) it answers two control paths,
 // for scripts (bench/attack.sh), to POST only and only from a loopback
@@ -37,6 +42,7 @@ func main() {
 	delay := flag.Duration("token-delay", 0, "how long the token endpoint waits before answering")
 	denied := flag.String("denied-challenge", deskotest.InvalidTokenChallenge,
 		"WWW-Authenticate of the 401s under "+deskotest.DeniedPrefix+` (a path that refuses any token); "" sends none`)
+	clientsDir := flag.String("clients-dir", "", "also accept every client of this folder: <dir>/<tenant>/client_id and client_secret, read on demand")
 	flag.Parse()
 
 	host, _, err := net.SplitHostPort(*addr)
@@ -53,6 +59,11 @@ func main() {
 	s.SetRevokePrevious(*revoke)
 	s.SetDelay(*delay)
 	s.SetDeniedChallenge(*denied)
+	if *clientsDir != "" {
+		if err := s.SetClientsDir(*clientsDir); err != nil {
+			log.Fatalf("-clients-dir: %v", err)
+		}
+	}
 	log.Printf("desko stand-in: token endpoint http://%s%s (delay %v), API http://%s/, control POST http://%s%s",
 		*addr, deskotest.TokenPath, *delay, *addr, *addr, RevokePath)
 	srv := &http.Server{Addr: *addr, Handler: control(s), ReadHeaderTimeout: 10 * time.Second}
