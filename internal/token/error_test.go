@@ -16,6 +16,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"testing/synctest"
 	"time"
 	"unicode/utf8"
 
@@ -591,17 +592,20 @@ func TestEngineLargeErrorAnswersKeepTheirStatus(t *testing.T) {
 		status int
 		label  string
 	}{{401, "refused"}, {400, "refused"}, {503, "transient"}, {304, "redirect"}} {
-		inBubble(t, fmt.Sprint(tc.status), func(t *testing.T) {
-			url := serveInMemory(t, respondWith(answer(tc.status, "application/json",
-				`{"error":"invalid_client","error_description":"`+huge+`"}`)))
-			s := newTestSource(t, url+deskotest.TokenPath)
-			te := mustGetErr(t, s)
-			if te.Kind.String() != tc.label || te.Status != tc.status {
-				t.Fatalf("error %.200q: kind %s status %d, want %s %d", te, te.Kind, te.Status, tc.label, tc.status)
-			}
-			if len(te.Error()) > 400 {
-				t.Errorf("error is %d bytes", len(te.Error()))
-			}
+		t.Run(fmt.Sprint(tc.status), func(t *testing.T) {
+			t.Parallel() // a megabyte each, which -race makes slow
+			synctest.Test(t, func(t *testing.T) {
+				url := serveInMemory(t, respondWith(answer(tc.status, "application/json",
+					`{"error":"invalid_client","error_description":"`+huge+`"}`)))
+				s := newTestSource(t, url+deskotest.TokenPath)
+				te := mustGetErr(t, s)
+				if te.Kind.String() != tc.label || te.Status != tc.status {
+					t.Fatalf("error %.200q: kind %s status %d, want %s %d", te, te.Kind, te.Status, tc.label, tc.status)
+				}
+				if len(te.Error()) > 400 {
+					t.Errorf("error is %d bytes", len(te.Error()))
+				}
+			})
 		})
 	}
 }
@@ -733,6 +737,7 @@ func TestEngineUnansweredDials(t *testing.T) {
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel() // each waits out its timeout
 			url := tc.url(t)
 			s := newTestSource(t, url, func(c *Config) {
 				c.HTTPClient = nil // the source's own client: a real dial
