@@ -231,7 +231,7 @@ func TestE2ESharedCacheReadOnlyStorage(t *testing.T) {
 	if s, _, body := e.do("GET", "/ro", ""); s != 200 {
 		t.Fatalf("status %d: %s", s, body)
 	}
-	const fetches = 5 // the first token and four refreshes, each a read and a failed lock
+	const fetches = 3 // the first token and two refreshes, each a read and a failed lock
 	waitFor(t, fmt.Sprintf("%d token requests", fetches), func() bool { return e.desko.TokenRequests() >= fetches })
 	if s, _, body := e.do("GET", "/ro", ""); s != 200 {
 		t.Fatalf("status %d: %s", s, body)
