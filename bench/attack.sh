@@ -167,22 +167,7 @@ proxy() { echo "http://$HOST:$((BASE_PORT + 2 + $1))"; } # site index
 source "$ROOT/bench/lib.sh"
 bench_init attack
 CADDY_RUN_PID= DESKO_PID=
-attack_cleanup() {
-	local rc=$?
-	for p in $CADDY_RUN_PID $DESKO_PID "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-	for p in $CADDY_RUN_PID $DESKO_PID "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-	if [ "$rc" -ne 0 ]; then
-		echo "attack.sh: failed (exit $rc); logs:" >&2
-		for f in "$WORK"/*.log; do
-			[ -s "$f" ] || continue
-			echo "--- $f" >&2
-			tail -n 20 "$f" >&2
-		done
-	fi
-	if [ "$KEEP" = 1 ]; then echo "work directory kept: $WORK" >&2; else rm -rf "$WORK"; fi
-}
-trap attack_cleanup EXIT
-trap 'exit 130' INT TERM
+bench_extra_pids() { echo "$CADDY_RUN_PID $DESKO_PID"; }
 
 port_in_use() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
 

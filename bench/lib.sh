@@ -1,19 +1,39 @@
-# Shared by bench/profile.sh, bench/uploads.sh and bench/attack.sh
-# (sourced, not run): a work directory and the processes started, both
+# Shared by the bench scripts (sourced, not run): a work directory and the processes started, both
 # removed on exit; the builds; a wait for an HTTP endpoint. Needs ROOT, BIN,
 # CADDY (for bench_build) and a die function.
 
-# bench_init NAME: makes $WORK and stops everything in PIDS on exit.
+# bench_init NAME: makes $WORK and, on exit, stops everything in PIDS (and
+# what a function bench_extra_pids prints, if the script has one: processes
+# it restarts), shows the tail of every log in $WORK if the script failed,
+# and removes $WORK unless KEEP=1.
 bench_init() {
+	BENCH_NAME=$1
 	WORK=$(mktemp -d "/tmp/desko-$1.XXXXXX")
 	PIDS=()
 	trap bench_cleanup EXIT
+	trap 'exit 130' INT TERM
 }
 
 bench_cleanup() {
-	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-	for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-	rm -rf "$WORK"
+	local rc=$? extra=
+	if declare -F bench_extra_pids >/dev/null; then extra=$(bench_extra_pids); fi
+	# shellcheck disable=SC2086 # extra is a list
+	for p in $extra "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+	# shellcheck disable=SC2086
+	for p in $extra "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+	if [ "$rc" -ne 0 ]; then
+		echo "$BENCH_NAME.sh: failed (exit $rc); logs:" >&2
+		for f in "$WORK"/*.log; do
+			[ -s "$f" ] || continue
+			echo "--- $f" >&2
+			tail -n 20 "$f" >&2
+		done
+	fi
+	if [ "${KEEP:-0}" = 1 ]; then
+		echo "work directory kept: $WORK" >&2
+	else
+		rm -rf "$WORK"
+	fi
 }
 
 # bench_build: the upstream, the Desko stand-in, and Caddy if $CADDY is not

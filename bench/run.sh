@@ -89,28 +89,9 @@ P_B=$((BASE_PORT + 2))
 P_UP=$((BASE_PORT + 3))
 P_DESKO=$((BASE_PORT + 4))
 
-WORK=$(mktemp -d /tmp/desko-bench.XXXXXX)
-PIDS=()
-cleanup() {
-	local rc=$?
-	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-	for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-	if [ "$rc" -ne 0 ]; then
-		echo "run.sh: failed (exit $rc); logs:" >&2
-		for f in "$WORK"/*.log; do
-			[ -s "$f" ] || continue
-			echo "--- $f" >&2
-			tail -n 20 "$f" >&2
-		done
-	fi
-	if [ "$KEEP" = 1 ]; then
-		echo "work directory kept: $WORK" >&2
-	else
-		rm -rf "$WORK"
-	fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
+bench_init run
 
 port_in_use() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
 
