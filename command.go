@@ -216,6 +216,10 @@ func checkSets(handlers []*Handler, tenants []string) ([]checkSet, []checkRow, e
 			return nil, nil, err
 		}
 		for _, name := range tenants {
+			if _, named := h.Credentials[name]; named {
+				found[name] = true // a credentials block wins, as in requests; checked above
+				continue
+			}
 			creds, scopes, err := dir.credentials(name)
 			switch {
 			case errors.Is(err, errNoTenant):

@@ -188,12 +188,18 @@ func TestCheckCommand(t *testing.T) {
 			t.Errorf("%d token requests, want 2", n)
 		}
 
-		code, stdout, stderr = runCheck(t, checkConfig(block), "--json", "--tenant", "dir-good,dir-bad", "--tenant", "nobody")
+		// acme is also a folder there: the credentials block wins, as it
+		// does for requests, and is checked once.
+		if err := os.Mkdir(filepath.Join(dir, "acme"), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		code, stdout, stderr = runCheck(t, checkConfig(block), "--json", "--tenant", "dir-good,dir-bad,acme", "--tenant", "nobody")
 		if code != 1 {
 			t.Fatalf("exit %d, want 1; stdout %s; stderr %s", code, stdout, stderr)
 		}
 		got := map[string]checkRow{}
-		for _, r := range checkRows(t, stdout) {
+		all := checkRows(t, stdout)
+		for _, r := range all {
 			got[r.Tenant] = r
 		}
 		for tenant, want := range map[string]string{"acme": checkOK, "globex": checkRefused, "dir-good": checkOK, "dir-bad": checkRefused, "nobody": checkUnknownTenant} {
@@ -204,8 +210,8 @@ func TestCheckCommand(t *testing.T) {
 		if r := got["dir-good"]; r.Scopes != "booking.show" || r.ClientID != checkClientID || !strings.HasPrefix(r.Source, checkClientID+"@") {
 			t.Errorf("dir-good: %+v, want its client ID, its scope file's scope and a source label", r)
 		}
-		if len(got) != 5 {
-			t.Errorf("%d rows, want 5: %s", len(got), stdout)
+		if len(all) != 5 || len(got) != 5 {
+			t.Errorf("%d rows for %d tenants, want 5 (one each): %s", len(all), len(got), stdout)
 		}
 		checkClean(t, desko, stdout+stderr)
 		for _, other := range []string{"Zq7-other-tenant-Lp30", "Wd5-globex-wrong-Ka92"} {
