@@ -56,15 +56,15 @@ func fleetDuration(t *testing.T) time.Duration {
 	return time.Duration(s) * time.Second
 }
 
-// freePort returns a loopback port that was free a moment ago.
+// freePort returns a loopback port that was free a moment ago, below the
+// ephemeral range (see freeLoopbackPorts).
 func freePort(t *testing.T) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	ports, err := freeLoopbackPorts(1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return ports[0]
 }
 
 // runCaddy runs `caddy run` on the Caddyfile cfg in dir, with extra

@@ -3,6 +3,7 @@ package deskoauth
 import (
 	"flag"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"regexp"
@@ -10,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -105,16 +107,61 @@ func runMayInclude(names ...string) bool {
 }
 
 // freeLoopbackPorts returns n distinct loopback ports that were free a
-// moment ago (all listened on at once, so they differ).
+// moment ago (all listened on at once, so they differ), taken below the
+// kernel's ephemeral range: a port the in-process Caddy binds again after
+// a config without it, or a Caddy process binds after its start, is then
+// never meanwhile the local end of one of the tests' own outgoing
+// connections (which the kernel numbers from that range), an "address
+// already in use" that fails a config load once in many runs.
 func freeLoopbackPorts(n int) ([]int, error) {
+	low, high := belowEphemeral()
+	handedOut.Lock()
+	defer handedOut.Unlock()
 	var ports []int
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
+	for len(ports) < n {
+		var l net.Listener
+		var err error
+		for try := 0; try < 100 && l == nil; try++ {
+			p := low + rand.IntN(high-low+1)
+			if handedOut.ports[p] {
+				continue // another test's (parallel tests ask at once)
+			}
+			if l, err = net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p)); err != nil {
+				l = nil
+			}
+		}
+		if l == nil { // the range is crowded: any free port
+			if l, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+				return nil, err
+			}
 		}
 		defer l.Close()
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+		p := l.Addr().(*net.TCPAddr).Port
+		handedOut.ports[p] = true
+		ports = append(ports, p)
 	}
 	return ports, nil
+}
+
+// handedOut are the ports freeLoopbackPorts returned: never twice in one
+// test binary.
+var handedOut = struct {
+	sync.Mutex
+	ports map[int]bool
+}{ports: map[int]bool{}}
+
+// belowEphemeral is a range of ports under the kernel's ephemeral range
+// (Linux: /proc/sys/net/ipv4/ip_local_port_range, 32768-60999 by default),
+// and above the well-known and most registered services' ports.
+func belowEphemeral() (low, high int) {
+	low, high = 20000, 32767
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if start, err := strconv.Atoi(f[0]); err == nil && start > 2048 {
+				high = start - 1
+				low = max(1024, min(low, high-4096))
+			}
+		}
+	}
+	return low, high
 }
