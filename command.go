@@ -112,7 +112,7 @@ func cmdCheck(fl caddycmd.Flags) (int, error) {
 	rows, secrets := checkAll(sets)
 	rows = append(rows, dirRows...)
 	if len(rows) == 0 {
-		return 1, errors.New("no credential set to check: the tenant blocks have no credentials blocks; name credentials_dir tenants with --tenant")
+		return 1, errors.New("no credential set to check: the config has no desko_auth block, or only tenant blocks with a credentials_dir (name their tenants with --tenant)")
 	}
 	sc := scrub.New("", "", secrets...)
 	if err := printRows(os.Stdout, rows, fl.Bool("json"), sc); err != nil {
