@@ -218,6 +218,12 @@ func TestCheckCommand(t *testing.T) {
 			scrubtest.NewCheck(checkClientID, other).AssertNone(t, "the check's output", stdout+stderr)
 		}
 
+		// A tenant block with a folder only: nothing to check without --tenant.
+		dirOnly := fmt.Sprintf("\t\ttenant {http.request.header.X-Tenant}\n\t\ttoken_url %s\n\t\tcredentials_dir %s", tokenURL, dir)
+		if code, stdout, stderr := runCheck(t, checkConfig(dirOnly)); code != 1 || !strings.Contains(stderr, "name their tenants with --tenant") {
+			t.Errorf("a folder-only tenant block without --tenant: exit %d, want 1 saying to name tenants; stdout %s; stderr %s", code, stdout, stderr)
+		}
+
 		// A tenant value that could leave the folder is refused as input.
 		for _, bad := range []string{"../dir-good", "/etc", ".hidden", "a/b"} {
 			if code, stdout, stderr := runCheck(t, checkConfig(block), "--tenant", bad); code != 2 || !strings.Contains(stderr, "a tenant name is") {
