@@ -155,6 +155,8 @@ func runLoad(targets []string, workers int, d time.Duration) *loadResult {
 	for _, target := range targets {
 		for w := range workers {
 			wg.Go(func() {
+				pace := time.NewTicker(5 * time.Millisecond) // a steady, bounded rate per worker
+				defer pace.Stop()
 				for i := 0; ctx.Err() == nil; i++ {
 					res.requests.Add(1)
 					resp, err := client.Get(fmt.Sprintf("%s/v1.1/bookings/%d-%d", target, w, i))
@@ -172,9 +174,10 @@ func runLoad(targets []string, workers int, d time.Duration) *loadResult {
 					default:
 						res.other.Add(1)
 					}
-					// Load pacing: a steady, bounded rate per worker
-					// (nothing is awaited here).
-					time.Sleep(5 * time.Millisecond)
+					select {
+					case <-pace.C:
+					case <-ctx.Done():
+					}
 				}
 			})
 		}

@@ -269,15 +269,15 @@ func TestE2ERefusedCredentialsAnswer502AndForwardNothing(t *testing.T) {
 	e.desko.SetClientSecret("the-real-one-is-different")
 	e.load("warm_up off")
 
-	// Refusals back off (5 s at first, less 20% jitter): traffic for less
-	// than that may cause one more token request, never one per client
-	// request. The source's status says when it retries: the traffic must
-	// end before, or the bound below would prove nothing.
-	const traffic = 1500 * time.Millisecond
+	// Refusals back off (5 s at first, less 20% jitter): client requests
+	// while the source backs off cause no token request of their own. The
+	// source's status says when it retries: the traffic must end before,
+	// or the bound below would prove nothing.
+	const requests = 40
 	var bodies []string
-	deadline := time.Now().Add(traffic)
+	var retryAt time.Time
 	n := 0
-	for time.Now().Before(deadline) {
+	for n < requests {
 		status, hdr, body := e.do("GET", "/v1.1/organizations", "")
 		n++
 		if status != http.StatusBadGateway {
@@ -296,20 +296,21 @@ func TestE2ERefusedCredentialsAnswer502AndForwardNothing(t *testing.T) {
 		bodies = append(bodies, body)
 		if n == 1 {
 			st := onlySource(t)
-			if st.State != token.StateRefused || st.NextRetryAt.Sub(st.LastFetchAt) <= traffic {
-				t.Fatalf("after the refusal: state %s, retry %v after the fetch; want refused, and the retry after the %v of traffic",
-					st.State, st.NextRetryAt.Sub(st.LastFetchAt), traffic)
+			if st.State != token.StateRefused || !st.NextRetryAt.After(st.LastFetchAt) {
+				t.Fatalf("after the refusal: state %s, retry %v after the fetch; want refused, and a retry later",
+					st.State, st.NextRetryAt.Sub(st.LastFetchAt))
 			}
+			retryAt = st.NextRetryAt
 		}
-		// Load pacing: a steady trickle of requests over the traffic's
-		// time (nothing is awaited here, nothing asserted on timing).
-		time.Sleep(20 * time.Millisecond)
+	}
+	if time.Now().After(retryAt) {
+		t.Fatalf("the %d requests outlasted the backoff (the retry was due %v ago): the bound below would prove nothing", n, time.Since(retryAt))
 	}
 	if got := e.desko.APIRequests(); got != 0 {
 		t.Errorf("%d requests reached the API without a token", got)
 	}
-	if got := e.desko.TokenRequests(); got < 1 || got > 2 || n < 10 {
-		t.Errorf("token requests = %d for %d client requests over %v, want 1–2 for at least 10", got, n, traffic)
+	if got := e.desko.TokenRequests(); got != 1 {
+		t.Errorf("token requests = %d for %d client requests within the backoff, want 1", got, n)
 	}
 	e.assertNoLeaks(bodies...)
 	logs, _ := os.ReadFile(e.logFile)
@@ -535,15 +536,16 @@ func TestE2ETokenEndpointDown(t *testing.T) {
 		e.desko.SetMode(deskotest.ModeDown)
 		// Traffic through the refresh point (75–80% of 4 s, at most 3.2 s
 		// after start) until 0.6 s before expiry: the refresh fails, the
-		// current token is still served.
-		for i := 0; time.Since(start) < 3400*time.Millisecond; i++ {
+		// current token is still served. A request each time the wait
+		// looks again.
+		i := 0
+		waitFor(t, "the failed refresh, then 0.6 s before expiry, with traffic", func() bool {
+			i++
 			if s, _, body := e.do("GET", "/b", ""); s != 200 {
 				t.Fatalf("request %d: status %d: %s", i, s, body)
 			}
-			// Load pacing: steady traffic across the refresh point
-			// (nothing is awaited here).
-			time.Sleep(25 * time.Millisecond)
-		}
+			return e.desko.TokenRequests() >= 2 && time.Since(start) >= 3400*time.Millisecond
+		})
 		if n := e.desko.TokenRequests(); n < 2 {
 			t.Errorf("token requests = %d: the refresh was never attempted", n)
 		}
