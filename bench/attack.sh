@@ -169,15 +169,9 @@ bench_init attack
 CADDY_RUN_PID= DESKO_PID=
 bench_extra_pids() { echo "$CADDY_RUN_PID $DESKO_PID"; }
 
-port_in_use() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
 
 # --- tools and builds ------------------------------------------------------
-if ! command -v wrk >/dev/null 2>&1; then
-	echo "installing wrk" >&2
-	apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
-fi
-command -v curl >/dev/null 2>&1 || die "curl is needed"
+bench_tools
 mkdir -p "$BIN"
 go build -o "$BIN/desko-standin" ./internal/deskotest/cmd/desko-standin
 declare -A CADDY_OF

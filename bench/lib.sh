@@ -74,3 +74,16 @@ bench_upstream() {
 	PIDS+=($!)
 	wait_http "http://127.0.0.1:$port/_upstream/stats"
 }
+
+# port_in_use PORT: something listens on $HOST:PORT (127.0.0.1 by default).
+port_in_use() { (exec 3<>"/dev/tcp/${HOST:-127.0.0.1}/$1") 2>/dev/null; }
+
+# bench_tools: wrk (installed from Debian if missing) and curl.
+bench_tools() {
+	if ! command -v wrk >/dev/null 2>&1; then
+		echo "installing wrk" >&2
+		apt-get update -qq
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
+	fi
+	command -v curl >/dev/null 2>&1 || die "curl is needed"
+}

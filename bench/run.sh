@@ -93,15 +93,9 @@ P_DESKO=$((BASE_PORT + 4))
 . "$ROOT/bench/lib.sh"
 bench_init run
 
-port_in_use() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
 
 # --- tools and builds ------------------------------------------------------
-if ! command -v wrk >/dev/null 2>&1; then
-	echo "installing wrk" >&2
-	apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
-fi
-command -v curl >/dev/null 2>&1 || die "curl is needed"
+bench_tools
 
 mkdir -p "$BIN"
 go build -o "$BIN/upstream" ./bench/upstream

@@ -108,18 +108,12 @@ P_T=$((BASE_PORT + 1)) P_A=$((BASE_PORT + 2)) P_ADMIN=$((BASE_PORT + 3)) P_UP=$(
 . "$ROOT/bench/lib.sh"
 bench_init tenants
 
-port_in_use() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
 for p in "$P_T" "$P_A" "$P_ADMIN" "$P_UP" "$P_DESKO"; do
 	port_in_use "$p" && die "port $p is in use (set BASE_PORT)"
 done
 
 # --- tools and builds ------------------------------------------------------
-if ! command -v wrk >/dev/null 2>&1; then
-	echo "installing wrk" >&2
-	apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
-fi
-command -v curl >/dev/null 2>&1 || die "curl is needed"
+bench_tools
 mkdir -p "$BIN"
 go build -o "$BIN/upstream" ./bench/upstream
 go build -o "$BIN/desko-standin" ./internal/deskotest/cmd/desko-standin
