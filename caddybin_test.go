@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -32,6 +33,12 @@ var caddyBinTests = []string{
 	"TestFleetSharesOneTokenPerLifetime", "TestFleetRevokingServer", "TestRotationThroughCaddyReload",
 	"TestCaddyValidateCommandSendsNoTokenRequest", "TestRotationWithGracePeriod", "TestRotationHard", "TestRotationFileVanishes", "TestCheckCommand",
 	"TestCaddyValidateClientKey", "TestRotationPrivateKey", "TestCheckCommandJWTStyles",
+	// newParallelE2E's
+	"TestE2EPeerClockAhead", "TestE2ENoTokenInItsLastMoments", "TestE2ETokenEndpointClockSkew", "TestE2ETokenEndpointDown",
+	"TestE2EHTMLAnswerThenRecovery", "TestE2EMetricsSurviveReload", "TestE2EPrivateKeyJWT",
+	"TestE2EARouteThatRefusesEveryTokenCostsOthersNothing", "TestE2ESharedCacheFIFOEntry", "TestE2ESharedCacheReadOnlyStorage",
+	"TestE2ETenantsLifecycle", "TestE2ETenantsNeverCrossTokens", "TestE2ETenantLogLinesNameTheTenantOnce",
+	"TestE2ESourceLabelsAreDistinct", "TestE2EConnectionAttemptUnanswered",
 }
 
 // coldCompiles is how many packages a build compiles before it counts as
@@ -117,9 +124,12 @@ func buildCaddyBinary(bin string) (compiling, linking <-chan struct{}) {
 }
 
 // buildCaddy returns the Caddy binary, waiting for its build, and fails the
-// test if it could not be built.
+// test if it could not be built, or if it is not one of caddyBinTests.
 func buildCaddy(t *testing.T) string {
 	t.Helper()
+	if top, _, _ := strings.Cut(t.Name(), "/"); !slices.Contains(caddyBinTests, top) {
+		t.Errorf("%s runs the Caddy binary but is not one of caddyBinTests: TestMain would not build it before the tests start", top)
+	}
 	startCaddyBuild(testTmp)
 	<-caddyBuild.done
 	if caddyBuild.err != nil {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"sync"
 	"testing"
@@ -22,6 +23,15 @@ import (
 // say, and never in its last moments. The stand-in's API answers 401 to a
 // token that has expired: its count of 401s is the count of requests that
 // carried one.
+
+// clientPace is the shortest time between two requests of one of the
+// clients' workers: dense beside the token's safety margin (300 ms: each
+// worker tries it 15 times), so that every moment of a token's life is
+// tried, but a steady load rather than as many requests as the CPUs can
+// make. Every request costs the test binary, which runs with -race, its
+// share as client, as the stand-in and in reading the DEBUG log for
+// leaks: unpaced, these were the package's most expensive tests.
+const clientPace = 20 * time.Millisecond
 
 // statusCounts counts the answers clients got.
 type statusCounts struct {
@@ -62,8 +72,8 @@ func (c *statusCounts) String() string {
 	return fmt.Sprint(c.by)
 }
 
-// clients sends requests through Caddy from workers goroutines for d and
-// counts the answers (-1: no answer).
+// clients sends requests through Caddy from workers goroutines for d, each
+// at most one per clientPace, and counts the answers (-1: no answer).
 func (e *e2e) clients(workers int, d time.Duration) *statusCounts {
 	var counts statusCounts
 	ctx, cancel := context.WithTimeout(context.Background(), d)
@@ -71,14 +81,20 @@ func (e *e2e) clients(workers int, d time.Duration) *statusCounts {
 	var wg sync.WaitGroup
 	for w := range workers {
 		wg.Go(func() {
+			pace := time.NewTicker(clientPace)
+			defer pace.Stop()
 			for i := 0; ctx.Err() == nil; i++ {
-				resp, err := e.tester.Client.Get(fmt.Sprintf("%s/clock/%d-%d", proxyBase, w, i))
-				if err != nil {
+				if resp, err := e.client.Get(fmt.Sprintf("%s/clock/%d-%d", e.base, w, i)); err != nil {
 					counts.add(-1)
-					continue
+				} else {
+					_, _ = io.Copy(io.Discard, resp.Body) // so that the connection is used again
+					resp.Body.Close()
+					counts.add(resp.StatusCode)
 				}
-				resp.Body.Close()
-				counts.add(resp.StatusCode)
+				select {
+				case <-pace.C:
+				case <-ctx.Done():
+				}
 			}
 		})
 	}
@@ -119,7 +135,7 @@ func (e *e2e) peerToken(t *testing.T) (string, time.Duration) {
 // only 200s.
 func TestE2EPeerClockAhead(t *testing.T) {
 	const ttl, ahead = 3 * time.Second, 10 * time.Minute
-	e := newE2E(t, ttl)
+	e := newParallelE2E(t, ttl)
 	dir := t.TempDir()
 	peer, err := fleet.New(&certmagic.FileStorage{Path: dir}, e.tokenURL(), []string{"booking.show", "organization.show"}, nil)
 	if err != nil {
@@ -159,7 +175,7 @@ func TestE2EPeerClockAhead(t *testing.T) {
 	if !counts.only(200) {
 		t.Errorf("clients got %v; want only 200s", counts)
 	}
-	_, text := adminDo(t, "GET", "/metrics")
+	_, text := e.adminDo("GET", "/metrics")
 	if n := metricValue(t, text, "desko_auth_shared_cache_total", map[string]string{"source": e.label("booking.show", "organization.show"), "result": "hit"}); n < 1 {
 		t.Errorf("Caddy adopted %v tokens from the peer, want at least 1 (the test would prove nothing)", n)
 	}
@@ -174,7 +190,7 @@ func TestE2EPeerClockAhead(t *testing.T) {
 // 200s, then, past the token's safety margin (300 ms), 503s.
 func TestE2ENoTokenInItsLastMoments(t *testing.T) {
 	const ttl, transit = 6 * time.Second, 50 * time.Millisecond
-	e := newE2E(t, ttl)
+	e := newParallelE2E(t, ttl)
 	e.desko.SetOpaqueTokens(true)
 	e.loadUpstream("warm_up off", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		time.Sleep(transit) // the way to the upstream (models latency; nothing is awaited)
@@ -201,6 +217,7 @@ func TestE2ENoTokenInItsLastMoments(t *testing.T) {
 // (behind). The token is used for its real 4 s and refreshed; no request
 // reaches the upstream with an expired token; one WARN gives the skew.
 func TestE2ETokenEndpointClockSkew(t *testing.T) {
+	t.Parallel()
 	// Ahead: read on this clock, the exp would keep a dead token in use
 	// for ten minutes (upstream 401s). Behind, the token would be thrown
 	// away at once; that side, and the skew on every instant a source
@@ -208,7 +225,7 @@ func TestE2ETokenEndpointClockSkew(t *testing.T) {
 	for _, offset := range []time.Duration{10 * time.Minute} {
 		t.Run(fmt.Sprint(offset), func(t *testing.T) {
 			const ttl = 3 * time.Second
-			e := newE2E(t, ttl)
+			e := newParallelE2E(t, ttl)
 			e.desko.SetClockOffset(offset)
 			e.desko.SetOmitExpiresIn(true)
 			e.load("warm_up off")
@@ -216,7 +233,7 @@ func TestE2ETokenEndpointClockSkew(t *testing.T) {
 				t.Fatalf("status %d: %s", s, body)
 			}
 			// The exp claim is rounded up to a whole second.
-			st := onlySource(t)
+			st := e.onlySource()
 			if life := st.ExpiresAt.Sub(st.LastFetchAt); life < ttl-time.Second || life > ttl+time.Second {
 				t.Errorf("the token expires %v after its fetch; want its real %v", life, ttl)
 			}

@@ -22,7 +22,7 @@ import (
 func TestE2EErrorsThroughHandleErrors(t *testing.T) {
 	e := newE2E(t, time.Hour)
 	e.loadRaw(fmt.Sprintf(`
-`+proxyBase+` {
+`+e.base+` {
 	desko_auth {
 		client_id     %s
 		client_secret {env.DESKO_TEST_SECRET}
@@ -35,7 +35,7 @@ func TestE2EErrorsThroughHandleErrors(t *testing.T) {
 		respond "handled {err.status_code} why={http.desko_auth.error} source={http.desko_auth.source}"
 	}
 }`, testClientID, e.tokenURL(), e.srv.Listener.Addr()))
-	source := onlySource(t).Source
+	source := e.onlySource().Source
 
 	e.desko.SetMode(deskotest.ModeDown)
 	s, hdr, body := e.do("GET", "/a", "")
@@ -47,7 +47,7 @@ func TestE2EErrorsThroughHandleErrors(t *testing.T) {
 	}
 
 	e.loadRaw(fmt.Sprintf(`
-`+proxyBase+` {
+`+e.base+` {
 	desko_auth {
 		client_id     %s
 		client_secret wrong-{env.DESKO_TEST_SECRET}
@@ -81,7 +81,7 @@ func TestE2EErrorsThroughHandleErrors(t *testing.T) {
 func TestE2ESourcePlaceholder(t *testing.T) {
 	e := newE2E(t, time.Hour)
 	e.loadRaw(fmt.Sprintf(`
-`+proxyBase+` {
+`+e.base+` {
 	route {
 		desko_auth {
 			client_id     %s
@@ -93,7 +93,7 @@ func TestE2ESourcePlaceholder(t *testing.T) {
 	}
 }`, testClientID, e.tokenURL(), e.srv.Listener.Addr()))
 	s, hdr, _ := e.do("GET", "/a", "")
-	if want := onlySource(t).Source; s != 200 || hdr.Get("X-Desko-Source") != want {
+	if want := e.onlySource().Source; s != 200 || hdr.Get("X-Desko-Source") != want {
 		t.Fatalf("status %d, X-Desko-Source %q, want %q", s, hdr.Get("X-Desko-Source"), want)
 	}
 }
@@ -167,6 +167,7 @@ func recordedUnder(tag string, ev caddy.Event) bool {
 }
 
 func TestE2EEvents(t *testing.T) {
+	t.Parallel() // its subtests are (newE2E)
 	// The names operators subscribe to.
 	for name, want := range map[string]string{
 		EventTokenObtained: "desko_auth_token_obtained", EventRefreshFailed: "desko_auth_refresh_failed",
@@ -215,7 +216,7 @@ func testEvents(t *testing.T, site string) {
 		t.Helper()
 		block := fmt.Sprintf("client_id %s\n\t\tclient_secret %s\n\t\ttoken_url %s\n\t\twarm_up off",
 			testClientID, secret, e.tokenURL())
-		cf := e.caddyfile(proxyBase + " {" + fmt.Sprintf(site, block, e.srv.Listener.Addr()) + "\n}")
+		cf := e.caddyfile(e.base + " {" + fmt.Sprintf(site, block, e.srv.Listener.Addr()) + "\n}")
 		cfg, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cf), nil)
 		if err != nil {
 			t.Fatal(err)
@@ -261,7 +262,7 @@ func testEvents(t *testing.T, site string) {
 	if s, _, _ := e.do("GET", "/a", ""); s != 200 {
 		t.Fatalf("status %d", s)
 	}
-	source := onlySource(t).Source
+	source := e.onlySource().Source
 	ev := waitEvent(t, tagAnyModule, EventTokenObtained)
 	if d := ev.Data; d["source"] != source || d["result"] != "ok" {
 		t.Errorf("%s data %v, want source %q and result ok", EventTokenObtained, d, source)

@@ -86,20 +86,35 @@ func runCaddy(t *testing.T, bin, dir, cfg string, port int, env ...string) []str
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	exited := make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		close(exited)
+	}()
 	t.Cleanup(func() {
 		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
+		<-exited
 		out.Close()
 	})
+	gone := false
 	listening := eventually(func() bool {
+		select {
+		case <-exited:
+			gone = true
+			return true
+		default:
+		}
 		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), time.Second)
 		if err == nil {
 			c.Close()
 		}
 		return err == nil
 	})
-	if !listening {
+	if gone || !listening {
 		b, _ := os.ReadFile(filepath.Join(dir, "stdout.log"))
+		if gone {
+			t.Fatalf("Caddy exited before listening on %d: %s", port, b)
+		}
 		t.Fatalf("Caddy did not start listening on %d within %v: %s", port, waitLimit, b)
 	}
 	return cmd.Env
@@ -145,7 +160,19 @@ func (r *loadResult) String() string {
 	return fmt.Sprintf("%d requests: %d ok, %d 401, %d other", r.requests.Load(), r.ok.Load(), r.unauthorized.Load(), r.other.Load())
 }
 
-// runLoad sends requests from `workers` goroutines per target for d.
+// fleetPace is the shortest time between two requests of one worker: with
+// fleetWorkers, 100 requests a second for each instance, some at the same
+// moment, through every refresh and revocation. Every proxied request also
+// costs the test binary (the client, the stand-in, reading the DEBUG
+// logs), which runs with -race: as many requests as the CPUs could make
+// made these the package's most expensive tests, and found nothing more.
+const (
+	fleetPace    = 20 * time.Millisecond
+	fleetWorkers = 2
+)
+
+// runLoad sends requests from `workers` goroutines per target for d, each
+// at most one per fleetPace.
 func runLoad(targets []string, workers int, d time.Duration) *loadResult {
 	var res loadResult
 	ctx, cancel := context.WithTimeout(context.Background(), d)
@@ -155,7 +182,7 @@ func runLoad(targets []string, workers int, d time.Duration) *loadResult {
 	for _, target := range targets {
 		for w := range workers {
 			wg.Go(func() {
-				pace := time.NewTicker(5 * time.Millisecond) // a steady, bounded rate per worker
+				pace := time.NewTicker(fleetPace)
 				defer pace.Stop()
 				for i := 0; ctx.Err() == nil; i++ {
 					res.requests.Add(1)
@@ -199,7 +226,7 @@ func fleetRun(t *testing.T, block string, revokePrevious bool, d time.Duration) 
 	storage := t.TempDir()
 	a, logA := startCaddy(t, bin, storage, srv.URL, block)
 	b, logB := startCaddy(t, bin, storage, srv.URL, block)
-	res := runLoad([]string{a, b}, 4, d)
+	res := runLoad([]string{a, b}, fleetWorkers, d)
 	n := desko.TokenRequests()
 	t.Logf("fleet (%s, revoke_previous=%v) over %v: %s; token requests %d; API answered 401 %d times",
 		strings.TrimSpace(block), revokePrevious, d, res, n, desko.APIRejected())

@@ -50,8 +50,8 @@ func TestE2EEchoedSecretNeverReachesClients(t *testing.T) {
 	}))
 	t.Cleanup(echo.Close)
 	e := newE2E(t, time.Hour)
-	t.Setenv("DESKO_TEST_SECRET", scrubtest.PHPSecret)
-	e.loadRaw(fmt.Sprintf(proxyBase+` {
+	e.setenv("DESKO_TEST_SECRET", scrubtest.PHPSecret)
+	e.loadRaw(fmt.Sprintf(e.base+` {
 	desko_auth {
 		client_id     %s
 		client_secret {env.DESKO_TEST_SECRET}
@@ -80,7 +80,7 @@ func TestE2EEchoedSecretNeverReachesClients(t *testing.T) {
 	}
 	logs, _ := os.ReadFile(e.logFile)
 	scrubtest.AssertNoEscaping(t, "Caddy's log", string(logs), scrubtest.PHPSecret)
-	_, status2 := adminDo(t, "GET", "/desko_auth/status")
+	_, status2 := e.adminDo("GET", "/desko_auth/status")
 	if !strings.Contains(status2, scrub.Redacted) {
 		t.Errorf("admin status %s: want last_error with the redacted detail", status2)
 	}
@@ -97,7 +97,7 @@ func closedPort(*testing.T) int { return 1 }
 func TestE2ETokenURLQueryAndAddressesStayHidden(t *testing.T) {
 	e := newE2E(t, time.Hour)
 	port := closedPort(t)
-	e.loadRaw(fmt.Sprintf(proxyBase+` {
+	e.loadRaw(fmt.Sprintf(e.base+` {
 	desko_auth {
 		client_id     %s
 		client_secret {env.DESKO_TEST_SECRET}
@@ -126,7 +126,7 @@ func TestE2ETokenURLQueryAndAddressesStayHidden(t *testing.T) {
 		t.Errorf("logged detail %q, want the redacted URL and the cause", detail)
 	}
 	logs, _ := os.ReadFile(e.logFile)
-	_, admin := adminDo(t, "GET", "/desko_auth/status")
+	_, admin := e.adminDo("GET", "/desko_auth/status")
 	// The WARN about a literal credential in the query names the
 	// parameter (api_key), never its value or the query.
 	for what, text := range map[string]string{"the log": string(logs), "the admin status": admin, "the detail": detail} {
@@ -202,11 +202,11 @@ func TestE2EParamAndTokenHeaderPlaceholders(t *testing.T) {
 	if err := os.WriteFile(keyFile, []byte(apiKey+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	t.Setenv("DESKO_TEST_AUDIENCE", audience)
 	capture, reqs := newCaptureServer(t)
 	e := newE2E(t, time.Hour)
+	e.setenv("DESKO_TEST_AUDIENCE", audience)
 	site := func(tokenURL, audienceVar string) string {
-		return fmt.Sprintf(proxyBase+` {
+		return fmt.Sprintf(e.base+` {
 	desko_auth {
 		client_id     %s
 		client_secret {env.DESKO_TEST_SECRET}
@@ -228,7 +228,7 @@ func TestE2EParamAndTokenHeaderPlaceholders(t *testing.T) {
 	if form.Get("audience") != audience || got.header.Get("X-Api-Key") != apiKey {
 		t.Errorf("endpoint got audience %q, X-Api-Key %q; want the expanded values", form.Get("audience"), got.header.Get("X-Api-Key"))
 	}
-	_, cfg := adminDo(t, "GET", "/config/")
+	_, cfg := e.adminDo("GET", "/config/")
 	if strings.Contains(cfg, "AUDIENCE-VALUE") || strings.Contains(cfg, apiKey) ||
 		!strings.Contains(cfg, "{env.DESKO_TEST_AUDIENCE}") || !strings.Contains(cfg, "{file."+keyFile+"}") {
 		t.Errorf("/config/ must show the placeholders and not the values: %s", cfg)
@@ -250,7 +250,7 @@ func TestE2EParamAndTokenHeaderPlaceholders(t *testing.T) {
 		t.Errorf("logged detail %q, want both values redacted", detail)
 	}
 	logs, _ := os.ReadFile(e.logFile)
-	_, admin := adminDo(t, "GET", "/desko_auth/status")
+	_, admin := e.adminDo("GET", "/desko_auth/status")
 	lc := scrubtest.NewCheck(testClientID, testSecret, apiKey, "AUDIENCE-VALUE", audience)
 	lc.AssertNone(t, "Caddy's log", string(logs))
 	lc.AssertNone(t, "the admin status", admin)
@@ -300,7 +300,7 @@ func TestE2EAnswerQuirksEveryStyle(t *testing.T) {
 		reverse_proxy %[4]s
 	}`, style, testClientID, srv.tokenURL(), upstream.Listener.Addr())
 	}
-	e.loadRaw(proxyBase + " {" + blocks.String() + "\n}")
+	e.loadRaw(e.base + " {" + blocks.String() + "\n}")
 	for _, style := range []string{"json", "form", "basic"} {
 		if s, _, body := e.do("GET", "/"+style+"/x", ""); s != 200 {
 			t.Errorf("%s: status %d: %s", style, s, body)
@@ -387,9 +387,9 @@ func TestE2EEncodedEchoesNeverLeak(t *testing.T) {
 	}))
 	t.Cleanup(echo.Close)
 	e := newE2E(t, time.Hour)
-	t.Setenv("DESKO_TEST_SECRET", secret)
+	e.setenv("DESKO_TEST_SECRET", secret)
 	var site strings.Builder
-	fmt.Fprintf(&site, "%s {\n", proxyBase)
+	fmt.Fprintf(&site, "%s {\n", e.base)
 	for _, ec := range echoes {
 		fmt.Fprintf(&site, "\thandle /%s/* {\n\t\tdesko_auth {\n\t\t\tclient_id %s\n\t\t\tclient_secret {env.DESKO_TEST_SECRET}\n\t\t\ttoken_url %s/%s\n\t\t\twarm_up off\n\t\t}\n\t\trespond \"never reached\"\n\t}\n",
 			ec.name, testClientID, echo.URL, ec.name)
@@ -409,7 +409,7 @@ func TestE2EEncodedEchoesNeverLeak(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, admin := adminDo(t, "GET", "/desko_auth/status")
+	_, admin := e.adminDo("GET", "/desko_auth/status")
 	if !strings.Contains(string(logs), "could not parse request") || !strings.Contains(admin, "token endpoint answered 400") {
 		t.Fatalf("the log or the status lacks the endpoint's answer: the test would prove nothing\n%.2000s", admin)
 	}

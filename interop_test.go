@@ -219,7 +219,7 @@ func TestInteropE2EParamAndTokenHeaderInEveryStyle(t *testing.T) {
 	t.Cleanup(upstream.Close)
 
 	e := newE2E(t, time.Hour)
-	t.Setenv("DESKO_INTEROP_SECRET", interopSecret)
+	e.setenv("DESKO_INTEROP_SECRET", interopSecret)
 	var blocks strings.Builder
 	for _, style := range []string{"json", "form", "basic"} {
 		fmt.Fprintf(&blocks, `
@@ -237,7 +237,7 @@ func TestInteropE2EParamAndTokenHeaderInEveryStyle(t *testing.T) {
 		reverse_proxy %[4]s
 	}`, style, interopClientID, capture.URL, upstream.Listener.Addr())
 	}
-	e.loadRaw(proxyBase + " {" + blocks.String() + "\n}")
+	e.loadRaw(e.base + " {" + blocks.String() + "\n}")
 
 	for _, style := range []token.AuthStyle{token.AuthJSON, token.AuthForm, token.AuthBasic} {
 		status, _, body := e.do("GET", "/"+style.String()+"/resource", "")
@@ -303,7 +303,7 @@ func TestInteropE2EGoOAuth2ThroughCaddy(t *testing.T) {
 	}
 
 	e := newE2E(t, time.Hour)
-	t.Setenv("DESKO_INTEROP_SECRET", interopSecret)
+	e.setenv("DESKO_INTEROP_SECRET", interopSecret)
 	var blocks strings.Builder
 	for _, s := range sites {
 		fmt.Fprintf(&blocks, `
@@ -318,7 +318,7 @@ func TestInteropE2EGoOAuth2ThroughCaddy(t *testing.T) {
 		reverse_proxy %[4]s
 	}`, s.style, interopClientID, s.as.tokenURL(), s.upstream.Listener.Addr())
 	}
-	e.loadRaw(proxyBase + " {" + blocks.String() + "\n}")
+	e.loadRaw(e.base + " {" + blocks.String() + "\n}")
 
 	var bodies []string
 	for _, s := range sites {

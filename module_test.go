@@ -25,37 +25,86 @@ import (
 	"github.com/deskoproxy/caddy-desko-auth/internal/token"
 )
 
-// End-to-end tests: a real Caddy (caddytest runs one in-process per test
-// binary, admin on localhost:2999) with desko_auth + reverse_proxy in front
-// of the Desko stand-in. These tests load configs, so none is parallel.
+// End-to-end tests: a real Caddy with desko_auth + reverse_proxy in front
+// of the Desko stand-in. newE2E gives a test the in-process Caddy
+// (caddytest runs one per test binary, admin on localhost:2999, built with
+// the test binary's -race): the test is parallel with the tests that run
+// Caddy processes, but holds the in-process Caddy (inProcessCaddy) until it
+// ends, so that those tests load their configs one at a time.
+// newParallelE2E gives a test a Caddy process of its own (e2eproc_test.go),
+// for the tests that mostly wait for tokens to age.
 
 const (
 	testClientID = "e2e-client"
 	testSecret   = "s3cr3t-Value-That-Must-Never-Leak"
 )
 
-// e2e is one test's world: a stand-in Desko and a Caddy log file.
+// e2e is one test's world: a stand-in Desko, a Caddy and its log file.
 type e2e struct {
 	t       *testing.T
 	desko   *deskotest.Server
 	srv     *httptest.Server
 	logFile string
-	tester  *caddytest.Tester
+	// base is the test site's base URL, admin the admin API's; client
+	// sends the test's requests to base.
+	base, admin string
+	client      *http.Client
+	tester      *caddytest.Tester // the in-process Caddy's; nil with proc
+	proc        *caddyProc        // the test's own Caddy process, or nil
 }
 
 func newE2E(t *testing.T, ttl time.Duration) *e2e {
 	t.Helper()
+	t.Parallel()
+	inProcessCaddy.Lock()
+	t.Cleanup(inProcessCaddy.Unlock) // the last cleanup: after the test's own
+	tester := caddytest.NewTester(t)
+	e := newWorld(t, ttl, proxyBase, "http://localhost:2999", tester.Client)
+	e.tester = tester
+	e.setenv("DESKO_TEST_SECRET", testSecret)
+	return e
+}
+
+// inProcessCaddy is held by the test that uses the in-process Caddy.
+var inProcessCaddy sync.Mutex
+
+// newWorld starts the stand-in; the caller sets up the Caddy.
+func newWorld(t *testing.T, ttl time.Duration, base, admin string, client *http.Client) *e2e {
 	d := deskotest.New(testClientID, testSecret, ttl)
 	srv := httptest.NewServer(d)
 	t.Cleanup(srv.Close)
-	t.Setenv("DESKO_TEST_SECRET", testSecret)
 	return &e2e{
 		t:       t,
 		desko:   d,
 		srv:     srv,
 		logFile: filepath.Join(t.TempDir(), "caddy.log"),
-		tester:  caddytest.NewTester(t),
+		base:    base,
+		admin:   admin,
+		client:  client,
 	}
+}
+
+// setenv sets an environment variable for Caddy until the test ends: of
+// the test binary for the in-process Caddy (t.Setenv is not for parallel
+// tests; inProcessCaddy keeps the other tests that read it waiting), of
+// the process (before it starts) for a Caddy process.
+func (e *e2e) setenv(key, value string) {
+	e.t.Helper()
+	if e.proc != nil {
+		e.proc.setenv(e.t, key, value)
+		return
+	}
+	prev, had := os.LookupEnv(key)
+	if err := os.Setenv(key, value); err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() {
+		if had {
+			os.Setenv(key, prev)
+		} else {
+			os.Unsetenv(key)
+		}
+	})
 }
 
 func (e *e2e) tokenURL() string { return e.srv.URL + deskotest.TokenPath }
@@ -79,7 +128,7 @@ func (e *e2e) loadUpstream(extra string, up http.Handler) {
 func (e *e2e) loadTo(extra, upstream string) {
 	e.t.Helper()
 	e.loadRaw(fmt.Sprintf(`
-`+proxyBase+` {
+`+e.base+` {
 	desko_auth {
 		client_id     %s
 		client_secret {env.DESKO_TEST_SECRET}
@@ -94,27 +143,35 @@ func (e *e2e) loadTo(extra, upstream string) {
 // loadRaw runs Caddy with the given sites, test globals and a DEBUG log.
 func (e *e2e) loadRaw(sites string) {
 	e.t.Helper()
+	if e.proc != nil {
+		e.proc.load(e.t, e.caddyfile(sites))
+		return
+	}
 	e.tester.InitServer(e.caddyfile(sites), "caddyfile")
 	if e.t.Failed() {
 		e.t.FailNow()
 	}
 }
 
-// caddyfile is the test globals (free ports, admin on localhost:2999, a
-// DEBUG log into e.logFile) followed by sites.
+// caddyfile is the test globals (free ports, the admin address, a DEBUG
+// log into e.logFile) followed by sites.
 func (e *e2e) caddyfile(sites string) string {
+	globals := fmt.Sprintf(`	admin localhost:2999
+	http_port %s
+	https_port %s`, httpPort, httpsPort)
+	if e.proc != nil {
+		globals = e.proc.globals()
+	}
 	return fmt.Sprintf(`{
 	skip_install_trust
-	admin localhost:2999
-	http_port `+httpPort+`
-	https_port `+httpsPort+`
+%s
 	grace_period 1ns
 	log {
 		output file %s
 		level DEBUG
 	}
 }
-%s`, e.logFile, sites)
+%s`, globals, e.logFile, sites)
 }
 
 // do sends a request through Caddy and returns status, headers and body.
@@ -124,14 +181,14 @@ func (e *e2e) do(method, path, body string, hdr ...string) (int, http.Header, st
 	if body != "" {
 		rd = strings.NewReader(body)
 	}
-	req, err := http.NewRequest(method, proxyBase+path, rd)
+	req, err := http.NewRequest(method, e.base+path, rd)
 	if err != nil {
 		e.t.Fatal(err)
 	}
 	for i := 0; i+1 < len(hdr); i += 2 {
 		req.Header.Set(hdr[i], hdr[i+1])
 	}
-	resp, err := e.tester.Client.Do(req)
+	resp, err := e.client.Do(req)
 	if err != nil {
 		e.t.Fatalf("%s %s: %v", method, path, err)
 	}
@@ -295,7 +352,7 @@ func TestE2ERefusedCredentialsAnswer502AndForwardNothing(t *testing.T) {
 		}
 		bodies = append(bodies, body)
 		if n == 1 {
-			st := onlySource(t)
+			st := e.onlySource()
 			if st.State != token.StateRefused || !st.NextRetryAt.After(st.LastFetchAt) {
 				t.Fatalf("after the refusal: state %s, retry %v after the fetch; want refused, and a retry later",
 					st.State, st.NextRetryAt.Sub(st.LastFetchAt))
@@ -355,7 +412,7 @@ func TestE2EChangedSecretGetsANewEngine(t *testing.T) {
 	}
 	const rotated = "rotated-s3cr3t-also-secret"
 	e.desko.SetClientSecret(rotated)
-	t.Setenv("DESKO_TEST_SECRET", rotated)
+	e.setenv("DESKO_TEST_SECRET", rotated)
 	// Caddy skips a reload whose config text is unchanged (`caddy reload
 	// --force` overrides that); change something else too.
 	e.load("warm_up off\n\t\ttimeout 9s")
@@ -382,9 +439,9 @@ func TestE2ESitesWithTheSameCredentialsShareOneToken(t *testing.T) {
 		warm_up       off
 	}
 	reverse_proxy %s`, testClientID, e.tokenURL(), e.srv.Listener.Addr())
-	e.loadRaw(fmt.Sprintf(proxyBase+" {\n\t%s\n}\nhttp://127.0.0.1:"+httpPort+" {\n\t%s\n}\n", block, block))
+	e.loadRaw(fmt.Sprintf(e.base+" {\n\t%s\n}\nhttp://127.0.0.1:"+httpPort+" {\n\t%s\n}\n", block, block))
 	for _, host := range []string{"localhost", "127.0.0.1", "localhost"} {
-		resp, err := e.tester.Client.Get("http://" + host + ":" + httpPort + "/x")
+		resp, err := e.client.Get("http://" + host + ":" + httpPort + "/x")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -453,6 +510,7 @@ func TestE2ERevokedTokenIsReplayedWithBody(t *testing.T) {
 }
 
 func TestE2EReplayDisabledPassesThe401Through(t *testing.T) {
+	t.Parallel() // its subtests are (newE2E)
 	for _, extra := range []string{"retry_on_unauthorized off", "replay_body_limit 0"} {
 		t.Run(strings.Fields(extra)[0], func(t *testing.T) {
 			e := newE2E(t, time.Hour)
@@ -526,8 +584,9 @@ func TestE2EReplayThatFailsAgainIsNotLooped(t *testing.T) {
 }
 
 func TestE2ETokenEndpointDown(t *testing.T) {
+	t.Parallel()
 	t.Run("with a valid token every request succeeds", func(t *testing.T) {
-		e := newE2E(t, 4*time.Second)
+		e := newParallelE2E(t, 4*time.Second)
 		e.load("warm_up off")
 		start := time.Now() // the token is obtained after this: valid ≥ 4 s from here
 		if s, _, _ := e.do("GET", "/a", ""); s != 200 {
@@ -552,7 +611,7 @@ func TestE2ETokenEndpointDown(t *testing.T) {
 		e.assertNoLeaks()
 	})
 	t.Run("with no token: 503, Retry-After, nothing forwarded", func(t *testing.T) {
-		e := newE2E(t, time.Hour)
+		e := newParallelE2E(t, time.Hour)
 		e.desko.SetMode(deskotest.ModeDown)
 		e.load("warm_up off")
 		for range 10 {
@@ -574,7 +633,7 @@ func TestE2ETokenEndpointDown(t *testing.T) {
 }
 
 func TestE2EHTMLAnswerThenRecovery(t *testing.T) {
-	e := newE2E(t, time.Hour)
+	e := newParallelE2E(t, time.Hour)
 	e.desko.SetMode(deskotest.ModeHTML)
 	e.load("warm_up off")
 	s, hdr, body := e.do("GET", "/a", "")
@@ -597,8 +656,8 @@ func TestE2EHTMLAnswerThenRecovery(t *testing.T) {
 }
 
 func TestE2EConcurrentRequestsShareOneSlowFetch(t *testing.T) {
-	e := newE2E(t, time.Hour)
-	e.desko.SetDelay(500 * time.Millisecond)
+	e := newE2E(t, time.Hour) // in-process: the race detector sees the 50 requests
+	e.desko.SetDelay(200 * time.Millisecond)
 	e.load("warm_up off")
 	var wg sync.WaitGroup
 	statuses := make(chan int, 50)
@@ -606,7 +665,7 @@ func TestE2EConcurrentRequestsShareOneSlowFetch(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			resp, err := e.tester.Client.Get(proxyBase + "/c")
+			resp, err := e.client.Get(e.base + "/c")
 			if err != nil {
 				statuses <- -1
 				return
@@ -676,8 +735,8 @@ func TestE2EChunkedBodyIsNotBuffered(t *testing.T) {
 		_, _ = pw.Write([]byte("streamed"))
 		_ = pw.Close()
 	}()
-	req, _ := http.NewRequest("POST", proxyBase+"/stream", pr)
-	resp, err := e.tester.Client.Do(req)
+	req, _ := http.NewRequest("POST", e.base+"/stream", pr)
+	resp, err := e.client.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

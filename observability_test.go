@@ -15,10 +15,22 @@ import (
 // End-to-end tests of what operators see: /metrics, the admin API, and
 // several credential sets in one Caddy.
 
-// adminDo sends a request to the test Caddy's admin API.
+// adminDo sends a request to the in-process Caddy's admin API, for the
+// tests without an e2e; e.adminDo reaches any test's Caddy.
 func adminDo(t *testing.T, method, path string) (int, string) {
 	t.Helper()
-	req, _ := http.NewRequest(method, "http://localhost:2999"+path, nil)
+	return adminAt(t, "http://localhost:2999", method, path)
+}
+
+// adminDo sends a request to the test's Caddy's admin API.
+func (e *e2e) adminDo(method, path string) (int, string) {
+	e.t.Helper()
+	return adminAt(e.t, e.admin, method, path)
+}
+
+func adminAt(t *testing.T, admin, method, path string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest(method, admin+path, nil)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, path, err)
@@ -30,12 +42,12 @@ func adminDo(t *testing.T, method, path string) (int, string) {
 
 // onlySource returns the status of the one token source of the running
 // config, from the admin API.
-func onlySource(t *testing.T) SourceStatus {
-	t.Helper()
-	code, body := adminDo(t, "GET", "/desko_auth/status")
+func (e *e2e) onlySource() SourceStatus {
+	e.t.Helper()
+	code, body := e.adminDo("GET", "/desko_auth/status")
 	var list []SourceStatus
 	if err := json.Unmarshal([]byte(body), &list); code != 200 || err != nil || len(list) != 1 {
-		t.Fatalf("status endpoint: %d %s (%v), want one source", code, body, err)
+		e.t.Fatalf("status endpoint: %d %s (%v), want one source", code, body, err)
 	}
 	return list[0]
 }
@@ -74,7 +86,7 @@ func metricValue(t *testing.T, text, name string, labels map[string]string) floa
 // client ID and these scopes, from the admin API.
 func (e *e2e) label(scopes ...string) string {
 	e.t.Helper()
-	code, body := adminDo(e.t, "GET", "/desko_auth/status")
+	code, body := e.adminDo("GET", "/desko_auth/status")
 	var list []SourceStatus
 	if err := json.Unmarshal([]byte(body), &list); code != 200 || err != nil {
 		e.t.Fatalf("status endpoint: %d %s (%v)", code, body, err)
@@ -89,7 +101,7 @@ func (e *e2e) label(scopes ...string) string {
 }
 
 func TestE2EMetricsSurviveReload(t *testing.T) {
-	e := newE2E(t, time.Hour)
+	e := newParallelE2E(t, time.Hour)
 	e.load("warm_up off")
 	for range 5 {
 		if s, _, _ := e.do("GET", "/m", ""); s != 200 {
@@ -107,7 +119,7 @@ func TestE2EMetricsSurviveReload(t *testing.T) {
 		t.Fatal("replayed request failed")
 	}
 
-	_, text := adminDo(t, "GET", "/metrics")
+	_, text := e.adminDo("GET", "/metrics")
 	src := e.label("booking.show", "organization.show")
 	checks := []struct {
 		name   string
@@ -141,7 +153,7 @@ func TestE2EMetricsCountFailures(t *testing.T) {
 			t.Fatal("want 502")
 		}
 	}
-	_, text := adminDo(t, "GET", "/metrics")
+	_, text := e.adminDo("GET", "/metrics")
 	src := e.label("booking.show", "organization.show")
 	if got := metricValue(t, text, "desko_auth_token_fetches_total", map[string]string{"source": src, "result": "refused"}); got != 1 {
 		t.Errorf("refused fetches = %v, want 1", got)
@@ -157,7 +169,7 @@ func TestE2EAdminStatusAndRefresh(t *testing.T) {
 	if s, _, _ := e.do("GET", "/a", ""); s != 200 {
 		t.Fatal("request failed")
 	}
-	code, body := adminDo(t, "GET", "/desko_auth/status")
+	code, body := e.adminDo("GET", "/desko_auth/status")
 	if code != 200 {
 		t.Fatalf("status endpoint: %d %s", code, body)
 	}
@@ -175,10 +187,10 @@ func TestE2EAdminStatusAndRefresh(t *testing.T) {
 	}
 	e.leakCheck().AssertNone(t, "the status", body)
 
-	if code, _ := adminDo(t, "POST", "/desko_auth/status"); code != http.StatusMethodNotAllowed {
+	if code, _ := e.adminDo("POST", "/desko_auth/status"); code != http.StatusMethodNotAllowed {
 		t.Errorf("POST status: %d, want 405", code)
 	}
-	code, body = adminDo(t, "POST", "/desko_auth/refresh")
+	code, body = e.adminDo("POST", "/desko_auth/refresh")
 	if code != 200 {
 		t.Fatalf("refresh: %d %s", code, body)
 	}
@@ -200,10 +212,10 @@ func TestE2EAdminStatusAndRefresh(t *testing.T) {
 
 	// Refused credentials show up as such, with the server's message.
 	e.desko.SetClientSecret("changed-on-the-server")
-	if code, body := adminDo(t, "POST", "/desko_auth/refresh"); code != 200 || !strings.Contains(body, `"refresh_error"`) {
+	if code, body := e.adminDo("POST", "/desko_auth/refresh"); code != 200 || !strings.Contains(body, `"refresh_error"`) {
 		t.Errorf("refresh with refused credentials: %d %s", code, body)
 	}
-	_, body = adminDo(t, "GET", "/desko_auth/status")
+	_, body = e.adminDo("GET", "/desko_auth/status")
 	list = nil
 	_ = json.Unmarshal([]byte(body), &list)
 	if len(list) != 1 || list[0].State != "refused" || !strings.Contains(list[0].LastError, "Client authentication failed") {
@@ -228,7 +240,7 @@ func TestE2ESeveralCredentialSets(t *testing.T) {
 		reverse_proxy %s`, testClientID, scope, e.tokenURL(), e.srv.Listener.Addr())
 	}
 	e.loadRaw(fmt.Sprintf(`
-`+proxyBase+` {
+`+e.base+` {
 	handle /bookings/* {
 		%s
 	}
@@ -267,7 +279,7 @@ func TestE2ESeveralCredentialSets(t *testing.T) {
 	if n := e.desko.TokenRequests(); n != 2 {
 		t.Errorf("token requests = %d, want 2 (one per credential set)", n)
 	}
-	_, body := adminDo(t, "GET", "/desko_auth/status")
+	_, body := e.adminDo("GET", "/desko_auth/status")
 	var list []SourceStatus
 	_ = json.Unmarshal([]byte(body), &list)
 	sites := map[string]int{}

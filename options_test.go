@@ -256,7 +256,7 @@ func TestOptionE2EHeaderAndPrefix(t *testing.T) {
 	tokens := newTokenServer(t, okToken(3600))
 	up := newHeaderRecorder(t)
 	e := newE2E(t, time.Hour)
-	e.loadRaw(fmt.Sprintf(proxyBase+` {
+	e.loadRaw(fmt.Sprintf(e.base+` {
 	handle /custom/* {
 		desko_auth {
 			client_id     %[1]s
@@ -280,13 +280,13 @@ func TestOptionE2EHeaderAndPrefix(t *testing.T) {
 	}
 }`, testClientID, tokens.tokenURL(), up.Listener.Addr()))
 
-	req, err := http.NewRequest("GET", proxyBase+"/custom/a", nil)
+	req, err := http.NewRequest("GET", e.base+"/custom/a", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	req.Header.Add("X-Desko-Token", "forged-by-the-client")
 	req.Header.Add("x-desko-token", "and-another-one")
-	resp, err := e.tester.Client.Do(req)
+	resp, err := e.client.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -321,7 +321,7 @@ func TestOptionE2EHeaderAndPrefix(t *testing.T) {
 func TestOptionE2EInsecureHTTP(t *testing.T) {
 	e := newE2E(t, time.Hour)
 	site := func(extra string) string {
-		return fmt.Sprintf(proxyBase+` {
+		return fmt.Sprintf(e.base+` {
 	desko_auth {
 		client_id     %s
 		client_secret {env.DESKO_TEST_SECRET}

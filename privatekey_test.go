@@ -58,16 +58,7 @@ func pkcs8PEM(t testing.TB, k any) string {
 	return pemOf("PRIVATE KEY", der)
 }
 
-// newRSAKey, newP256Key and newEd25519Key make fresh keys.
-func newRSAKey(t testing.TB) *rsa.PrivateKey {
-	t.Helper()
-	k, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
-
+// newECKey and newEd25519Key make fresh keys (pkRSAKeys, RSA keys).
 func newECKey(t testing.TB, c elliptic.Curve) *ecdsa.PrivateKey {
 	t.Helper()
 	k, err := ecdsa.GenerateKey(c, rand.Reader)
@@ -86,12 +77,37 @@ func newEd25519Key(t testing.TB) (ed25519.PublicKey, ed25519.PrivateKey) {
 	return pub, k
 }
 
+// pkRSAKeys are three RSA keys, made once per test binary: a 2048-bit key
+// takes a good part of a second with -race, and the tests that use them
+// need keys of their own, not keys of their own each time.
+var pkRSAKeys = func() func(testing.TB) (*rsa.PrivateKey, *rsa.PrivateKey, *rsa.PrivateKey) {
+	keys := sync.OnceValues(func() ([3]*rsa.PrivateKey, error) {
+		var ks [3]*rsa.PrivateKey
+		for i := range ks {
+			k, err := rsa.GenerateKey(rand.Reader, 2048)
+			if err != nil {
+				return ks, err
+			}
+			ks[i] = k
+		}
+		return ks, nil
+	})
+	return func(t testing.TB) (*rsa.PrivateKey, *rsa.PrivateKey, *rsa.PrivateKey) {
+		t.Helper()
+		ks, err := keys()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ks[0], ks[1], ks[2]
+	}
+}()
+
 // pkKeys are a key of every type and PEM form the module reads: RSA
 // (PKCS#8 and PKCS#1, RS256; PS256), P-256 (SEC1 and PKCS#8), P-384 and
 // Ed25519. The RSA forms are of three different keys.
 func pkKeys(t testing.TB) []pkKey {
 	t.Helper()
-	rsa1, rsa2, rsa3 := newRSAKey(t), newRSAKey(t), newRSAKey(t)
+	rsa1, rsa2, rsa3 := pkRSAKeys(t)
 	p256a, p256b, p384 := newECKey(t, elliptic.P256()), newECKey(t, elliptic.P256()), newECKey(t, elliptic.P384())
 	edPub, edKey := newEd25519Key(t)
 	sec1, err := x509.MarshalECPrivateKey(p256a)
@@ -218,11 +234,11 @@ type pkRoute struct {
 // log, /config/ (which shows the placeholders), the status and refresh
 // answers, /metrics or the 502 bodies.
 func TestE2EPrivateKeyJWT(t *testing.T) {
-	e := newE2E(t, time.Hour)
+	e := newParallelE2E(t, time.Hour)
 	keys := pkKeys(t)
 	dir := t.TempDir()
 	up, upstream := newAuthRecorder(t)
-	t.Setenv("PKJWT_HMAC_SECRET", hmacSecret)
+	e.setenv("PKJWT_HMAC_SECRET", hmacSecret)
 
 	var routes []pkRoute
 	secrets := []string{hmacSecret} // the leak rule's secrets: the HMAC secret, then every key's forms
@@ -267,7 +283,7 @@ func TestE2EPrivateKeyJWT(t *testing.T) {
 	routes = append(routes, wa)
 
 	var site strings.Builder
-	fmt.Fprintf(&site, "%s {\n", proxyBase)
+	fmt.Fprintf(&site, "%s {\n", e.base)
 	for _, r := range routes {
 		fmt.Fprintf(&site, "\thandle /%s/* {\n\t\tdesko_auth {\n\t\t\t%s\n\t\t\ttoken_url %s\n\t\t\twarm_up off\n\t\t}\n\t\treverse_proxy %s\n\t}\n",
 			r.slug, r.block, r.tokenURL, upstream)
@@ -325,7 +341,7 @@ func TestE2EPrivateKeyJWT(t *testing.T) {
 	}
 
 	// Two token requests carry two assertions with different jti.
-	code, refreshed := adminDo(t, "POST", "/desko_auth/refresh")
+	code, refreshed := e.adminDo("POST", "/desko_auth/refresh")
 	if code != 200 {
 		t.Fatalf("refresh: %d %s", code, refreshed)
 	}
@@ -365,7 +381,7 @@ func TestE2EPrivateKeyJWT(t *testing.T) {
 		tokens = append(tokens, r.as.Tokens()...)
 	}
 	lc := scrubtest.NewCheckWith("pk-hs256", secrets, tokens...)
-	_, cfg := adminDo(t, "GET", "/config/")
+	_, cfg := e.adminDo("GET", "/config/")
 	if strings.Contains(cfg, "BEGIN") || strings.Contains(cfg, hmacSecret) {
 		t.Errorf("/config/ shows a key or the secret: %.500s", cfg)
 	}
@@ -374,8 +390,8 @@ func TestE2EPrivateKeyJWT(t *testing.T) {
 			t.Errorf("/config/ does not show the placeholder %s", want)
 		}
 	}
-	_, status := adminDo(t, "GET", "/desko_auth/status")
-	_, metrics := adminDo(t, "GET", "/metrics")
+	_, status := e.adminDo("GET", "/desko_auth/status")
+	_, metrics := e.adminDo("GET", "/metrics")
 	logs := readLog(t, e.logFile)
 	for what, text := range map[string]string{
 		"/config/": cfg, "/desko_auth/status": status, "the refresh answer": refreshed, "/metrics": metrics,
@@ -424,7 +440,7 @@ func TestE2ESharedCachePrivateKey(t *testing.T) {
 	as, tokenURL := startAssertionServer(t, clientID, "", &good.PublicKey, "ES256", time.Hour)
 	up, upstream := newAuthRecorder(t)
 	var site strings.Builder
-	fmt.Fprintf(&site, "%s {\n", proxyBase)
+	fmt.Fprintf(&site, "%s {\n", e.base)
 	for _, name := range []string{"one", "two", "three"} {
 		fmt.Fprintf(&site, `	handle /%s/* {
 		desko_auth {

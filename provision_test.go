@@ -14,8 +14,8 @@ import (
 // names get none.
 func TestE2ELiteralCredentialsWarn(t *testing.T) {
 	e := newE2E(t, time.Hour)
-	t.Setenv("DESKO_TEST_KEY", "KEY-FROM-ENV-value")
-	e.loadRaw(fmt.Sprintf(proxyBase+` {
+	e.setenv("DESKO_TEST_KEY", "KEY-FROM-ENV-value")
+	e.loadRaw(fmt.Sprintf(e.base+` {
 	desko_auth {
 		client_id     %s
 		client_secret {env.DESKO_TEST_SECRET}

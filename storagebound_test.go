@@ -71,14 +71,14 @@ type sharedCacheView struct {
 
 // sharedCacheOf returns the shared_cache section of the status of the one
 // token source, nil if it has none.
-func sharedCacheOf(t *testing.T) *sharedCacheView {
-	t.Helper()
-	code, body := adminDo(t, "GET", "/desko_auth/status")
+func (e *e2e) sharedCacheOf() *sharedCacheView {
+	e.t.Helper()
+	code, body := e.adminDo("GET", "/desko_auth/status")
 	var list []struct {
 		SharedCache *sharedCacheView `json:"shared_cache"`
 	}
 	if err := json.Unmarshal([]byte(body), &list); code != 200 || err != nil || len(list) != 1 {
-		t.Fatalf("status endpoint: %d %s (%v), want one source", code, body, err)
+		e.t.Fatalf("status endpoint: %d %s (%v), want one source", code, body, err)
 	}
 	return list[0].SharedCache
 }
@@ -106,11 +106,11 @@ func (e *e2e) logCount(level, msg string) int {
 
 // sharedGauges returns the shared cache gauges of the source src from
 // /metrics: degraded and stuck calls (-1 when absent).
-func sharedGauges(t *testing.T, src string) (degraded, stuck float64) {
-	t.Helper()
-	_, text := adminDo(t, "GET", "/metrics")
+func (e *e2e) sharedGauges(src string) (degraded, stuck float64) {
+	e.t.Helper()
+	_, text := e.adminDo("GET", "/metrics")
 	l := map[string]string{"source": src}
-	return metricValue(t, text, "desko_auth_shared_cache_degraded", l), metricValue(t, text, "desko_auth_shared_cache_stuck_calls", l)
+	return metricValue(e.t, text, "desko_auth_shared_cache_degraded", l), metricValue(e.t, text, "desko_auth_shared_cache_stuck_calls", l)
 }
 
 const (
@@ -130,7 +130,7 @@ const (
 // within the gate's wait (ten times the 500 ms read wait), and the status,
 // the gauges and one INFO say so; the stuck read is still counted.
 func TestE2ESharedCacheFIFOEntry(t *testing.T) {
-	e := newE2E(t, time.Hour)
+	e := newParallelE2E(t, time.Hour)
 	dir := t.TempDir()
 	key := fleet.Key(e.tokenURL(), testClientID, []string{"booking.show", "organization.show"}, nil)
 	fifo := makeFIFO(t, dir, key)
@@ -145,14 +145,14 @@ func TestE2ESharedCacheFIFOEntry(t *testing.T) {
 		t.Errorf("the request took %v; want its answer within the token request timeout (%v)", took, timeout)
 	}
 	returnsWithin(t, timeout+3*time.Second, "POST /desko_auth/refresh", func() {
-		if s, body := adminDo(t, "POST", "/desko_auth/refresh"); s != 200 || strings.Contains(body, "refresh_error") {
+		if s, body := e.adminDo("POST", "/desko_auth/refresh"); s != 200 || strings.Contains(body, "refresh_error") {
 			t.Errorf("refresh: status %d: %s", s, body)
 		}
 	})
 	if n := e.desko.TokenRequests(); n != 2 {
 		t.Errorf("%d token requests, want 2 (the request's, the refresh's)", n)
 	}
-	_, text := adminDo(t, "GET", "/metrics")
+	_, text := e.adminDo("GET", "/metrics")
 	src := e.label("booking.show", "organization.show")
 	if got := metricValue(t, text, "desko_auth_shared_cache_total", map[string]string{"source": src, "result": "timeout"}); got != 2 {
 		t.Errorf("shared cache timeouts = %v, want 2", got)
@@ -162,11 +162,11 @@ func TestE2ESharedCacheFIFOEntry(t *testing.T) {
 	}
 
 	// The outage, as operators see it.
-	if sc := sharedCacheOf(t); sc == nil || sc.State != "degraded" || sc.StuckCalls != 1 || sc.Since.Before(start.Add(-time.Second)) ||
+	if sc := e.sharedCacheOf(); sc == nil || sc.State != "degraded" || sc.StuckCalls != 1 || sc.Since.Before(start.Add(-time.Second)) ||
 		!strings.Contains(sc.LastError, "the storage does not answer") {
 		t.Errorf("during the outage the status shows the shared cache as %+v; want degraded since the request, 1 stuck call, the error", sc)
 	}
-	if degraded, stuck := sharedGauges(t, src); degraded != 1 || stuck != 1 {
+	if degraded, stuck := e.sharedGauges(src); degraded != 1 || stuck != 1 {
 		t.Errorf("during the outage the gauges are degraded=%v stuck_calls=%v; want 1 and 1", degraded, stuck)
 	}
 
@@ -186,7 +186,7 @@ func TestE2ESharedCacheFIFOEntry(t *testing.T) {
 		// Pacing: a forced refresh (a fetch) every 200 ms at most.
 		if time.Since(lastRefresh) >= 200*time.Millisecond {
 			lastRefresh = time.Now()
-			if s, body := adminDo(t, "POST", "/desko_auth/refresh"); s != 200 || strings.Contains(body, "refresh_error") {
+			if s, body := e.adminDo("POST", "/desko_auth/refresh"); s != 200 || strings.Contains(body, "refresh_error") {
 				t.Errorf("refresh: status %d: %s", s, body)
 			}
 		}
@@ -198,10 +198,10 @@ func TestE2ESharedCacheFIFOEntry(t *testing.T) {
 	if took := time.Since(removed); took > 5*time.Second+2*time.Second {
 		t.Errorf("the shared cache was used again %v after the FIFO was removed; want within the gate's 5 s wait", took)
 	}
-	if sc := sharedCacheOf(t); sc == nil || sc.State != "ok" || sc.StuckCalls != 1 || sc.Since.Before(removed) || sc.LastError != "" {
+	if sc := e.sharedCacheOf(); sc == nil || sc.State != "ok" || sc.StuckCalls != 1 || sc.Since.Before(removed) || sc.LastError != "" {
 		t.Errorf("after the recovery the status shows the shared cache as %+v; want ok since the recovery, the blocked read still counted", sc)
 	}
-	if degraded, stuck := sharedGauges(t, src); degraded != 0 || stuck != 1 {
+	if degraded, stuck := e.sharedGauges(src); degraded != 0 || stuck != 1 {
 		t.Errorf("after the recovery the gauges are degraded=%v stuck_calls=%v; want 0 and 1", degraded, stuck)
 	}
 	if w, i := e.logCount("warn", msgSharedDown), e.logCount("info", msgSharedBack); w != 1 || i != 1 {
@@ -218,7 +218,7 @@ func TestE2ESharedCacheFIFOEntry(t *testing.T) {
 // it lasts: one WARN over many refreshes of short tokens, never an "available
 // again" from the reads that work; the status and the gauge say degraded.
 func TestE2ESharedCacheReadOnlyStorage(t *testing.T) {
-	e := newE2E(t, 2*time.Second)
+	e := newParallelE2E(t, 2*time.Second)
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "locks"), []byte("not a folder"), 0o400); err != nil {
 		t.Fatal(err)
@@ -237,17 +237,17 @@ func TestE2ESharedCacheReadOnlyStorage(t *testing.T) {
 		t.Fatalf("status %d: %s", s, body)
 	}
 	src := e.label("booking.show", "organization.show")
-	_, text := adminDo(t, "GET", "/metrics")
+	_, text := e.adminDo("GET", "/metrics")
 	if got := metricValue(t, text, "desko_auth_shared_cache_total", map[string]string{"source": src, "result": "error"}); got < fetches {
 		t.Errorf("shared cache errors = %v, want at least %d (one per fetch)", got, fetches)
 	}
 	if w, i := e.logCount("warn", msgSharedDown), e.logCount("info", msgSharedBack); w != 1 || i != 0 {
 		t.Errorf("%d WARNs and %d INFOs about the shared cache over %d fetches; want one WARN for the one outage", w, i, e.desko.TokenRequests())
 	}
-	if sc := sharedCacheOf(t); sc == nil || sc.State != "degraded" || !strings.Contains(sc.LastError, "lock") {
+	if sc := e.sharedCacheOf(); sc == nil || sc.State != "degraded" || !strings.Contains(sc.LastError, "lock") {
 		t.Errorf("the status shows the shared cache as %+v; want degraded, with the lock's error", sc)
 	}
-	if degraded, _ := sharedGauges(t, src); degraded != 1 {
+	if degraded, _ := e.sharedGauges(src); degraded != 1 {
 		t.Errorf("the degraded gauge is %v, want 1", degraded)
 	}
 	e.assertNoLeaks()

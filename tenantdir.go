@@ -167,11 +167,12 @@ type missCache struct {
 	m  map[string]time.Time // value → until
 }
 
-// missFor is how long a miss is remembered (a variable: tests shorten
-// it); maxMisses bounds the misses remembered.
-var missFor = 5 * time.Second
-
-const maxMisses = 4096
+// missFor is how long a miss is remembered; maxMisses bounds the misses
+// remembered.
+const (
+	missFor   = 5 * time.Second
+	maxMisses = 4096
+)
 
 // has reports whether v missed less than missFor ago.
 func (c *missCache) has(v string, now time.Time) bool {

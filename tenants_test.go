@@ -42,16 +42,22 @@ func tenantSecret(name string) string {
 
 func newTenantWorld(t *testing.T, ttl time.Duration, dirTenants ...string) *tenantWorld {
 	t.Helper()
-	e := newE2E(t, ttl)
-	w := &tenantWorld{e2e: e, dir: t.TempDir()}
+	return tenantWorldOn(newE2E(t, ttl), dirTenants...)
+}
+
+// tenantWorldOn is newTenantWorld around e (an in-process or a process
+// Caddy, not loaded yet).
+func tenantWorldOn(e *e2e, dirTenants ...string) *tenantWorld {
+	e.t.Helper()
+	w := &tenantWorld{e2e: e, dir: e.t.TempDir()}
 	for _, name := range append([]string{"acme", "globex"}, dirTenants...) {
 		e.desko.AddClient("client-"+name, tenantSecret(name))
 	}
 	for _, name := range dirTenants {
 		w.addDirTenant(name, "")
 	}
-	t.Setenv("ACME_SECRET", tenantSecret("acme"))
-	t.Setenv("GLOBEX_SECRET", tenantSecret("globex"))
+	e.setenv("ACME_SECRET", tenantSecret("acme"))
+	e.setenv("GLOBEX_SECRET", tenantSecret("globex"))
 	return w
 }
 
@@ -72,7 +78,7 @@ func (w *tenantWorld) addDirTenant(name, scope string) {
 // load runs Caddy with one tenant block; extra lines go into the block.
 func (w *tenantWorld) load(extra string) {
 	w.t.Helper()
-	w.loadRaw(fmt.Sprintf(proxyBase+` {
+	w.loadRaw(fmt.Sprintf(w.base+` {
 	desko_auth {
 		tenant          {http.request.header.X-Desko-Tenant}
 		token_url       %s
@@ -95,11 +101,11 @@ func (w *tenantWorld) load(extra string) {
 // call sends a request as tenant and returns the status and the client
 // the upstream saw the token of.
 func (w *tenantWorld) call(tenant string) (int, string) {
-	req, _ := http.NewRequest("GET", proxyBase+"/api", nil)
+	req, _ := http.NewRequest("GET", w.base+"/api", nil)
 	if tenant != "\x00none" {
 		req.Header.Set("X-Desko-Tenant", tenant)
 	}
-	resp, err := w.tester.Client.Do(req)
+	resp, err := w.client.Do(req)
 	if err != nil {
 		w.t.Fatalf("tenant %q: %v", tenant, err)
 	}
@@ -116,12 +122,12 @@ func (w *tenantWorld) call(tenant string) (int, string) {
 	return resp.StatusCode, body.ClientID
 }
 
-func tenantPage(t *testing.T, query string) TenantPage {
-	t.Helper()
-	code, body := adminDo(t, "GET", "/desko_auth/tenants"+query)
+func (e *e2e) tenantPage(query string) TenantPage {
+	e.t.Helper()
+	code, body := e.adminDo("GET", "/desko_auth/tenants"+query)
 	var p TenantPage
 	if err := json.Unmarshal([]byte(body), &p); code != 200 || err != nil {
-		t.Fatalf("tenants endpoint: %d %s (%v)", code, body, err)
+		e.t.Fatalf("tenants endpoint: %d %s (%v)", code, body, err)
 	}
 	return p
 }
@@ -147,17 +153,17 @@ func TestE2ETenantsPickCredentials(t *testing.T) {
 	}
 	// The status lists the live tenants, paged; the sources list keeps
 	// out the credentials_dir tenants.
-	p := tenantPage(t, "?per_page=2")
+	p := w.tenantPage("?per_page=2")
 	if p.Total != 5 || len(p.Tenants) != 2 || p.Tenants[0].Tenant != "acme" || p.Tenants[0].Kind != "named" {
 		t.Errorf("tenants page 1: %+v", p)
 	}
-	if p := tenantPage(t, "?per_page=2&page=3"); len(p.Tenants) != 1 || p.Tenants[0].Tenant != "umbrella" || p.Tenants[0].Kind != "dir" {
+	if p := w.tenantPage("?per_page=2&page=3"); len(p.Tenants) != 1 || p.Tenants[0].Tenant != "umbrella" || p.Tenants[0].Kind != "dir" {
 		t.Errorf("tenants page 3: %+v", p)
 	}
-	if code, _ := adminDo(t, "GET", "/desko_auth/tenants?per_page=100000"); code != 400 {
+	if code, _ := w.adminDo("GET", "/desko_auth/tenants?per_page=100000"); code != 400 {
 		t.Errorf("per_page over the maximum: %d, want 400", code)
 	}
-	if n := len(sourceStatuses(t)); n != 2 {
+	if n := len(w.sourceStatuses()); n != 2 {
 		t.Errorf("the status lists %d sources, want the 2 named tenants'", n)
 	}
 	// A reload of the same block starts nothing again.
@@ -173,7 +179,7 @@ func TestE2ETenantsPickCredentials(t *testing.T) {
 	}
 	// Metrics: the named tenants have series of their own; the
 	// credentials_dir tenants are counted under the block.
-	_, text := adminDo(t, "GET", "/metrics")
+	_, text := w.adminDo("GET", "/metrics")
 	block := p.Tenants[0].Block
 	if v := metricValue(t, text, "desko_auth_tenants", map[string]string{"source": block}); v != 3 {
 		t.Errorf("desko_auth_tenants = %v, want 3", v)
@@ -244,8 +250,8 @@ func TestE2ETenantsRefuseUnknownAndHostileValues(t *testing.T) {
 	if n := strings.Count(readLog(t, w.logFile), `"tenant":"\"unknown\""`); n != 1 {
 		t.Errorf("the unknown tenant was logged %d times, want once a minute", n)
 	}
-	_, text := adminDo(t, "GET", "/metrics")
-	block := tenantPage(t, "").Tenants[0].Block
+	_, text := w.adminDo("GET", "/metrics")
+	block := w.tenantPage("").Tenants[0].Block
 	if v := metricValue(t, text, "desko_auth_requests_total", map[string]string{"source": block, "outcome": "unknown_tenant"}); v < float64(len(hostile)) {
 		t.Errorf("unknown_tenant = %v, want at least %d", v, len(hostile))
 	}
@@ -256,7 +262,7 @@ func TestE2ETenantsRefuseUnknownAndHostileValues(t *testing.T) {
 
 	// A tenant from the query string, which Caddy decodes: no decoding
 	// game reaches a path.
-	w.loadRaw(fmt.Sprintf(proxyBase+` {
+	w.loadRaw(fmt.Sprintf(w.base+` {
 	desko_auth {
 		tenant          {http.request.uri.query.t}
 		token_url       %s
@@ -282,7 +288,7 @@ func TestE2ETenantsRefuseUnknownAndHostileValues(t *testing.T) {
 // first), and start again on demand; a tenant whose folder is removed is
 // released at its next token request and then refused.
 func TestE2ETenantsLifecycle(t *testing.T) {
-	w := newTenantWorld(t, 3*time.Second, "t1", "t2", "t3")
+	w := tenantWorldOn(newParallelE2E(t, 3*time.Second), "t1", "t2", "t3")
 	w.load("max_tenants 2\n\t\ttenant_idle 2s")
 	// t2 starts first: the least recently used (a start records its time
 	// exactly; later uses to the second).
@@ -296,7 +302,7 @@ func TestE2ETenantsLifecycle(t *testing.T) {
 	}
 	live := func() map[string]bool {
 		m := map[string]bool{}
-		for _, tn := range tenantPage(t, "").Tenants {
+		for _, tn := range w.tenantPage("").Tenants {
 			if tn.Kind == "dir" {
 				m[tn.Tenant] = true
 			}
@@ -312,19 +318,29 @@ func TestE2ETenantsLifecycle(t *testing.T) {
 	if s, _ := w.call("t2"); s != 200 || w.desko.TokenRequests() != before+1 {
 		t.Errorf("t2 after release: %d, %d token requests", s, w.desko.TokenRequests()-before)
 	}
-	// Removed: released at its next token request (3 s tokens refresh at
-	// about 2.3 s), then refused.
+	// Removed: served from its token until its next token request (3 s
+	// tokens refresh at about 2.3 s), released then, and refused after.
+	// The calls keep t2 in use, so that the idle sweep (2 s unused) cannot
+	// release it first.
 	if err := os.RemoveAll(filepath.Join(w.dir, "t2")); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the removed tenant to be released", func() bool { return !live()["t2"] })
-	missFor = 0 // the miss cache would hold a value that just missed for 5 s
-	t.Cleanup(func() { missFor = 5 * time.Second })
-	if s, _ := w.call("t2"); s != 403 {
-		t.Errorf("a removed tenant: %d, want 403", s)
+	var statuses []int
+	waitFor(t, "the removed tenant to be refused", func() bool {
+		s, _ := w.call("t2")
+		if len(statuses) == 0 || statuses[len(statuses)-1] != s {
+			statuses = append(statuses, s)
+		}
+		return s != 200
+	})
+	if len(statuses) != 2 || statuses[0] != 200 || statuses[1] != 403 {
+		t.Errorf("a removed tenant answered %v in turn, want 200 until its next token request, then 403", statuses)
 	}
-	_, text := adminDo(t, "GET", "/metrics")
-	block := tenantPage(t, "").Tenants[0].Block
+	if live()["t2"] {
+		t.Error("a refused tenant is still live")
+	}
+	_, text := w.adminDo("GET", "/metrics")
+	block := w.tenantPage("").Tenants[0].Block
 	for reason, want := range map[string]float64{"max_tenants": 1, "idle": 2, "removed": 1} {
 		if v := metricValue(t, text, "desko_auth_tenant_evictions_total", map[string]string{"source": block, "reason": reason}); v != want {
 			t.Errorf("evictions{%s} = %v, want %v", reason, v, want)
@@ -337,7 +353,7 @@ func TestE2ETenantsLifecycle(t *testing.T) {
 // token.
 func TestE2ETenantsNeverCrossTokens(t *testing.T) {
 	names := []string{"t1", "t2", "t3", "t4", "t5"}
-	w := newTenantWorld(t, 3*time.Second, names...)
+	w := tenantWorldOn(newParallelE2E(t, 3*time.Second), names...)
 	w.load("")
 	all := append([]string{"acme", "globex"}, names...)
 	var wg sync.WaitGroup
@@ -353,6 +369,8 @@ func TestE2ETenantsNeverCrossTokens(t *testing.T) {
 	})
 	for i := range 8 {
 		wg.Go(func() {
+			pace := time.NewTicker(clientPace)
+			defer pace.Stop()
 			for n := i; time.Now().Before(deadline); n++ {
 				tenant := all[n%len(all)]
 				if s, got := w.call(tenant); s != 200 || got != "client-"+tenant {
@@ -360,7 +378,7 @@ func TestE2ETenantsNeverCrossTokens(t *testing.T) {
 					wrong = append(wrong, fmt.Sprintf("%s: %d %s", tenant, s, got))
 					mu.Unlock()
 				}
-
+				<-pace.C
 			}
 		})
 	}
@@ -375,15 +393,15 @@ func TestE2ETenantsNeverCrossTokens(t *testing.T) {
 // have more than 3 in flight.
 func TestE2ETokenConcurrency(t *testing.T) {
 	e := newE2E(t, time.Hour)
-	e.desko.SetDelay(200 * time.Millisecond)
+	e.desko.SetDelay(100 * time.Millisecond) // long enough for three at once
 	var blocks strings.Builder
 	for i := range 20 {
 		name := fmt.Sprintf("n%d", i)
 		e.desko.AddClient("client-"+name, tenantSecret(name))
-		t.Setenv("SECRET_"+name, tenantSecret(name))
+		e.setenv("SECRET_"+name, tenantSecret(name))
 		fmt.Fprintf(&blocks, "\t\tcredentials %s {\n\t\t\tclient_id client-%s\n\t\t\tclient_secret {env.SECRET_%s}\n\t\t}\n", name, name, name)
 	}
-	e.loadRaw(fmt.Sprintf(proxyBase+` {
+	e.loadRaw(fmt.Sprintf(e.base+` {
 	desko_auth {
 		tenant            {http.request.header.X-Desko-Tenant}
 		token_url         %s
@@ -411,9 +429,9 @@ func TestE2ETokenEndpointPauseHoldsEveryTenant(t *testing.T) {
 	if n := w.desko.TokenRequests(); n != 1 {
 		t.Fatalf("%d token requests, want 1", n)
 	}
-	req, _ := http.NewRequest("GET", proxyBase+"/api", nil)
+	req, _ := http.NewRequest("GET", w.base+"/api", nil)
 	req.Header.Set("X-Desko-Tenant", "globex")
-	resp, err := w.tester.Client.Do(req)
+	resp, err := w.client.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -432,7 +450,7 @@ func TestE2ETokenEndpointPauseHoldsEveryTenant(t *testing.T) {
 // (or refuse). The lines of a tenant whose credentials become unreadable,
 // then whose folder is removed, and of its source, are checked.
 func TestE2ETenantLogLinesNameTheTenantOnce(t *testing.T) {
-	w := newTenantWorld(t, 2*time.Second, "initech")
+	w := tenantWorldOn(newParallelE2E(t, 2*time.Second), "initech")
 	w.load("")
 	if s, got := w.call("initech"); s != 200 || got != "client-initech" {
 		t.Fatalf("initech: %d %q", s, got)
@@ -477,7 +495,7 @@ func TestE2ETenantsSharedCacheGauges(t *testing.T) {
 		t.Fatalf("initech with a failing storage: %d %q (a token fetched locally is still served)", s, got)
 	}
 	var block string
-	for _, tn := range tenantPage(t, "").Tenants {
+	for _, tn := range w.tenantPage("").Tenants {
 		if tn.Kind == "dir" {
 			block = tn.Block
 		}
@@ -485,7 +503,7 @@ func TestE2ETenantsSharedCacheGauges(t *testing.T) {
 	if block == "" {
 		t.Fatal("initech is not live")
 	}
-	if degraded, stuck := sharedGauges(t, block); degraded != 1 || stuck != 0 {
+	if degraded, stuck := w.sharedGauges(block); degraded != 1 || stuck != 0 {
 		t.Errorf("the block's shared cache gauges: degraded %v, stuck %v; want 1 and 0", degraded, stuck)
 	}
 }

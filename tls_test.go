@@ -385,7 +385,7 @@ func TestTLSE2EMutualTLSTokenEndpoint(t *testing.T) {
 		reverse_proxy %s
 	}`, path, testClientID, tokenSrv.tokenURL(), tlsLines, upstream.Listener.Addr())
 	}
-	e.loadRaw(proxyBase + " {" +
+	e.loadRaw(e.base + " {" +
 		block("mtls", fmt.Sprintf("tls_ca %s\n\t\t\ttls_client_cert %s %s", pki.caFile, pki.clientCertFile, pki.clientKeyFile)) +
 		block("nocert", "tls_ca "+pki.caFile) +
 		block("noca", fmt.Sprintf("tls_client_cert %s %s", pki.clientCertFile, pki.clientKeyFile)) +

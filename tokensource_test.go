@@ -13,8 +13,8 @@ import (
 // nothing share one. The label is the client ID and 8 hex digits of the
 // identity, the same across reloads.
 func TestE2ESourceLabelsAreDistinct(t *testing.T) {
-	e := newE2E(t, time.Hour)
-	t.Setenv("DESKO_TEST_SECRET_2", testSecret)
+	e := newParallelE2E(t, time.Hour)
+	e.setenv("DESKO_TEST_SECRET_2", testSecret)
 	ca := newTestPKI(t).caFile
 	base := map[string]string{
 		"client_id":     testClientID,
@@ -61,9 +61,9 @@ func TestE2ESourceLabelsAreDistinct(t *testing.T) {
 		reverse_proxy %s
 	}`, strings.ReplaceAll(name, " ", "-"), fields["client_id"], fields["client_secret"], fields["token_url"], fields["scope"], extra, e.srv.Listener.Addr())
 	}
-	cfg := proxyBase + " {" + routes.String() + "\n}"
+	cfg := e.base + " {" + routes.String() + "\n}"
 	e.loadRaw(cfg)
-	list := sourceStatuses(t)
+	list := e.sourceStatuses()
 	if len(list) != len(variants)-1 {
 		b, _ := json.MarshalIndent(list, "", " ")
 		t.Fatalf("%d sources for %d blocks of which two are the same, want %d: %s", len(list), len(variants), len(variants)-1, b)
@@ -82,7 +82,7 @@ func TestE2ESourceLabelsAreDistinct(t *testing.T) {
 	for name := range variants {
 		e.do("GET", "/"+strings.ReplaceAll(name, " ", "-"), "")
 	}
-	_, text := adminDo(t, "GET", "/metrics")
+	_, text := e.adminDo("GET", "/metrics")
 	for l := range labels {
 		if metricValue(t, text, "desko_auth_token_fetches_total", map[string]string{"source": l}) < 1 {
 			t.Errorf("no token_fetches_total series for %s", l)
@@ -107,7 +107,7 @@ func TestE2ESourceLabelsAreDistinct(t *testing.T) {
 	// The same config again (a restart gives the same labels: they depend
 	// on nothing else).
 	e.loadRaw(strings.Replace(cfg, "\n", "\n\t# reloaded\n", 1))
-	for _, s := range sourceStatuses(t) {
+	for _, s := range e.sourceStatuses() {
 		if !labels[s.Source] {
 			t.Errorf("label %s is new after a reload of the same blocks", s.Source)
 		}
@@ -115,12 +115,12 @@ func TestE2ESourceLabelsAreDistinct(t *testing.T) {
 }
 
 // sourceStatuses lists the running config's sources from the admin API.
-func sourceStatuses(t *testing.T) []SourceStatus {
-	t.Helper()
-	code, body := adminDo(t, "GET", "/desko_auth/status")
+func (e *e2e) sourceStatuses() []SourceStatus {
+	e.t.Helper()
+	code, body := e.adminDo("GET", "/desko_auth/status")
 	var list []SourceStatus
 	if err := json.Unmarshal([]byte(body), &list); code != 200 || err != nil {
-		t.Fatalf("status endpoint: %d %s (%v)", code, body, err)
+		e.t.Fatalf("status endpoint: %d %s (%v)", code, body, err)
 	}
 	return list
 }

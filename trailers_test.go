@@ -69,6 +69,7 @@ func chunkedWithTrailers(t *testing.T, announce string, trailers ...string) int 
 }
 
 func TestE2EClientCannotSendTheTokenHeaderAsATrailer(t *testing.T) {
+	t.Parallel() // its subtests are (newE2E)
 	const smuggled = "Basic c211Z2dsZWQ6Y3JlZGVudGlhbA=="
 	for _, cfg := range []struct{ name, extra, header string }{
 		{"Authorization", "", "Authorization"},

@@ -18,7 +18,7 @@ import (
 // requests of 20 sources, one after the other, reuse one keep-alive
 // connection (20 transports would open 20).
 func TestE2ECredentialSetsShareOneTransport(t *testing.T) {
-	e := newE2E(t, time.Hour)
+	e := newE2E(t, time.Hour) // in-process: it counts the module's pools
 	var conns atomic.Int64
 	tokens := httptest.NewUnstartedServer(e.desko)
 	tokens.Config.ConnState = func(_ net.Conn, s http.ConnState) {
@@ -32,7 +32,7 @@ func TestE2ECredentialSetsShareOneTransport(t *testing.T) {
 	var sites string
 	for i := range 20 {
 		sites += fmt.Sprintf(`
-`+proxyBase+`/s%d/* {
+`+e.base+`/s%d/* {
 	desko_auth {
 		client_id     %s
 		client_secret {env.DESKO_TEST_SECRET}

@@ -62,6 +62,7 @@ func assertBudgetReturned(t *testing.T) {
 // a body over replay_body_limit, a body that does not fit the memory
 // budget, and an upgrade.
 func TestE2EUnreplayed401ReachesTheTokenSource(t *testing.T) {
+	t.Parallel() // its subtests are (newE2E)
 	big := strings.Repeat("x", 64)
 	for _, tt := range []struct {
 		name, extra string
@@ -145,7 +146,7 @@ func TestE2ETokenHeaderCannotBeStrippedByTheClient(t *testing.T) {
 	}
 
 	e.loadRaw(fmt.Sprintf(`
-`+proxyBase+` {
+`+e.base+` {
 	route {
 		desko_auth {
 			client_id     %s
@@ -196,7 +197,7 @@ func TestE2ERepeatedRevocationsAreInvisible(t *testing.T) {
 				t.Errorf("revocation %d: the replayed POST carried %q, want %q", i+1, decodeAPI(t, body).Body, payload)
 			}
 		case 2:
-			s, body = chunkedPost(t, "/chunked", payload)
+			s, body = e.chunkedPost("/chunked", payload)
 			if s == 200 && decodeAPI(t, body).Body != payload {
 				t.Errorf("revocation %d: the replayed chunked POST carried %q, want %q", i+1, decodeAPI(t, body).Body, payload)
 			}
@@ -214,13 +215,13 @@ func TestE2ERepeatedRevocationsAreInvisible(t *testing.T) {
 }
 
 // chunkedPost sends body with no Content-Length (chunked).
-func chunkedPost(t *testing.T, path, body string) (int, string) {
-	t.Helper()
-	req, _ := http.NewRequest("POST", proxyBase+path, io.MultiReader(strings.NewReader(body)))
+func (e *e2e) chunkedPost(path, body string) (int, string) {
+	e.t.Helper()
+	req, _ := http.NewRequest("POST", e.base+path, io.MultiReader(strings.NewReader(body)))
 	req.ContentLength = -1
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		t.Fatal(err)
+		e.t.Fatal(err)
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
@@ -250,7 +251,7 @@ func TestE2EEarly401WithALargeBodyIsReplayedWhole(t *testing.T) {
 	payload := b.String()
 	for _, send := range []func() (int, string){
 		func() (int, string) { s, _, body := e.do("POST", "/early", payload); return s, body },
-		func() (int, string) { return chunkedPost(t, "/early", payload) },
+		func() (int, string) { return e.chunkedPost("/early", payload) },
 	} {
 		attempts.Store(0)
 		s, body := send()
@@ -345,7 +346,7 @@ func TestE2EReplayMemoryBudget(t *testing.T) {
 	statuses := make(chan int, n)
 	for range n {
 		wg.Go(func() {
-			resp, err := http.Post(proxyBase+"/upload", "text/plain", strings.NewReader(payload))
+			resp, err := http.Post(e.base+"/upload", "text/plain", strings.NewReader(payload))
 			if err != nil {
 				t.Error(err)
 				return
@@ -469,7 +470,7 @@ func TestE2EUpstreamRejectingEverything(t *testing.T) {
 	for range workers {
 		wg.Go(func() {
 			for i := 0; i < perWorker && time.Now().Before(deadline); i++ {
-				resp, err := http.Get(proxyBase + deskotest.DeniedPrefix + "everything")
+				resp, err := http.Get(e.base + deskotest.DeniedPrefix + "everything")
 				if err != nil {
 					t.Error(err)
 					return
@@ -520,6 +521,7 @@ func rawConn(t *testing.T, req string) net.Conn {
 // answered waited for the client's next bytes to give it back): a small
 // request beside them is still replayed.
 func TestE2EDeclaredLengthsHoldNoReplayMemory(t *testing.T) {
+	t.Parallel() // its subtests are (newE2E)
 	const conns, declared = DefaultReplayMemory / DefaultReplayBodyLimit, DefaultReplayBodyLimit
 	for _, tt := range []struct {
 		name      string

@@ -145,8 +145,11 @@ func runFailureScenarios(t *testing.T) map[string]observation {
 	t.Helper()
 	e := newE2E(t, time.Hour)
 	scenarios := failureScenarios(e, newFailureServers(t, e))
+	// A tag of this run's own: the sources of the run before (a test of
+	// its own) may still be in their backoff while this one loads.
+	tag := fmt.Sprintf("failure_kinds/%d", failureRuns.Load())
 	var site strings.Builder
-	fmt.Fprintf(&site, "%s {\n\tlog\n\tlog_append desko_error {http.desko_auth.error}\n", proxyBase)
+	fmt.Fprintf(&site, "%s {\n\tlog\n\tlog_append desko_error {http.desko_auth.error}\n", e.base)
 	for _, sc := range scenarios {
 		fmt.Fprintf(&site, `	handle /%s/* {
 		desko_auth {
@@ -161,7 +164,7 @@ func runFailureScenarios(t *testing.T) map[string]observation {
 `, sc.name, testClientID, sc.secret, sc.tokenURL, e.srv.Listener.Addr())
 	}
 	site.WriteString("}\n")
-	loadWithEventRecorder(t, e, site.String(), "failure_kinds", EventRefreshFailed, EventCredentialsRefused)
+	loadWithEventRecorder(t, e, site.String(), tag, EventRefreshFailed, EventCredentialsRefused)
 
 	obs := map[string]observation{}
 	ids := map[string]string{} // correlation ID → scenario
@@ -179,12 +182,12 @@ func runFailureScenarios(t *testing.T) map[string]observation {
 	}
 
 	// The sources, by token URL: their labels, retry times and metrics.
-	code, body := adminDo(t, "GET", "/desko_auth/status")
+	code, body := e.adminDo("GET", "/desko_auth/status")
 	var list []SourceStatus
 	if err := json.Unmarshal([]byte(body), &list); code != 200 || err != nil || len(list) != len(scenarios) {
 		t.Fatalf("status endpoint: %d %s (%v), want %d sources", code, body, err, len(scenarios))
 	}
-	_, metrics := adminDo(t, "GET", "/metrics")
+	_, metrics := e.adminDo("GET", "/metrics")
 	labels := map[string]string{} // source label → scenario
 	for _, sc := range scenarios {
 		o := obs[sc.name]
@@ -255,9 +258,9 @@ func runFailureScenarios(t *testing.T) map[string]observation {
 
 	// The events, by source.
 	waitFor(t, "an event per failed token request", func() bool {
-		return len(recordedFor("failure_kinds")) >= len(scenarios)
+		return len(recordedFor(tag)) >= len(scenarios)
 	})
-	for _, ev := range recordedFor("failure_kinds") {
+	for _, ev := range recordedFor(tag) {
 		name, ok := labels[fmt.Sprint(ev.Data["source"])]
 		if !ok {
 			t.Errorf("event %s %v of no scenario", ev.Name(), ev.Data)
@@ -476,8 +479,8 @@ func TestE2EConnectionAttemptUnanswered(t *testing.T) {
 		t.Skip(err)
 	}
 	t.Cleanup(stop)
-	e := newE2E(t, time.Hour)
-	e.loadRaw(fmt.Sprintf(proxyBase+` {
+	e := newParallelE2E(t, time.Hour)
+	e.loadRaw(fmt.Sprintf(e.base+` {
 	log
 	log_append desko_error {http.desko_auth.error}
 	desko_auth {

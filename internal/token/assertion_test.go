@@ -10,7 +10,9 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -27,19 +29,31 @@ type testKey struct {
 
 func testKeys(t testing.TB) []testKey {
 	t.Helper()
-	rsaKey, _ := rsa.GenerateKey(rand.Reader, 2048)
+	keys, err := sharedTestKeys()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return keys
+}
+
+// sharedTestKeys makes testKeys' keys once per test binary: an RSA key
+// takes a good part of a second with -race, and five tests use them.
+var sharedTestKeys = sync.OnceValues(func() ([]testKey, error) {
+	rsaKey, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		return nil, err
+	}
 	p256, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	p384, _ := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
 	edPub, edKey, _ := ed25519.GenerateKey(rand.Reader)
+	var errs []error
 	pkcs8 := func(k any) string {
 		der, err := x509.MarshalPKCS8PrivateKey(k)
-		if err != nil {
-			t.Fatal(err)
-		}
+		errs = append(errs, err)
 		return string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}))
 	}
 	sec1, _ := x509.MarshalECPrivateKey(p256)
-	return []testKey{
+	keys := []testKey{
 		{"RSA PKCS#8", "RS256", pkcs8(rsaKey), &rsaKey.PublicKey},
 		{"RSA PKCS#1", "RS256", string(pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(rsaKey)})), &rsaKey.PublicKey},
 		{"RSA PSS", "PS256", pkcs8(rsaKey), &rsaKey.PublicKey},
@@ -48,12 +62,14 @@ func testKeys(t testing.TB) []testKey {
 		{"P-384", "ES384", pkcs8(p384), &p384.PublicKey},
 		{"Ed25519", "EdDSA", pkcs8(edKey), edPub},
 	}
-}
+	return keys, errors.Join(errs...)
+})
 
 // private_key_jwt with every key type: the token endpoint (which verifies
 // with golang-jwt, not go-jose) accepts the assertion, and every token
 // request carries a fresh one (a new jti each time).
 func TestPrivateKeyJWTEveryKeyType(t *testing.T) {
+	t.Parallel() // one of the slow ones (TestMain)
 	for _, k := range testKeys(t) {
 		t.Run(k.name, func(t *testing.T) {
 			alg := ""
@@ -92,6 +108,7 @@ func TestPrivateKeyJWTEveryKeyType(t *testing.T) {
 // The server's checks are real: it refuses an assertion signed with
 // another key, one for another audience, and one past its exp.
 func TestPrivateKeyJWTRefusals(t *testing.T) {
+	t.Parallel() // one of the slow ones (TestMain)
 	keys := testKeys(t)
 	key, err := ParseSigningKey([]byte(keys[0].pem), "", "")
 	if err != nil {
@@ -159,6 +176,7 @@ func TestClientSecretJWT(t *testing.T) {
 }
 
 func TestParseSigningKeyErrors(t *testing.T) {
+	t.Parallel() // one of the slow ones (TestMain)
 	keys := testKeys(t)
 	small, _ := rsa.GenerateKey(rand.Reader, 1024)
 	smallPEM := pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(small)})
@@ -193,6 +211,7 @@ func TestParseSigningKeyErrors(t *testing.T) {
 // PKCS#8 and the file's own (PKCS#1, SEC1): each line of the file's PEM
 // body, and the body whole.
 func TestPrivateKeyIsScrubbed(t *testing.T) {
+	t.Parallel() // one of the slow ones (TestMain)
 	for _, k := range testKeys(t) {
 		t.Run(k.name, func(t *testing.T) {
 			key, err := ParseSigningKey([]byte(k.pem), "", "")
@@ -235,6 +254,7 @@ func jwksAsDocumented(t *testing.T, pemText, kid, alg string) []byte {
 // assertions: the key under the client's kid, read from the set as JSON,
 // verifies them (with golang-jwt). The set holds no private value.
 func TestPublishedJWKSVerifies(t *testing.T) {
+	t.Parallel() // one of the slow ones (TestMain)
 	for _, k := range testKeys(t) {
 		if !strings.Contains(k.pem, "BEGIN PRIVATE KEY") {
 			continue // the documented program reads PKCS#8, what openssl genpkey writes

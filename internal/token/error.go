@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unicode"
 
 	"github.com/deskoproxy/caddy-desko-auth/internal/scrub"
 )
@@ -383,19 +384,33 @@ func quoteExcerpt(s string) string {
 }
 
 // sanitize makes text from the network safe and short for logs and error
-// bodies: control characters become spaces and it is cut at excerptLen runes.
+// bodies: control characters (and invalid UTF-8) become spaces, each run of
+// spaces one space, and it is cut at excerptLen runes. It reads s only as
+// far as the cut: an error answer may be a megabyte.
 func sanitize(s string) string {
-	s = strings.Map(func(r rune) rune {
-		if r < 0x20 || r == 0x7f || r == '\uFFFD' {
-			return ' '
+	var b strings.Builder
+	n := 0         // the runes written
+	space := false // a space is due before the next rune written
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f || r == '\uFFFD' || unicode.IsSpace(r) {
+			space = n > 0
+			continue
 		}
-		return r
-	}, s)
-	s = strings.Join(strings.Fields(s), " ")
-	if r := []rune(s); len(r) > excerptLen {
-		s = string(r[:excerptLen]) + "…"
+		if space {
+			if n == excerptLen {
+				return b.String() + "…"
+			}
+			b.WriteByte(' ')
+			n++
+			space = false
+		}
+		if n == excerptLen {
+			return b.String() + "…"
+		}
+		b.WriteRune(r)
+		n++
 	}
-	return s
+	return b.String()
 }
 
 // RedactURL drops the query string, which some endpoints use for keys,

@@ -44,6 +44,7 @@ func respondWith(r responder) http.Handler {
 }
 
 func TestTokenErrorShapes(t *testing.T) {
+	t.Parallel() // one of the slow ones (TestMain)
 	bigHTML := `<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -587,7 +588,11 @@ func TestEngineFailureKinds(t *testing.T) {
 // A refusal is a refusal whatever the size of its body; an error status
 // never becomes an unusable answer.
 func TestEngineLargeErrorAnswersKeepTheirStatus(t *testing.T) {
-	huge := strings.Repeat("x", maxBodyBytes+10)
+	t.Parallel() // with the other slow ones (TestMain)
+	// Prose, as an error_description is: a megabyte of one character is
+	// as large, and three times the scrubber's work under -race.
+	const line = "the token endpoint is overloaded; try again later. "
+	huge := strings.Repeat(line, maxBodyBytes/len(line)+1)
 	for _, tc := range []struct {
 		status int
 		label  string
@@ -613,6 +618,7 @@ func TestEngineLargeErrorAnswersKeepTheirStatus(t *testing.T) {
 // Real TLS (outside a bubble: a real handshake): a certificate of an
 // unknown authority, and one for another name, are tls errors.
 func TestEngineTLSErrors(t *testing.T) {
+	t.Parallel() // one of the slow ones (TestMain)
 	srv := httptest.NewTLSServer(respondWith(okToken(3600)))
 	srv.Config.ErrorLog = log.New(io.Discard, "", 0) // the refused handshakes
 	t.Cleanup(srv.Close)
@@ -668,6 +674,7 @@ func TestEngineUnresolvableHost(t *testing.T) {
 // connect error; a resolver that does not answer is a dns error; a
 // connection made whose answer does not come in time stays transient.
 func TestEngineUnansweredDials(t *testing.T) {
+	t.Parallel() // with the other slow ones (TestMain)
 	silentResolver := func(t *testing.T) *http.Client {
 		// A DNS server that reads the queries and never answers.
 		pc, err := net.ListenPacket("udp", "127.0.0.1:0")

@@ -3,6 +3,7 @@ package token
 import (
 	"encoding/base64"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -104,6 +105,39 @@ func FuzzJWTExpiry(f *testing.F) {
 		}
 		if exp.Nanosecond() != 0 {
 			t.Fatalf("expiry %v is not a whole second", exp)
+		}
+	})
+}
+
+// sanitizeWhole is sanitize as it was: the whole text mapped, split into
+// fields, joined and then cut. sanitize must give the same, reading only
+// as far as the cut.
+func sanitizeWhole(s string) string {
+	s = strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f || r == '\uFFFD' {
+			return ' '
+		}
+		return r
+	}, s)
+	s = strings.Join(strings.Fields(s), " ")
+	if r := []rune(s); len(r) > excerptLen {
+		s = string(r[:excerptLen]) + "…"
+	}
+	return s
+}
+
+func FuzzSanitize(f *testing.F) {
+	for _, s := range []string{
+		"", " ", "a", " a ", "a  b", "\t\na\x00b\x7f", "\xff\xfeé", "a\u2028b\u00a0c",
+		strings.Repeat("x", excerptLen), strings.Repeat("x", excerptLen) + " ", strings.Repeat("x", excerptLen) + " y",
+		strings.Repeat("x", excerptLen-1) + " y", strings.Repeat("ab ", excerptLen), strings.Repeat(" \x01", 500) + "z",
+		strings.Repeat("é", excerptLen+1),
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if got, want := sanitize(s), sanitizeWhole(s); got != want {
+			t.Errorf("sanitize(%q) = %q, want %q", s, got, want)
 		}
 	})
 }

@@ -132,6 +132,7 @@ func TestParseAuthStyle(t *testing.T) {
 }
 
 func TestEngineBodyLimit(t *testing.T) {
+	t.Parallel() // one of the slow ones (TestMain)
 	// A valid answer padded with whitespace to exactly 1 MiB is read whole;
 	// one byte more is refused.
 	valid := `{"token_type":"Bearer","expires_in":60,"access_token":"abc"}`
