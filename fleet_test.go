@@ -187,19 +187,19 @@ func runLoad(targets []string, workers int, d time.Duration) *loadResult {
 				for i := 0; ctx.Err() == nil; i++ {
 					res.requests.Add(1)
 					resp, err := client.Get(fmt.Sprintf("%s/v1.1/bookings/%d-%d", target, w, i))
-					if err != nil {
+					switch {
+					case err != nil:
 						res.other.Add(1)
-						continue
-					}
-					_, _ = io.Copy(io.Discard, resp.Body)
-					resp.Body.Close()
-					switch resp.StatusCode {
-					case http.StatusOK:
+					case resp.StatusCode == http.StatusOK:
 						res.ok.Add(1)
-					case http.StatusUnauthorized:
+					case resp.StatusCode == http.StatusUnauthorized:
 						res.unauthorized.Add(1)
 					default:
 						res.other.Add(1)
+					}
+					if err == nil {
+						_, _ = io.Copy(io.Discard, resp.Body)
+						resp.Body.Close()
 					}
 					select {
 					case <-pace.C:

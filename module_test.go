@@ -57,7 +57,7 @@ func newE2E(t *testing.T, ttl time.Duration) *e2e {
 	t.Helper()
 	t.Parallel()
 	inProcessCaddy.Lock()
-	t.Cleanup(inProcessCaddy.Unlock) // the last cleanup: after the test's own
+	t.Cleanup(inProcessCaddy.Unlock) // after every cleanup registered from here on
 	tester := caddytest.NewTester(t)
 	e := newWorld(t, ttl, proxyBase, "http://localhost:2999", tester.Client)
 	e.tester = tester
@@ -65,7 +65,10 @@ func newE2E(t *testing.T, ttl time.Duration) *e2e {
 	return e
 }
 
-// inProcessCaddy is held by the test that uses the in-process Caddy.
+// inProcessCaddy is held by the test that uses the in-process Caddy. A
+// test that loads a config there without newE2E (caddytest.AssertLoadError)
+// must not be parallel: Go runs the sequential tests before any parallel
+// one, so those never meet a holder.
 var inProcessCaddy sync.Mutex
 
 // newWorld starts the stand-in; the caller sets up the Caddy.

@@ -15,25 +15,13 @@ import (
 // End-to-end tests of what operators see: /metrics, the admin API, and
 // several credential sets in one Caddy.
 
-// adminDo sends a request to the in-process Caddy's admin API, for the
-// tests without an e2e; e.adminDo reaches any test's Caddy.
-func adminDo(t *testing.T, method, path string) (int, string) {
-	t.Helper()
-	return adminAt(t, "http://localhost:2999", method, path)
-}
-
 // adminDo sends a request to the test's Caddy's admin API.
 func (e *e2e) adminDo(method, path string) (int, string) {
 	e.t.Helper()
-	return adminAt(e.t, e.admin, method, path)
-}
-
-func adminAt(t *testing.T, admin, method, path string) (int, string) {
-	t.Helper()
-	req, _ := http.NewRequest(method, admin+path, nil)
+	req, _ := http.NewRequest(method, e.admin+path, nil)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		t.Fatalf("%s %s: %v", method, path, err)
+		e.t.Fatalf("%s %s: %v", method, path, err)
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)

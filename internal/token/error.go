@@ -385,8 +385,9 @@ func quoteExcerpt(s string) string {
 
 // sanitize makes text from the network safe and short for logs and error
 // bodies: control characters (and invalid UTF-8) become spaces, each run of
-// spaces one space, and it is cut at excerptLen runes. It reads s only as
-// far as the cut: an error answer may be a megabyte.
+// spaces one space, and it is cut at excerptLen runes. It reads s no
+// further than the cut and the spaces after it: an error answer may be a
+// megabyte.
 func sanitize(s string) string {
 	var b strings.Builder
 	n := 0         // the runes written
