@@ -13,8 +13,8 @@ import (
 // come due, a storage gate to open) would keep the in-process Caddy, and
 // so every other test, waiting with them. They run instead against a
 // Caddy process of their own (the binary of caddybin_test.go) on ports of
-// their own, all at once: the package's tests take about as long as the
-// sequential ones plus the longest of these, not the sum.
+// their own, all at once and beside the in-process tests: the package's
+// tests take about as long as the longest of the two, not the sum.
 //
 // What they lose is -race inside Caddy: the process is built without it.
 // The in-process tests keep the race detector on the handler and the
