@@ -53,9 +53,24 @@ type e2e struct {
 	proc        *caddyProc        // the test's own Caddy process, or nil
 }
 
+// newE2E marks the test parallel and gives it the in-process Caddy, which
+// it holds until it ends.
 func newE2E(t *testing.T, ttl time.Duration) *e2e {
 	t.Helper()
 	t.Parallel()
+	return inProcessE2E(t, ttl)
+}
+
+// newExclusiveE2E is newE2E for a test that measures the whole test
+// process (its allocations): the test is not parallel, so Go runs it
+// before any parallel test starts, with nothing beside it.
+func newExclusiveE2E(t *testing.T, ttl time.Duration) *e2e {
+	t.Helper()
+	return inProcessE2E(t, ttl)
+}
+
+func inProcessE2E(t *testing.T, ttl time.Duration) *e2e {
+	t.Helper()
 	inProcessCaddy.Lock()
 	t.Cleanup(inProcessCaddy.Unlock) // after every cleanup registered from here on
 	tester := caddytest.NewTester(t)

@@ -595,7 +595,7 @@ func TestE2EDeclaredLengthsHoldNoReplayMemory(t *testing.T) {
 // allocated at once: 2 TiB killed the process). The bound on the process's
 // allocations leaves Caddy and the test a quarter of the limit.
 func TestE2EForgedContentLengthCostsNothing(t *testing.T) {
-	e := newE2E(t, time.Hour)
+	e := newExclusiveE2E(t, time.Hour) // it measures the process's allocations
 	got := make(chan string, 1)
 	e.loadUpstream(fmt.Sprintf("warm_up off\n\t\treplay_body_limit %d\n\t\treplay_memory %d", MaxReplayBodyLimit, MaxReplayMemory),
 		http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
