@@ -107,14 +107,7 @@ func TestE2ETokenURLQueryAndAddressesStayHidden(t *testing.T) {
 	respond "never reached"
 }`, testClientID, port))
 
-	status, hdr, body := e.do("GET", "/a", "")
-	if status != http.StatusServiceUnavailable || hdr.Get("Retry-After") == "" {
-		t.Fatalf("status %d Retry-After %q, want 503 with Retry-After: %s", status, hdr.Get("Retry-After"), body)
-	}
-	d := decodeErr(t, body)
-	if d.Message != msgUnreachable {
-		t.Errorf("client message %q, want %q", d.Message, msgUnreachable)
-	}
+	d, body := e.unavailable("/a", msgUnreachable)
 	for _, bad := range []string{"QUERYKEY", "api_key", "127.0.0.1", "/token", "dial", "Post", "connect"} {
 		if strings.Contains(body, bad) {
 			t.Errorf("the client's answer holds %q: %s", bad, body)

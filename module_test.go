@@ -291,6 +291,22 @@ func (e *e2e) detail(d deskoErr) string {
 	return ""
 }
 
+// unavailable sends GET path through Caddy, which must answer 503 with
+// Retry-After and the client message message in Desko's error shape, and
+// returns that error and the body (it fails the test on any other answer).
+func (e *e2e) unavailable(path, message string) (deskoErr, string) {
+	e.t.Helper()
+	s, hdr, body := e.do("GET", path, "")
+	if s != http.StatusServiceUnavailable || hdr.Get("Retry-After") == "" {
+		e.t.Fatalf("GET %s: status %d Retry-After %q, want 503 with Retry-After: %s", path, s, hdr.Get("Retry-After"), body)
+	}
+	d := decodeErr(e.t, body)
+	if d.Error != http.StatusServiceUnavailable || d.Message != message {
+		e.t.Fatalf("GET %s: error %d %q, want 503 %q", path, d.Error, d.Message, message)
+	}
+	return d, body
+}
+
 func decodeErr(t *testing.T, body string) deskoErr {
 	t.Helper()
 	var d deskoErr
@@ -638,12 +654,8 @@ func TestE2ETokenEndpointDown(t *testing.T) {
 		e.desko.SetMode(deskotest.ModeDown)
 		e.load("warm_up off")
 		for range 10 {
-			s, hdr, body := e.do("GET", "/a", "")
-			if s != 503 || hdr.Get("Retry-After") == "" {
-				t.Fatalf("status %d Retry-After %q", s, hdr.Get("Retry-After"))
-			}
-			if d := decodeErr(t, body); d.Error != 503 || d.Message != msgUnavailable || !strings.Contains(e.detail(d), "token endpoint answered 500") {
-				t.Fatalf("body %+v", d)
+			if d, _ := e.unavailable("/a", msgUnavailable); !strings.Contains(e.detail(d), "token endpoint answered 500") {
+				t.Fatalf("logged detail %q, want the endpoint's 500", e.detail(d))
 			}
 		}
 		if n := e.desko.APIRequests(); n != 0 {
@@ -659,12 +671,8 @@ func TestE2EHTMLAnswerThenRecovery(t *testing.T) {
 	e := newParallelE2E(t, time.Hour)
 	e.desko.SetMode(deskotest.ModeHTML)
 	e.load("warm_up off")
-	s, hdr, body := e.do("GET", "/a", "")
-	if s != 503 || hdr.Get("Retry-After") == "" {
-		t.Fatalf("status %d, want 503 with Retry-After", s)
-	}
-	if d := decodeErr(t, body); d.Message != msgUnavailable || !strings.Contains(e.detail(d), "unusable token answer") {
-		t.Errorf("message %q", d.Message)
+	if d, _ := e.unavailable("/a", msgUnavailable); !strings.Contains(e.detail(d), "unusable token answer") {
+		t.Errorf("logged detail %q, want the unusable answer", e.detail(d))
 	}
 	e.desko.SetMode(deskotest.ModeOK)
 	// The first backoff step is ~1 s (±20%): the background retry gets a

@@ -492,14 +492,7 @@ func TestE2EConnectionAttemptUnanswered(t *testing.T) {
 	}
 	respond "never reached"
 }`, testClientID, addr))
-	status, hdr, body := e.do("GET", "/a", "")
-	if status != http.StatusServiceUnavailable || hdr.Get("Retry-After") == "" {
-		t.Fatalf("status %d Retry-After %q, want 503 with Retry-After: %s", status, hdr.Get("Retry-After"), body)
-	}
-	d := decodeErr(t, body)
-	if d.Message != wantMsgUnreachable {
-		t.Errorf("client message %q, want %q", d.Message, wantMsgUnreachable)
-	}
+	d, _ := e.unavailable("/a", wantMsgUnreachable)
 	detail := e.detail(d)
 	for _, w := range []string{"could not connect to the token endpoint (check token_url's host and port, and the network): ",
 		addr + "/token", "(no answer to the connection attempt)"} {

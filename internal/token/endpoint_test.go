@@ -81,8 +81,7 @@ func TestEndpointWaiterTimesOut(t *testing.T) {
 			}
 			close(got)
 		})
-		time.Sleep(100 * time.Millisecond)
-		synctest.Wait()
+		settle(100 * time.Millisecond) // past the first waiter's deadline
 		ep.release()
 		<-got
 		ep.release()
